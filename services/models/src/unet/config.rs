@@ -1,0 +1,149 @@
+//! The Video U-Net's `config.json`. One architecture serves every diffusion stage; the config
+//! says which kind of temporal mixing it uses and whether it takes a conditioning video.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ModelError;
+
+/// How information moves across frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TemporalMixing {
+    /// Self-attention over frames with a learned relative-position bias (Imagen Video's base model):
+    /// global in time, so whole-clip motion can be planned.
+    Attention,
+    /// 1D convolution over frames (Imagen Video's SR models): local in time and cheap at high
+    /// resolution and frame counts.
+    Conv,
+}
+
+fn default_groups() -> usize {
+    8
+}
+fn default_temporal_kernel() -> usize {
+    3
+}
+
+/// Video U-Net hyper-parameters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VideoUNetConfig {
+    /// Channels of the video being denoised (3 for RGB).
+    pub in_channels: usize,
+    /// Channels of the conditioning video concatenated to the input: 0 for a base stage, 3 for a
+    /// super-resolution stage (the upsampled, noise-augmented lower-resolution video).
+    pub cond_channels: usize,
+    /// Channels of the prediction (v), normally equal to `in_channels`.
+    pub out_channels: usize,
+    /// Width of the first level; level `i` has `model_channels * channel_mult[i]` channels.
+    pub model_channels: usize,
+    /// Width multiplier per resolution level; each level after the first halves height and width.
+    pub channel_mult: Vec<usize>,
+    /// Residual blocks per level on the way down (the way up has one more, for the skip).
+    pub num_res_blocks: usize,
+    /// Whether each level has spatial self-attention and text cross-attention after its residual
+    /// blocks (the middle block always has them). Same length as `channel_mult`.
+    pub attention_levels: Vec<bool>,
+    /// Attention heads (spatial, cross and temporal attention).
+    pub num_heads: usize,
+    /// Temporal mixing after every residual block.
+    pub temporal: TemporalMixing,
+    /// Kernel size of temporal convolutions (odd).
+    #[serde(default = "default_temporal_kernel")]
+    pub temporal_kernel: usize,
+    /// Longest clip the temporal attention's relative-position table covers.
+    pub max_frames: usize,
+    /// Width of the text embeddings (the text encoder's `d_model`).
+    pub context_dim: usize,
+    /// Groups of every group norm; must divide every level's width.
+    #[serde(default = "default_groups")]
+    pub norm_groups: usize,
+}
+
+impl VideoUNetConfig {
+    /// Width of the time (and augmentation, and pooled text) embedding.
+    pub fn embedding_dim(&self) -> usize {
+        4 * self.model_channels
+    }
+
+    /// Width of level `level`.
+    pub fn level_channels(&self, level: usize) -> usize {
+        self.model_channels * self.channel_mult[level]
+    }
+
+    /// How much each spatial side shrinks at the bottom of the U: `2^(levels - 1)`.
+    pub fn spatial_divisor(&self) -> usize {
+        1 << self.channel_mult.len().saturating_sub(1)
+    }
+
+    /// Whether this model takes a conditioning video (a super-resolution stage).
+    pub fn is_super_resolution(&self) -> bool {
+        self.cond_channels > 0
+    }
+
+    /// Checks that every size fits together.
+    pub fn validate(&self) -> Result<(), ModelError> {
+        let invalid = |field: &'static str, reason: String| Err(ModelError::InvalidConfig { field, reason });
+        for (field, value) in [
+            ("in_channels", self.in_channels),
+            ("out_channels", self.out_channels),
+            ("model_channels", self.model_channels),
+            ("num_res_blocks", self.num_res_blocks),
+            ("num_heads", self.num_heads),
+            ("max_frames", self.max_frames),
+            ("context_dim", self.context_dim),
+            ("norm_groups", self.norm_groups),
+        ] {
+            if value == 0 {
+                return invalid(field, "must be at least 1".into());
+            }
+        }
+        if self.channel_mult.is_empty() || self.channel_mult.contains(&0) {
+            return invalid(
+                "channel_mult",
+                format!("must be a non-empty list of positive multipliers, got {:?}", self.channel_mult),
+            );
+        }
+        if self.attention_levels.len() != self.channel_mult.len() {
+            return invalid(
+                "attention_levels",
+                format!(
+                    "must have one entry per level ({}), got {}",
+                    self.channel_mult.len(),
+                    self.attention_levels.len()
+                ),
+            );
+        }
+        if self.temporal_kernel % 2 == 0 {
+            return invalid("temporal_kernel", format!("must be odd, got {}", self.temporal_kernel));
+        }
+        if self.model_channels % 2 != 0 {
+            return invalid(
+                "model_channels",
+                format!("must be even (sinusoidal embedding), got {}", self.model_channels),
+            );
+        }
+        for level in 0..self.channel_mult.len() {
+            let width = self.level_channels(level);
+            if width % self.norm_groups != 0 {
+                return invalid(
+                    "norm_groups",
+                    format!("{} does not divide level {level}'s width {width}", self.norm_groups),
+                );
+            }
+            if width % self.num_heads != 0 {
+                return invalid(
+                    "num_heads",
+                    format!("{} does not divide level {level}'s width {width}", self.num_heads),
+                );
+            }
+        }
+        if self.model_channels % self.norm_groups != 0 {
+            return invalid(
+                "norm_groups",
+                format!("{} does not divide model_channels {}", self.norm_groups, self.model_channels),
+            );
+        }
+        Ok(())
+    }
+}

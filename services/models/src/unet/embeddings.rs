@@ -1,0 +1,55 @@
+//! The global conditioning vector of the U-Net: diffusion time, the noise-augmentation level of the
+//! conditioning video (SR stages, as in Imagen Video's noise conditioning augmentation), and the
+//! pooled text embedding (Imagen adds it to the time embedding). Their sum modulates every residual
+//! block.
+
+use candle_core::{Module, Result, Tensor};
+use candle_nn::{Linear, VarBuilder, linear};
+
+use crate::layers::sinusoidal_embedding;
+
+/// `sinusoid -> linear -> SiLU -> linear`, the usual diffusion time MLP.
+#[derive(Debug, Clone)]
+pub struct ScalarEmbedding {
+    fc1: Linear,
+    fc2: Linear,
+    sinusoid_dim: usize,
+}
+
+impl ScalarEmbedding {
+    /// `sinusoid_dim` features in, `out_dim` out.
+    pub fn new(sinusoid_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            fc1: linear(sinusoid_dim, out_dim, vb.pp("fc1"))?,
+            fc2: linear(out_dim, out_dim, vb.pp("fc2"))?,
+            sinusoid_dim,
+        })
+    }
+
+    /// `[B]` scalars in [0, 1] to `[B, out_dim]`.
+    pub fn forward(&self, values: &Tensor) -> Result<Tensor> {
+        let x = sinusoidal_embedding(values, self.sinusoid_dim)?;
+        self.fc2.forward(&self.fc1.forward(&x)?.silu()?)
+    }
+}
+
+/// Projects the masked mean of the text tokens into the embedding space.
+#[derive(Debug, Clone)]
+pub struct PooledText {
+    proj: Linear,
+}
+
+impl PooledText {
+    /// `context_dim` in, `out_dim` out.
+    pub fn new(context_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            proj: linear(context_dim, out_dim, vb.pp("proj"))?,
+        })
+    }
+
+    /// `[B, L, D]` tokens with `[B, L]` mask to `[B, out_dim]`.
+    pub fn forward(&self, context: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        let pooled = crate::text_encoder::T5Encoder::masked_mean(context, mask)?;
+        self.proj.forward(&pooled)
+    }
+}

@@ -1,0 +1,177 @@
+//! Mixing across frames (the "time" half of space-time separability). Every pixel position is a
+//! sequence of `F` frames; [`TemporalAttention`] lets each frame attend to all others with a
+//! learned relative-position bias (so the model knows which way time runs, which it needs to move
+//! a shape in the captioned direction), and [`TemporalConv`] convolves over neighbouring frames.
+
+use candle_core::{Module, Result, Tensor};
+use candle_nn::{Conv1d, Embedding, GroupNorm, Linear, VarBuilder, embedding, group_norm, linear_no_bias};
+
+use super::config::TemporalMixing;
+use crate::layers::{LayerNorm, attention, merge_heads, split_heads, zero_conv1d_same, zero_linear};
+
+/// `[B*F, C, H, W]` -> `[B*H*W, F, C]`.
+fn to_sequences(x: &Tensor, frames: usize) -> Result<Tensor> {
+    let (bf, c, h, w) = x.dims4()?;
+    let b = bf / frames;
+    x.reshape((b, frames, c, h, w))?
+        .permute((0, 3, 4, 1, 2))?
+        .contiguous()?
+        .reshape((b * h * w, frames, c))
+}
+
+/// `[B*H*W, F, C]` -> `[B*F, C, H, W]`.
+fn from_sequences(x: &Tensor, frames: usize, h: usize, w: usize) -> Result<Tensor> {
+    let (bhw, _, c) = x.dims3()?;
+    let b = bhw / (h * w);
+    x.reshape((b, h, w, frames, c))?
+        .permute((0, 3, 4, 1, 2))?
+        .contiguous()?
+        .reshape((b * frames, c, h, w))
+}
+
+/// Self-attention over frames with a learned bias per head and relative offset.
+#[derive(Debug, Clone)]
+pub struct TemporalAttention {
+    norm: LayerNorm,
+    qkv: Linear,
+    proj: Linear,
+    relative_bias: Embedding,
+    heads: usize,
+    max_frames: usize,
+}
+
+impl TemporalAttention {
+    /// A block for `channels` channels and clips of up to `max_frames` frames.
+    pub fn new(channels: usize, heads: usize, max_frames: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            norm: LayerNorm::new(channels, vb.pp("norm"))?,
+            qkv: linear_no_bias(channels, 3 * channels, vb.pp("qkv"))?,
+            proj: zero_linear(channels, channels, vb.pp("proj"))?,
+            relative_bias: embedding(2 * max_frames - 1, heads, vb.pp("relative_bias"))?,
+            heads,
+            max_frames,
+        })
+    }
+
+    /// `[heads, F, F]` bias, entry `(i, j)` looked up at offset `j - i`.
+    fn position_bias(&self, frames: usize, device: &candle_core::Device) -> Result<Tensor> {
+        let offsets: Vec<u32> = (0..frames)
+            .flat_map(|i| (0..frames).map(move |j| (j + self.max_frames - 1 - i) as u32))
+            .collect();
+        let offsets = Tensor::from_vec(offsets, (frames, frames), device)?;
+        self.relative_bias.forward(&offsets)?.permute((2, 0, 1))
+    }
+
+    /// `x` `[B*F, C, H, W]` with `frames` frames per video.
+    pub fn forward(&self, x: &Tensor, frames: usize) -> Result<Tensor> {
+        if frames > self.max_frames {
+            candle_core::bail!(
+                "temporal attention covers at most {} frames, got {frames}",
+                self.max_frames
+            );
+        }
+        let (_, c, h, w) = x.dims4()?;
+        let seq = to_sequences(x, frames)?;
+        let qkv = self.qkv.forward(&self.norm.forward(&seq)?)?;
+        let q = split_heads(&qkv.narrow(2, 0, c)?, self.heads)?;
+        let k = split_heads(&qkv.narrow(2, c, c)?, self.heads)?;
+        let v = split_heads(&qkv.narrow(2, 2 * c, c)?, self.heads)?;
+        let bias = self.position_bias(frames, x.device())?.unsqueeze(0)?;
+        let scale = 1.0 / ((c / self.heads) as f64).sqrt();
+        let attended = merge_heads(&attention(&q, &k, &v, scale, Some(&bias))?)?;
+        let out = (seq + self.proj.forward(&attended)?)?;
+        from_sequences(&out, frames, h, w)
+    }
+}
+
+/// `GN -> SiLU -> conv1d over frames (zero-init)`, residual.
+#[derive(Debug, Clone)]
+pub struct TemporalConv {
+    norm: GroupNorm,
+    conv: Conv1d,
+}
+
+impl TemporalConv {
+    /// A block for `channels` channels with an odd `kernel`.
+    pub fn new(channels: usize, kernel: usize, groups: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            norm: group_norm(groups, channels, 1e-5, vb.pp("norm"))?,
+            conv: zero_conv1d_same(channels, kernel, vb.pp("conv"))?,
+        })
+    }
+
+    /// `x` `[B*F, C, H, W]` with `frames` frames per video.
+    pub fn forward(&self, x: &Tensor, frames: usize) -> Result<Tensor> {
+        let (_, _, h, w) = x.dims4()?;
+        // [B*H*W, F, C] -> [B*H*W, C, F] for conv1d over time.
+        let seq = to_sequences(x, frames)?.transpose(1, 2)?.contiguous()?;
+        let mixed = self.conv.forward(&self.norm.forward(&seq)?.silu()?)?;
+        let out = (seq + mixed)?.transpose(1, 2)?.contiguous()?;
+        from_sequences(&out, frames, h, w)
+    }
+}
+
+/// Either kind of temporal mixing, as the config chose.
+#[derive(Debug, Clone)]
+pub enum TemporalBlock {
+    /// See [`TemporalAttention`].
+    Attention(TemporalAttention),
+    /// See [`TemporalConv`].
+    Conv(TemporalConv),
+}
+
+impl TemporalBlock {
+    /// The block `mixing` asks for.
+    pub fn new(
+        mixing: TemporalMixing,
+        channels: usize,
+        cfg: &super::VideoUNetConfig,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        Ok(match mixing {
+            TemporalMixing::Attention => {
+                Self::Attention(TemporalAttention::new(channels, cfg.num_heads, cfg.max_frames, vb)?)
+            }
+            TemporalMixing::Conv => {
+                Self::Conv(TemporalConv::new(channels, cfg.temporal_kernel, cfg.norm_groups, vb)?)
+            }
+        })
+    }
+
+    /// `x` `[B*F, C, H, W]` with `frames` frames per video.
+    pub fn forward(&self, x: &Tensor, frames: usize) -> Result<Tensor> {
+        match self {
+            Self::Attention(block) => block.forward(x, frames),
+            Self::Conv(block) => block.forward(x, frames),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device};
+
+    #[test]
+    fn sequence_layout_round_trips() -> Result<()> {
+        let x = Tensor::arange(0f32, 2.0 * 3.0 * 4.0 * 2.0 * 5.0, &Device::Cpu)?.reshape((2 * 3, 4, 2, 5))?;
+        let seq = to_sequences(&x, 3)?;
+        assert_eq!(seq.dims(), &[2 * 2 * 5, 3, 4]);
+        let back = from_sequences(&seq, 3, 2, 5)?;
+        assert_eq!(
+            back.flatten_all()?.to_vec1::<f32>()?,
+            x.flatten_all()?.to_vec1::<f32>()?
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn temporal_attention_rejects_clips_longer_than_its_table() -> Result<()> {
+        let vb = candle_nn::VarBuilder::zeros(DType::F32, &Device::Cpu);
+        let block = TemporalAttention::new(8, 2, 4, vb)?;
+        let x = Tensor::zeros((5, 8, 2, 2), DType::F32, &Device::Cpu)?;
+        assert!(block.forward(&x, 5).is_err());
+        assert!(block.forward(&x.narrow(0, 0, 4)?, 4).is_ok());
+        Ok(())
+    }
+}
