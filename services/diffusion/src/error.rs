@@ -12,7 +12,9 @@ pub enum DiffusionError {
         reason: String,
     },
     /// A tensor held NaN or infinity where a finite value is required.
-    #[error("non-finite value in {what} (sample {sample}, step {step}): NaN or infinity is rejected")]
+    #[error(
+        "non-finite value in {what} (sample {sample}, step {step}): NaN or infinity is rejected"
+    )]
     NonFinite {
         /// Which quantity was checked ("initial noise", "model output", ...).
         what: &'static str,
@@ -39,7 +41,10 @@ pub enum DiffusionError {
         /// Steps the run was configured for.
         total_steps: usize,
     },
-    /// The network or a tensor operation failed.
+    /// The network rejected its inputs or failed in a way of its own.
+    #[error("model failed: {0}")]
+    Model(Box<dyn std::error::Error + Send + Sync>),
+    /// A tensor operation failed.
     #[error("tensor operation failed: {0}")]
     Tensor(#[from] candle_core::Error),
 }

@@ -116,11 +116,17 @@ pub struct ModelRow {
 pub trait VelocityModel {
     /// `z` is `[rows, C, F, H, W]`, `t[i]` the time of row `i`, `rows[i]` whom row `i` serves.
     /// Returns `v_hat` shaped like `z`.
-    fn predict_v(&self, z: &Tensor, t: &[f64], rows: &[ModelRow]) -> Result<Tensor, DiffusionError>;
+    fn predict_v(&self, z: &Tensor, t: &[f64], rows: &[ModelRow])
+    -> Result<Tensor, DiffusionError>;
 }
 
 impl<M: VelocityModel + ?Sized> VelocityModel for &M {
-    fn predict_v(&self, z: &Tensor, t: &[f64], rows: &[ModelRow]) -> Result<Tensor, DiffusionError> {
+    fn predict_v(
+        &self,
+        z: &Tensor,
+        t: &[f64],
+        rows: &[ModelRow],
+    ) -> Result<Tensor, DiffusionError> {
         (**self).predict_v(z, t, rows)
     }
 }
@@ -218,7 +224,9 @@ pub fn step_batch<M: VelocityModel>(
     model: &M,
     states: &mut [&mut SampleState],
 ) -> Result<Vec<Option<Tensor>>, DiffusionError> {
-    let active: Vec<usize> = (0..states.len()).filter(|&i| !states[i].is_done()).collect();
+    let active: Vec<usize> = (0..states.len())
+        .filter(|&i| !states[i].is_done())
+        .collect();
     let mut outputs = vec![None; states.len()];
     if active.is_empty() {
         return Ok(outputs);
@@ -265,10 +273,7 @@ pub fn step_batch<M: VelocityModel>(
         let state = &mut *states[i];
         let step = state.completed + 1;
         let v_cond = v_all.get(position)?;
-        let v = match rows
-            .iter()
-            .position(|r| r.sample == i && r.unconditional)
-        {
+        let v = match rows.iter().position(|r| r.sample == i && r.unconditional) {
             Some(u) => classifier_free_guidance(&v_cond, &v_all.get(u)?, state.settings.guidance)?,
             None => v_cond,
         };
@@ -400,7 +405,12 @@ mod tests {
     }
 
     impl VelocityModel for LinearModel {
-        fn predict_v(&self, z: &Tensor, t: &[f64], rows: &[ModelRow]) -> Result<Tensor, DiffusionError> {
+        fn predict_v(
+            &self,
+            z: &Tensor,
+            t: &[f64],
+            rows: &[ModelRow],
+        ) -> Result<Tensor, DiffusionError> {
             self.calls.borrow_mut().push((rows.to_vec(), t.to_vec()));
             let mut out = Vec::new();
             for (i, row) in rows.iter().enumerate() {
@@ -417,7 +427,12 @@ mod tests {
 
     struct NanModel;
     impl VelocityModel for NanModel {
-        fn predict_v(&self, z: &Tensor, _t: &[f64], _rows: &[ModelRow]) -> Result<Tensor, DiffusionError> {
+        fn predict_v(
+            &self,
+            z: &Tensor,
+            _t: &[f64],
+            _rows: &[ModelRow],
+        ) -> Result<Tensor, DiffusionError> {
             Ok((z * f64::NAN)?)
         }
     }
@@ -434,7 +449,11 @@ mod tests {
 
     fn one_value_state(z: f32, settings: SamplerSettings) -> anyhow::Result<SampleState> {
         let z = Tensor::new(&[z], &Device::Cpu)?.reshape((1, 1, 1, 1))?;
-        Ok(SampleState::from_latent(z, settings, GaussianNoise::new(0, 0))?)
+        Ok(SampleState::from_latent(
+            z,
+            settings,
+            GaussianNoise::new(0, 0),
+        )?)
     }
 
     fn value(t: &Tensor) -> anyhow::Result<f32> {
@@ -459,7 +478,10 @@ mod tests {
         let mut seen = Vec::new();
         while !state.is_done() {
             let x0 = step_batch(&model, &mut [&mut state])?;
-            seen.push((value(state.latent())?, value(x0[0].as_ref().expect("active"))?));
+            seen.push((
+                value(state.latent())?,
+                value(x0[0].as_ref().expect("active"))?,
+            ));
         }
         let z1 = 0.8 * (phi(1.0) - phi(2.0 / 3.0)).cos();
         let z2 = z1 * (phi(2.0 / 3.0) - phi(1.0 / 3.0)).cos();
@@ -528,7 +550,13 @@ mod tests {
             step_batch(&model, &mut [&mut s])?;
         }
         assert!(value(s.latent())?.is_finite());
-        assert!(model.calls.borrow().iter().all(|(rows, _)| rows.iter().all(|r| !r.unconditional)));
+        assert!(
+            model
+                .calls
+                .borrow()
+                .iter()
+                .all(|(rows, _)| rows.iter().all(|r| !r.unconditional))
+        );
         Ok(())
     }
 
@@ -575,7 +603,13 @@ mod tests {
     fn callback_sees_every_step_and_can_stop_the_loop() -> anyhow::Result<()> {
         let model = LinearModel::new(0.0, 0.0);
         let settings = no_threshold(SamplerKind::Ddim, 6, 1.0);
-        let states = vec![SampleState::new(&[3, 1, 2, 2], settings, 1, 0, &Device::Cpu)?];
+        let states = vec![SampleState::new(
+            &[3, 1, 2, 2],
+            settings,
+            1,
+            0,
+            &Device::Cpu,
+        )?];
         let mut steps = Vec::new();
         let err = sample(&model, states, |e| {
             steps.push((e.step, e.total_steps, e.x0.dims().to_vec()));
@@ -593,7 +627,10 @@ mod tests {
                 total_steps: 6
             }
         ));
-        assert_eq!(steps, vec![(1, 6, vec![1, 3, 1, 2, 2]), (2, 6, vec![1, 3, 1, 2, 2])]);
+        assert_eq!(
+            steps,
+            vec![(1, 6, vec![1, 3, 1, 2, 2]), (2, 6, vec![1, 3, 1, 2, 2])]
+        );
         assert_eq!(model.calls.borrow().len(), 2, "no work after the stop");
         Ok(())
     }
@@ -606,18 +643,55 @@ mod tests {
         assert!(err.to_string().contains("initial latent"), "{err}");
         let mut s = one_value_state(0.5, SamplerSettings::default())?;
         let err = step_batch(&NanModel, &mut [&mut s]).expect_err("NaN output");
-        assert!(matches!(err, DiffusionError::NonFinite { what: "model output", step: 1, .. }));
+        assert!(matches!(
+            err,
+            DiffusionError::NonFinite {
+                what: "model output",
+                step: 1,
+                ..
+            }
+        ));
         Ok(())
     }
 
     #[test]
     fn out_of_range_settings_name_the_field() {
         let cases = [
-            (SamplerSettings { steps: 0, ..Default::default() }, "steps"),
-            (SamplerSettings { steps: MAX_STEPS + 1, ..Default::default() }, "steps"),
-            (SamplerSettings { guidance: -1.0, ..Default::default() }, "guidance"),
-            (SamplerSettings { guidance: f64::NAN, ..Default::default() }, "guidance"),
-            (SamplerSettings { threshold_quantile: Some(0.0), ..Default::default() }, "threshold_quantile"),
+            (
+                SamplerSettings {
+                    steps: 0,
+                    ..Default::default()
+                },
+                "steps",
+            ),
+            (
+                SamplerSettings {
+                    steps: MAX_STEPS + 1,
+                    ..Default::default()
+                },
+                "steps",
+            ),
+            (
+                SamplerSettings {
+                    guidance: -1.0,
+                    ..Default::default()
+                },
+                "guidance",
+            ),
+            (
+                SamplerSettings {
+                    guidance: f64::NAN,
+                    ..Default::default()
+                },
+                "guidance",
+            ),
+            (
+                SamplerSettings {
+                    threshold_quantile: Some(0.0),
+                    ..Default::default()
+                },
+                "threshold_quantile",
+            ),
         ];
         for (settings, field) in cases {
             let err = settings.validate().expect_err("invalid");
@@ -635,10 +709,19 @@ mod tests {
             threshold_quantile: Some(0.995),
             ..SamplerSettings::default()
         };
-        let states = vec![SampleState::new(&[3, 2, 3, 3], settings, 5, 0, &Device::Cpu)?];
+        let states = vec![SampleState::new(
+            &[3, 2, 3, 3],
+            settings,
+            5,
+            0,
+            &Device::Cpu,
+        )?];
         let mut max_abs = 0f32;
         let out = sample(&model, states, |e| {
-            let m = e.x0.abs().and_then(|a| a.max_all()).and_then(|m| m.to_scalar::<f32>());
+            let m =
+                e.x0.abs()
+                    .and_then(|a| a.max_all())
+                    .and_then(|m| m.to_scalar::<f32>());
             max_abs = max_abs.max(m.unwrap_or(f32::INFINITY));
             ControlFlow::Continue(())
         })?;

@@ -96,6 +96,9 @@ mod tests {
 
     #[test]
     fn time_grid_runs_from_one_to_zero() {
-        assert_eq!(CosineSchedule::time_grid(4), vec![1.0, 0.75, 0.5, 0.25, 0.0]);
+        assert_eq!(
+            CosineSchedule::time_grid(4),
+            vec![1.0, 0.75, 0.5, 0.25, 0.0]
+        );
     }
 }

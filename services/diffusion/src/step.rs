@@ -43,7 +43,13 @@ pub fn posterior_coefficients(from: Scales, to: Scales) -> (f64, f64, f64) {
 }
 
 /// Ancestral update from `from` to `to`, with `noise ~ N(0, I)` shaped like `z`.
-pub fn ancestral(z: &Tensor, x0: &Tensor, noise: &Tensor, from: Scales, to: Scales) -> Result<Tensor> {
+pub fn ancestral(
+    z: &Tensor,
+    x0: &Tensor,
+    noise: &Tensor,
+    from: Scales,
+    to: Scales,
+) -> Result<Tensor> {
     let (c_z, c_x, std) = posterior_coefficients(from, to);
     ((z * c_z)? + (x0 * c_x)?)? + (noise * std)?
 }

@@ -32,7 +32,11 @@ pub fn threshold_scale(values: &[f32], quantile: f64) -> f64 {
 ///
 /// Rejects non-finite input: a NaN would poison the quantile and silently produce a NaN video.
 /// `step` only labels the error.
-pub fn dynamic_threshold(x0: &Tensor, quantile: f64, step: usize) -> Result<Tensor, DiffusionError> {
+pub fn dynamic_threshold(
+    x0: &Tensor,
+    quantile: f64,
+    step: usize,
+) -> Result<Tensor, DiffusionError> {
     if !(quantile > 0.0 && quantile <= 1.0) {
         return Err(DiffusionError::InvalidSetting {
             field: "threshold_quantile",
@@ -81,7 +85,10 @@ mod tests {
     #[test]
     fn each_sample_gets_its_own_scale() -> anyhow::Result<()> {
         // Sample 0 stays in range: untouched. Sample 1 has |x| up to 4: with p = 1 the scale is 4.
-        let x = Tensor::new(&[[0.5f32, -0.25, 1.0, 0.0], [4.0, -2.0, 1.0, 0.0]], &Device::Cpu)?;
+        let x = Tensor::new(
+            &[[0.5f32, -0.25, 1.0, 0.0], [4.0, -2.0, 1.0, 0.0]],
+            &Device::Cpu,
+        )?;
         let y = dynamic_threshold(&x, 1.0, 1)?.to_vec2::<f32>()?;
         assert_eq!(y[0], vec![0.5, -0.25, 1.0, 0.0]);
         assert_eq!(y[1], vec![1.0, -0.5, 0.25, 0.0]);

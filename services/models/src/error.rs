@@ -71,7 +71,9 @@ pub enum ModelError {
         found: Vec<usize>,
     },
     /// The weights file holds a tensor the network does not use (config and weights disagree).
-    #[error("{file}: unexpected tensor `{tensor}` with shape {shape:?}; does config.json match these weights?")]
+    #[error(
+        "{file}: unexpected tensor `{tensor}` with shape {shape:?}; does config.json match these weights?"
+    )]
     UnexpectedTensor {
         /// The weights file.
         file: PathBuf,

@@ -56,7 +56,9 @@ impl Module for LayerNorm {
         let centered = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
         let variance = centered.sqr()?.mean_keepdim(D::Minus1)?;
         let normed = centered.broadcast_div(&(variance + self.eps)?.sqrt()?)?;
-        normed.broadcast_mul(&self.weight)?.broadcast_add(&self.bias)
+        normed
+            .broadcast_mul(&self.weight)?
+            .broadcast_add(&self.bias)
     }
 }
 
@@ -64,7 +66,13 @@ impl Module for LayerNorm {
 ///
 /// `bias`, when given, is added to the logits (it broadcasts: relative position biases,
 /// or `-inf`-like values on padded keys).
-pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, bias: Option<&Tensor>) -> Result<Tensor> {
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f64,
+    bias: Option<&Tensor>,
+) -> Result<Tensor> {
     let logits = (q.matmul(&k.t()?)? * scale)?;
     let logits = match bias {
         Some(b) => logits.broadcast_add(b)?,
@@ -103,7 +111,13 @@ pub fn zero_linear(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Line
 }
 
 /// A `k x k` same-padding 2D convolution (stride 1), optionally zero-initialised.
-pub fn conv2d_same(in_c: usize, out_c: usize, k: usize, zero: bool, vb: VarBuilder) -> Result<Conv2d> {
+pub fn conv2d_same(
+    in_c: usize,
+    out_c: usize,
+    k: usize,
+    zero: bool,
+    vb: VarBuilder,
+) -> Result<Conv2d> {
     let cfg = Conv2dConfig {
         padding: k / 2,
         ..Default::default()
@@ -166,7 +180,9 @@ mod tests {
         };
         let _ = vb;
         // x = [3, 4]: rms = sqrt(12.5); out = [3, 8] / sqrt(12.5).
-        let y = norm.forward(&Tensor::new(&[[3.0f32, 4.0]], &Device::Cpu)?)?.to_vec2::<f32>()?;
+        let y = norm
+            .forward(&Tensor::new(&[[3.0f32, 4.0]], &Device::Cpu)?)?
+            .to_vec2::<f32>()?;
         let r = 12.5f32.sqrt();
         assert!((y[0][0] - 3.0 / r).abs() < 1e-6 && (y[0][1] - 8.0 / r).abs() < 1e-6);
         Ok(())
@@ -179,7 +195,9 @@ mod tests {
         let k = Tensor::ones((1, 1, 3, 2), DType::F32, &dev)?;
         let v = Tensor::new(&[[[[1.0f32], [2.0], [100.0]]]], &dev)?;
         let bias = key_padding_bias(&Tensor::new(&[[1.0f32, 1.0, 0.0]], &dev)?)?;
-        let out = attention(&q, &k, &v, 1.0, Some(&bias))?.flatten_all()?.to_vec1::<f32>()?;
+        let out = attention(&q, &k, &v, 1.0, Some(&bias))?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
         assert!((out[0] - 1.5).abs() < 1e-5, "{out:?}");
         Ok(())
     }

@@ -65,7 +65,11 @@ pub struct VideoShape {
 
 impl std::fmt::Display for VideoShape {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}x{}x{} @ {} fps", self.frames, self.height, self.width, self.fps)
+        write!(
+            f,
+            "{}x{}x{} @ {} fps",
+            self.frames, self.height, self.width, self.fps
+        )
     }
 }
 
@@ -155,7 +159,7 @@ fn invalid(path: &Path, reason: String) -> ModelError {
 
 /// Integer factor `to / from`, if it is one and at least 2.
 fn integer_factor(from: usize, to: usize) -> Option<usize> {
-    (from > 0 && to % from == 0 && to / from >= 2).then(|| to / from)
+    (from > 0 && to.is_multiple_of(from) && to / from >= 2).then(|| to / from)
 }
 
 impl Manifest {
@@ -183,12 +187,21 @@ impl Manifest {
                 return Err(invalid(path, format!("{at}: `name` must match [a-z0-9-]+")));
             }
             if !names.insert(stage.name.as_str()) {
-                return Err(invalid(path, format!("{at}: `name` is used by another stage")));
-            }
-            if stage.path.is_empty() || Path::new(&stage.path).is_absolute() || stage.path.contains("..") {
                 return Err(invalid(
                     path,
-                    format!("{at}: `path` must be a folder inside the repository, got {:?}", stage.path),
+                    format!("{at}: `name` is used by another stage"),
+                ));
+            }
+            if stage.path.is_empty()
+                || Path::new(&stage.path).is_absolute()
+                || stage.path.contains("..")
+            {
+                return Err(invalid(
+                    path,
+                    format!(
+                        "{at}: `path` must be a folder inside the repository, got {:?}",
+                        stage.path
+                    ),
                 ));
             }
             let expected_kind = match index {
@@ -204,25 +217,37 @@ impl Manifest {
             if !kind_ok {
                 return Err(invalid(
                     path,
-                    format!("{at}: `kind` must be {expected_kind} here, found {}", stage.kind.as_str()),
+                    format!(
+                        "{at}: `kind` must be {expected_kind} here, found {}",
+                        stage.kind.as_str()
+                    ),
                 ));
             }
             match stage.kind {
                 StageKind::TextEncoder => {
                     if stage.input.is_some() || stage.output.is_some() {
-                        return Err(invalid(path, format!("{at}: a text encoder has no `input` or `output` video")));
+                        return Err(invalid(
+                            path,
+                            format!("{at}: a text encoder has no `input` or `output` video"),
+                        ));
                     }
                 }
                 StageKind::Base => {
                     if stage.input.is_some() {
-                        return Err(invalid(path, format!("{at}: a base stage takes no `input` video")));
+                        return Err(invalid(
+                            path,
+                            format!("{at}: a base stage takes no `input` video"),
+                        ));
                     }
                     self.check_output(path, &at, stage)?;
                 }
                 StageKind::Tsr | StageKind::Ssr => {
                     let output = self.check_output(path, &at, stage)?;
                     let Some(input) = stage.input else {
-                        return Err(invalid(path, format!("{at}: a super-resolution stage needs an `input` shape")));
+                        return Err(invalid(
+                            path,
+                            format!("{at}: a super-resolution stage needs an `input` shape"),
+                        ));
                     };
                     let upstream = previous.and_then(|p| p.output);
                     if upstream != Some(input) {
@@ -239,7 +264,9 @@ impl Manifest {
                     if !(0.0..=1.0).contains(&aug) {
                         return Err(invalid(
                             path,
-                            format!("{at}: `defaults.noise_augmentation` must be in [0, 1], got {aug}"),
+                            format!(
+                                "{at}: `defaults.noise_augmentation` must be in [0, 1], got {aug}"
+                            ),
                         ));
                     }
                 }
@@ -249,13 +276,19 @@ impl Manifest {
                 if d.steps == 0 || d.steps > MAX_STEPS {
                     return Err(invalid(
                         path,
-                        format!("{at}: `defaults.steps` must be in 1..={MAX_STEPS}, got {}", d.steps),
+                        format!(
+                            "{at}: `defaults.steps` must be in 1..={MAX_STEPS}, got {}",
+                            d.steps
+                        ),
                     ));
                 }
                 if !(0.0..=MAX_GUIDANCE).contains(&d.guidance) {
                     return Err(invalid(
                         path,
-                        format!("{at}: `defaults.guidance` must be in [0, {MAX_GUIDANCE}], got {}", d.guidance),
+                        format!(
+                            "{at}: `defaults.guidance` must be in [0, {MAX_GUIDANCE}], got {}",
+                            d.guidance
+                        ),
                     ));
                 }
                 if let Some(p) = d.threshold_quantile
@@ -272,14 +305,29 @@ impl Manifest {
         Ok(())
     }
 
-    fn check_output(&self, path: &Path, at: &str, stage: &StageManifest) -> Result<VideoShape, ModelError> {
+    fn check_output(
+        &self,
+        path: &Path,
+        at: &str,
+        stage: &StageManifest,
+    ) -> Result<VideoShape, ModelError> {
         let Some(output) = stage.output else {
-            return Err(invalid(path, format!("{at}: a diffusion stage needs an `output` shape")));
-        };
-        if output.frames == 0 || output.height == 0 || output.width == 0 || !(output.fps > 0.0) {
             return Err(invalid(
                 path,
-                format!("{at}: `output` must have positive frames, height, width and fps, got {output}"),
+                format!("{at}: a diffusion stage needs an `output` shape"),
+            ));
+        };
+        if output.frames == 0
+            || output.height == 0
+            || output.width == 0
+            || output.fps.is_nan()
+            || output.fps <= 0.0
+        {
+            return Err(invalid(
+                path,
+                format!(
+                    "{at}: `output` must have positive frames, height, width and fps, got {output}"
+                ),
             ));
         }
         Ok(output)
@@ -292,7 +340,9 @@ impl Manifest {
 
     /// The diffusion stages (base, then every SR stage), in order.
     pub fn diffusion_stages(&self) -> impl Iterator<Item = &StageManifest> {
-        self.stages.iter().filter(|s| s.kind != StageKind::TextEncoder)
+        self.stages
+            .iter()
+            .filter(|s| s.kind != StageKind::TextEncoder)
     }
 
     /// The final video's shape.
@@ -321,12 +371,17 @@ fn check_super_resolution(
                 ));
             };
             if (input.height, input.width) != (output.height, output.width) {
-                return Err(invalid(path, format!("{at}: a TSR stage keeps the frame size, got {input} -> {output}")));
+                return Err(invalid(
+                    path,
+                    format!("{at}: a TSR stage keeps the frame size, got {input} -> {output}"),
+                ));
             }
             if !fps_close(output.fps, input.fps * k as f32) {
                 return Err(invalid(
                     path,
-                    format!("{at}: a TSR stage with {k}x frames must have {k}x fps, got {input} -> {output}"),
+                    format!(
+                        "{at}: a TSR stage with {k}x frames must have {k}x fps, got {input} -> {output}"
+                    ),
                 ));
             }
         }
@@ -336,7 +391,9 @@ fn check_super_resolution(
             if kh.is_none() || kh != kw {
                 return Err(invalid(
                     path,
-                    format!("{at}: an SSR stage must scale height and width by the same integer >= 2, got {input} -> {output}"),
+                    format!(
+                        "{at}: an SSR stage must scale height and width by the same integer >= 2, got {input} -> {output}"
+                    ),
                 ));
             }
             if input.frames != output.frames || !fps_close(input.fps, output.fps) {

@@ -67,19 +67,23 @@ impl ModelRepository {
         let encoder_stage = &manifest.stages[0];
         let encoder_config_path = root.join(&encoder_stage.path).join(files::CONFIG);
         let encoder_config: T5Config = read_json(&encoder_config_path, "T5 text encoder config")?;
-        encoder_config.validate().map_err(|e| ModelError::InvalidRepository {
-            path: encoder_config_path.clone(),
-            reason: e.to_string(),
-        })?;
+        encoder_config
+            .validate()
+            .map_err(|e| ModelError::InvalidRepository {
+                path: encoder_config_path.clone(),
+                reason: e.to_string(),
+            })?;
 
         let mut unet_configs = Vec::new();
         for stage in manifest.diffusion_stages() {
             let path = root.join(&stage.path).join(files::CONFIG);
             let config: VideoUNetConfig = read_json(&path, "Video U-Net config")?;
-            config.validate().map_err(|e| ModelError::InvalidRepository {
-                path: path.clone(),
-                reason: e.to_string(),
-            })?;
+            config
+                .validate()
+                .map_err(|e| ModelError::InvalidRepository {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })?;
             check_unet_against_stage(&path, stage, &config, &encoder_config)?;
             unet_configs.push((stage.name.clone(), config));
         }
@@ -121,7 +125,11 @@ impl ModelRepository {
     }
 
     fn unknown_stage(&self, name: &str) -> ModelError {
-        let known: Vec<&str> = self.manifest.diffusion_stages().map(|s| s.name.as_str()).collect();
+        let known: Vec<&str> = self
+            .manifest
+            .diffusion_stages()
+            .map(|s| s.name.as_str())
+            .collect();
         ModelError::InvalidRepository {
             path: self.root.join(files::MANIFEST),
             reason: format!("no diffusion stage named `{name}`; the stages are {known:?}"),
@@ -134,10 +142,11 @@ impl ModelRepository {
         let config = self.encoder_config.clone();
 
         let tokenizer_path = dir.join(files::TOKENIZER);
-        let tokenizer = Tokenizer::from_file(&tokenizer_path).map_err(|e| ModelError::Tokenizer {
-            path: tokenizer_path.clone(),
-            reason: e.to_string(),
-        })?;
+        let tokenizer =
+            Tokenizer::from_file(&tokenizer_path).map_err(|e| ModelError::Tokenizer {
+                path: tokenizer_path.clone(),
+                reason: e.to_string(),
+            })?;
         let tokenizer_vocab = tokenizer.get_vocab_size(true);
         if tokenizer_vocab > config.vocab_size {
             return Err(ModelError::Tokenizer {
@@ -216,7 +225,10 @@ fn check_unet_against_stage(
         ));
     }
     if !is_sr && config.cond_channels != 0 {
-        return fail(format!("a base stage takes no conditioning video: cond_channels must be 0, got {}", config.cond_channels));
+        return fail(format!(
+            "a base stage takes no conditioning video: cond_channels must be 0, got {}",
+            config.cond_channels
+        ));
     }
     if let Some(out) = stage.output {
         let d = config.spatial_divisor();

@@ -147,9 +147,16 @@ impl Scaffold {
         mkdir(&encoder_dir)?;
         write_json(&encoder_dir.join(files::CONFIG), &self.encoder)?;
         let words: Vec<&str> = self.vocabulary.iter().map(String::as_str).collect();
-        write_json(&encoder_dir.join(files::TOKENIZER), &word_level_tokenizer_json(&words))?;
+        write_json(
+            &encoder_dir.join(files::TOKENIZER),
+            &word_level_tokenizer_json(&words),
+        )?;
         let varmap = VarMap::new();
-        T5Encoder::new(VarBuilder::from_varmap(&varmap, DType::F32, &device), &self.encoder, "shared")?;
+        T5Encoder::new(
+            VarBuilder::from_varmap(&varmap, DType::F32, &device),
+            &self.encoder,
+            "shared",
+        )?;
         fill(&varmap, init)?;
         save(&varmap, &encoder_dir.join(files::WEIGHTS))?;
 
@@ -158,7 +165,10 @@ impl Scaffold {
             mkdir(&dir)?;
             write_json(&dir.join(files::CONFIG), &stage.unet)?;
             let varmap = VarMap::new();
-            VideoUNet::new(VarBuilder::from_varmap(&varmap, DType::F32, &device), &stage.unet)?;
+            VideoUNet::new(
+                VarBuilder::from_varmap(&varmap, DType::F32, &device),
+                &stage.unet,
+            )?;
             let init = match init {
                 WeightInit::Random { seed } => WeightInit::Random {
                     seed: seed.wrapping_add(1 + index as u64),
@@ -233,11 +243,27 @@ impl Scaffold {
                     unet: unet(TemporalMixing::Attention, 0),
                 },
                 ScaffoldStage {
-                    manifest: stage("tsr", StageKind::Tsr, Some(shape(4, 8, 2.0)), shape(8, 8, 4.0), 3, 1.0, 0.1),
+                    manifest: stage(
+                        "tsr",
+                        StageKind::Tsr,
+                        Some(shape(4, 8, 2.0)),
+                        shape(8, 8, 4.0),
+                        3,
+                        1.0,
+                        0.1,
+                    ),
                     unet: unet(TemporalMixing::Conv, 3),
                 },
                 ScaffoldStage {
-                    manifest: stage("ssr", StageKind::Ssr, Some(shape(8, 8, 4.0)), shape(8, 16, 4.0), 3, 1.0, 0.1),
+                    manifest: stage(
+                        "ssr",
+                        StageKind::Ssr,
+                        Some(shape(8, 8, 4.0)),
+                        shape(8, 16, 4.0),
+                        3,
+                        1.0,
+                        0.1,
+                    ),
                     unet: unet(TemporalMixing::Conv, 3),
                 },
             ],

@@ -25,7 +25,14 @@ struct Recorder {
 }
 
 impl SimpleBackend for Recorder {
-    fn get(&self, s: Shape, name: &str, _h: Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        _h: Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
         if let Ok(mut requested) = self.requested.lock() {
             requested.push((name.to_string(), s.dims().to_vec()));
         }
@@ -33,7 +40,12 @@ impl SimpleBackend for Recorder {
         Tensor::zeros((), dtype, dev)?.broadcast_as(s)
     }
 
-    fn get_unchecked(&self, name: &str, _dtype: DType, _dev: &Device) -> candle_core::Result<Tensor> {
+    fn get_unchecked(
+        &self,
+        name: &str,
+        _dtype: DType,
+        _dev: &Device,
+    ) -> candle_core::Result<Tensor> {
         candle_core::bail!("tensor `{name}` was requested without a shape")
     }
 
@@ -56,7 +68,10 @@ pub fn expected_tensors<T>(
 }
 
 /// The names and shapes stored in a safetensors buffer, checked for loadable dtypes.
-pub fn stored_tensors(file: &Path, bytes: &[u8]) -> Result<HashMap<String, Vec<usize>>, ModelError> {
+pub fn stored_tensors(
+    file: &Path,
+    bytes: &[u8],
+) -> Result<HashMap<String, Vec<usize>>, ModelError> {
     let tensors = SafeTensors::deserialize(bytes).map_err(|e| ModelError::Safetensors {
         file: file.to_path_buf(),
         reason: e.to_string(),
@@ -103,9 +118,12 @@ pub fn check_tensors(
         }
     }
     if !allow_extra {
-        let wanted: std::collections::HashSet<&str> = expected.iter().map(|(n, _)| n.as_str()).collect();
-        let mut extra: Vec<(&String, &Vec<usize>)> =
-            stored.iter().filter(|(n, _)| !wanted.contains(n.as_str())).collect();
+        let wanted: std::collections::HashSet<&str> =
+            expected.iter().map(|(n, _)| n.as_str()).collect();
+        let mut extra: Vec<(&String, &Vec<usize>)> = stored
+            .iter()
+            .filter(|(n, _)| !wanted.contains(n.as_str()))
+            .collect();
         extra.sort();
         if let Some((name, shape)) = extra.first() {
             return Err(ModelError::UnexpectedTensor {
@@ -127,9 +145,15 @@ pub fn read_weights(file: &Path) -> Result<Vec<u8>, ModelError> {
 }
 
 /// A `VarBuilder` over checked weights, converting every tensor to f32 on `device`.
-pub fn var_builder(file: &Path, bytes: Vec<u8>, device: &Device) -> Result<VarBuilder<'static>, ModelError> {
-    VarBuilder::from_buffered_safetensors(bytes, DType::F32, device).map_err(|e| ModelError::Safetensors {
-        file: file.to_path_buf(),
-        reason: e.to_string(),
+pub fn var_builder(
+    file: &Path,
+    bytes: Vec<u8>,
+    device: &Device,
+) -> Result<VarBuilder<'static>, ModelError> {
+    VarBuilder::from_buffered_safetensors(bytes, DType::F32, device).map_err(|e| {
+        ModelError::Safetensors {
+            file: file.to_path_buf(),
+            reason: e.to_string(),
+        }
     })
 }

@@ -97,7 +97,10 @@ impl T5Config {
             ("d_ff", self.d_ff),
             ("num_layers", self.num_layers),
             ("num_heads", self.num_heads),
-            ("relative_attention_num_buckets", self.relative_attention_num_buckets),
+            (
+                "relative_attention_num_buckets",
+                self.relative_attention_num_buckets,
+            ),
             ("max_tokens", self.max_tokens),
         ];
         for (field, value) in positive {
@@ -111,7 +114,10 @@ impl T5Config {
         if self.relative_attention_num_buckets < 4 {
             return Err(ModelError::InvalidConfig {
                 field: "relative_attention_num_buckets",
-                reason: format!("must be at least 4, got {}", self.relative_attention_num_buckets),
+                reason: format!(
+                    "must be at least 4, got {}",
+                    self.relative_attention_num_buckets
+                ),
             });
         }
         self.feed_forward().map(|_| ())

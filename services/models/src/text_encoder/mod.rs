@@ -65,13 +65,13 @@ impl TextEncoder {
             .iter()
             .enumerate()
             .map(|(index, prompt)| {
-                let encoding = self
-                    .tokenizer
-                    .encode(*prompt, true)
-                    .map_err(|e| ModelError::Tokenize {
-                        index,
-                        reason: e.to_string(),
-                    })?;
+                let encoding =
+                    self.tokenizer
+                        .encode(*prompt, true)
+                        .map_err(|e| ModelError::Tokenize {
+                            index,
+                            reason: e.to_string(),
+                        })?;
                 let ids = encoding.get_ids().to_vec();
                 if ids.len() > self.config.max_tokens {
                     return Err(ModelError::PromptTooLong {
@@ -80,7 +80,10 @@ impl TextEncoder {
                         limit: self.config.max_tokens,
                     });
                 }
-                if let Some(&bad) = ids.iter().find(|&&id| id as usize >= self.config.vocab_size) {
+                if let Some(&bad) = ids
+                    .iter()
+                    .find(|&&id| id as usize >= self.config.vocab_size)
+                {
                     return Err(ModelError::Tokenize {
                         index,
                         reason: format!(

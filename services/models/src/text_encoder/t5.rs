@@ -22,7 +22,8 @@ pub fn relative_position_bucket(relative: i64, num_buckets: usize, max_distance:
     if n < max_exact {
         bucket += n;
     } else {
-        let scaled = (n as f64 / max_exact as f64).ln() / (max_distance as f64 / max_exact as f64).ln()
+        let scaled = (n as f64 / max_exact as f64).ln()
+            / (max_distance as f64 / max_exact as f64).ln()
             * (half - max_exact) as f64;
         bucket += (max_exact + scaled as usize).min(half - 1);
     }
@@ -73,9 +74,11 @@ impl SelfAttention {
         let mut buckets = Vec::with_capacity(len * len);
         for query in 0..len as i64 {
             for key in 0..len as i64 {
-                buckets.push(
-                    relative_position_bucket(key - query, self.num_buckets, self.max_distance) as u32,
-                );
+                buckets.push(relative_position_bucket(
+                    key - query,
+                    self.num_buckets,
+                    self.max_distance,
+                ) as u32);
             }
         }
         let buckets = Tensor::from_vec(buckets, (len, len), device)?;
@@ -155,9 +158,17 @@ impl Block {
         let ff_vb = vb.pp("layer").pp("1");
         Ok(Self {
             attention: SelfAttention::new(index == 0, cfg, attn_vb.pp("SelfAttention"))?,
-            attention_norm: RmsNorm::new(cfg.d_model, cfg.layer_norm_epsilon, attn_vb.pp("layer_norm"))?,
+            attention_norm: RmsNorm::new(
+                cfg.d_model,
+                cfg.layer_norm_epsilon,
+                attn_vb.pp("layer_norm"),
+            )?,
             feed_forward: FeedForward::new(cfg, ff_vb.pp("DenseReluDense"))?,
-            feed_forward_norm: RmsNorm::new(cfg.d_model, cfg.layer_norm_epsilon, ff_vb.pp("layer_norm"))?,
+            feed_forward_norm: RmsNorm::new(
+                cfg.d_model,
+                cfg.layer_norm_epsilon,
+                ff_vb.pp("layer_norm"),
+            )?,
         })
     }
 }
@@ -178,12 +189,17 @@ pub const EMBEDDING_NAMES: [&str; 2] = ["shared", "encoder.embed_tokens"];
 impl T5Encoder {
     /// Builds the encoder; `embedding_prefix` is one of [`EMBEDDING_NAMES`].
     pub fn new(vb: VarBuilder, cfg: &T5Config, embedding_prefix: &str) -> Result<Self> {
-        let embed_tokens = candle_nn::embedding(cfg.vocab_size, cfg.d_model, vb.pp(embedding_prefix))?;
+        let embed_tokens =
+            candle_nn::embedding(cfg.vocab_size, cfg.d_model, vb.pp(embedding_prefix))?;
         let encoder = vb.pp("encoder");
         let blocks = (0..cfg.num_layers)
             .map(|i| Block::new(i, cfg, encoder.pp("block").pp(i)))
             .collect::<Result<Vec<_>>>()?;
-        let final_norm = RmsNorm::new(cfg.d_model, cfg.layer_norm_epsilon, encoder.pp("final_layer_norm"))?;
+        let final_norm = RmsNorm::new(
+            cfg.d_model,
+            cfg.layer_norm_epsilon,
+            encoder.pp("final_layer_norm"),
+        )?;
         Ok(Self {
             embed_tokens,
             blocks,
@@ -205,9 +221,13 @@ impl T5Encoder {
             None => padding,
         };
         for block in &self.blocks {
-            let h = block.attention.forward(&block.attention_norm.forward(&x)?, &bias)?;
+            let h = block
+                .attention
+                .forward(&block.attention_norm.forward(&x)?, &bias)?;
             x = (x + h)?;
-            let h = block.feed_forward.forward(&block.feed_forward_norm.forward(&x)?)?;
+            let h = block
+                .feed_forward
+                .forward(&block.feed_forward_norm.forward(&x)?)?;
             x = (x + h)?;
         }
         self.final_norm.forward(&x)
@@ -245,7 +265,11 @@ mod tests {
             (-1000, 15),
         ];
         for (relative, expected) in cases {
-            assert_eq!(relative_position_bucket(relative, 32, 128), expected, "relative {relative}");
+            assert_eq!(
+                relative_position_bucket(relative, 32, 128),
+                expected,
+                "relative {relative}"
+            );
         }
     }
 }

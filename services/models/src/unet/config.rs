@@ -83,7 +83,8 @@ impl VideoUNetConfig {
 
     /// Checks that every size fits together.
     pub fn validate(&self) -> Result<(), ModelError> {
-        let invalid = |field: &'static str, reason: String| Err(ModelError::InvalidConfig { field, reason });
+        let invalid =
+            |field: &'static str, reason: String| Err(ModelError::InvalidConfig { field, reason });
         for (field, value) in [
             ("in_channels", self.in_channels),
             ("out_channels", self.out_channels),
@@ -101,7 +102,10 @@ impl VideoUNetConfig {
         if self.channel_mult.is_empty() || self.channel_mult.contains(&0) {
             return invalid(
                 "channel_mult",
-                format!("must be a non-empty list of positive multipliers, got {:?}", self.channel_mult),
+                format!(
+                    "must be a non-empty list of positive multipliers, got {:?}",
+                    self.channel_mult
+                ),
             );
         }
         if self.attention_levels.len() != self.channel_mult.len() {
@@ -114,34 +118,49 @@ impl VideoUNetConfig {
                 ),
             );
         }
-        if self.temporal_kernel % 2 == 0 {
-            return invalid("temporal_kernel", format!("must be odd, got {}", self.temporal_kernel));
+        if self.temporal_kernel.is_multiple_of(2) {
+            return invalid(
+                "temporal_kernel",
+                format!("must be odd, got {}", self.temporal_kernel),
+            );
         }
-        if self.model_channels % 2 != 0 {
+        if !self.model_channels.is_multiple_of(2) {
             return invalid(
                 "model_channels",
-                format!("must be even (sinusoidal embedding), got {}", self.model_channels),
+                format!(
+                    "must be even (sinusoidal embedding), got {}",
+                    self.model_channels
+                ),
             );
         }
         for level in 0..self.channel_mult.len() {
             let width = self.level_channels(level);
-            if width % self.norm_groups != 0 {
+            if !width.is_multiple_of(self.norm_groups) {
                 return invalid(
                     "norm_groups",
-                    format!("{} does not divide level {level}'s width {width}", self.norm_groups),
+                    format!(
+                        "{} does not divide level {level}'s width {width}",
+                        self.norm_groups
+                    ),
                 );
             }
-            if width % self.num_heads != 0 {
+            if !width.is_multiple_of(self.num_heads) {
                 return invalid(
                     "num_heads",
-                    format!("{} does not divide level {level}'s width {width}", self.num_heads),
+                    format!(
+                        "{} does not divide level {level}'s width {width}",
+                        self.num_heads
+                    ),
                 );
             }
         }
-        if self.model_channels % self.norm_groups != 0 {
+        if !self.model_channels.is_multiple_of(self.norm_groups) {
             return invalid(
                 "norm_groups",
-                format!("{} does not divide model_channels {}", self.norm_groups, self.model_channels),
+                format!(
+                    "{} does not divide model_channels {}",
+                    self.norm_groups, self.model_channels
+                ),
             );
         }
         Ok(())

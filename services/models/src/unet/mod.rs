@@ -54,7 +54,14 @@ struct Layer {
 }
 
 impl Layer {
-    fn forward(&self, x: &Tensor, emb: &Tensor, frames: usize, ctx: &Tensor, mask: &Tensor) -> CandleResult<Tensor> {
+    fn forward(
+        &self,
+        x: &Tensor,
+        emb: &Tensor,
+        frames: usize,
+        ctx: &Tensor,
+        mask: &Tensor,
+    ) -> CandleResult<Tensor> {
         let h = self.res.forward(x, emb)?;
         let h = self.temporal.forward(&h, frames)?;
         match &self.attention {
@@ -95,7 +102,12 @@ impl VideoUNet {
     fn build(vb: VarBuilder, cfg: &VideoUNetConfig) -> CandleResult<Self> {
         let emb_dim = cfg.embedding_dim();
         let groups = cfg.norm_groups;
-        let layer = |in_c: usize, out_c: usize, attention: bool, vb: VarBuilder, i: usize| -> CandleResult<Layer> {
+        let layer = |in_c: usize,
+                     out_c: usize,
+                     attention: bool,
+                     vb: VarBuilder,
+                     i: usize|
+         -> CandleResult<Layer> {
             Ok(Layer {
                 res: ResBlock::new(in_c, out_c, emb_dim, groups, vb.pp("res").pp(i))?,
                 temporal: TemporalBlock::new(cfg.temporal, out_c, cfg, vb.pp("temporal").pp(i))?,
@@ -122,7 +134,13 @@ impl VideoUNet {
             let out_c = cfg.level_channels(level);
             let mut layers = Vec::new();
             for i in 0..cfg.num_res_blocks {
-                layers.push(layer(channels, out_c, cfg.attention_levels[level], vb_level.clone(), i)?);
+                layers.push(layer(
+                    channels,
+                    out_c,
+                    cfg.attention_levels[level],
+                    vb_level.clone(),
+                    i,
+                )?);
                 channels = out_c;
                 skip_channels.push(channels);
             }
@@ -162,11 +180,23 @@ impl VideoUNet {
             let mut layers = Vec::new();
             for i in 0..=cfg.num_res_blocks {
                 let skip = skip_channels.pop().unwrap_or(0);
-                layers.push(layer(channels + skip, out_c, cfg.attention_levels[level], vb_level.clone(), i)?);
+                layers.push(layer(
+                    channels + skip,
+                    out_c,
+                    cfg.attention_levels[level],
+                    vb_level.clone(),
+                    i,
+                )?);
                 channels = out_c;
             }
             let resample = if level > 0 {
-                Some(conv2d_same(channels, channels, 3, false, vb_level.pp("upsample"))?)
+                Some(conv2d_same(
+                    channels,
+                    channels,
+                    3,
+                    false,
+                    vb_level.pp("upsample"),
+                )?)
             } else {
                 None
             };
@@ -177,12 +207,22 @@ impl VideoUNet {
             config: cfg.clone(),
             time_embed: ScalarEmbedding::new(cfg.model_channels, emb_dim, vb.pp("time_embed"))?,
             aug_embed: if cfg.is_super_resolution() {
-                Some(ScalarEmbedding::new(cfg.model_channels, emb_dim, vb.pp("aug_embed"))?)
+                Some(ScalarEmbedding::new(
+                    cfg.model_channels,
+                    emb_dim,
+                    vb.pp("aug_embed"),
+                )?)
             } else {
                 None
             },
             text_pool: PooledText::new(cfg.context_dim, emb_dim, vb.pp("text_pool"))?,
-            conv_in: conv2d_same(cfg.in_channels + cfg.cond_channels, cfg.model_channels, 3, false, vb.pp("conv_in"))?,
+            conv_in: conv2d_same(
+                cfg.in_channels + cfg.cond_channels,
+                cfg.model_channels,
+                3,
+                false,
+                vb.pp("conv_in"),
+            )?,
             down,
             mid,
             up,
@@ -197,43 +237,70 @@ impl VideoUNet {
     }
 
     /// Checks the inputs' shapes against each other and the config.
-    fn check_inputs(&self, inputs: &UNetInputs<'_>) -> Result<(usize, usize, usize, usize), ModelError> {
+    fn check_inputs(
+        &self,
+        inputs: &UNetInputs<'_>,
+    ) -> Result<(usize, usize, usize, usize), ModelError> {
         let cfg = &self.config;
-        let invalid = |field: &'static str, reason: String| Err(ModelError::InvalidInput { field, reason });
+        let invalid =
+            |field: &'static str, reason: String| Err(ModelError::InvalidInput { field, reason });
         let dims = inputs.z.dims();
         let [b, c, f, h, w] = dims else {
-            return invalid("z", format!("must be [batch, channels, frames, height, width], got {dims:?}"));
+            return invalid(
+                "z",
+                format!("must be [batch, channels, frames, height, width], got {dims:?}"),
+            );
         };
         let (b, c, f, h, w) = (*b, *c, *f, *h, *w);
         if c != cfg.in_channels {
-            return invalid("z", format!("has {c} channels, the model takes {}", cfg.in_channels));
+            return invalid(
+                "z",
+                format!("has {c} channels, the model takes {}", cfg.in_channels),
+            );
         }
         let divisor = cfg.spatial_divisor();
         if h % divisor != 0 || w % divisor != 0 || h == 0 || w == 0 {
             return invalid(
                 "z",
-                format!("height {h} and width {w} must be positive multiples of {divisor} for this U-Net's depth"),
+                format!(
+                    "height {h} and width {w} must be positive multiples of {divisor} for this U-Net's depth"
+                ),
             );
         }
         if cfg.temporal == TemporalMixing::Attention && f > cfg.max_frames {
-            return invalid("z", format!("has {f} frames, the model covers at most {}", cfg.max_frames));
+            return invalid(
+                "z",
+                format!(
+                    "has {f} frames, the model covers at most {}",
+                    cfg.max_frames
+                ),
+            );
         }
         if inputs.t.dims() != [b] {
             return invalid("t", format!("must be [{b}], got {:?}", inputs.t.dims()));
         }
         let ctx = inputs.context.dims();
         if ctx.len() != 3 || ctx[0] != b || ctx[2] != cfg.context_dim {
-            return invalid("context", format!("must be [{b}, tokens, {}], got {ctx:?}", cfg.context_dim));
+            return invalid(
+                "context",
+                format!("must be [{b}, tokens, {}], got {ctx:?}", cfg.context_dim),
+            );
         }
         if inputs.context_mask.dims() != [b, ctx[1]] {
             return invalid(
                 "context_mask",
-                format!("must be [{b}, {}], got {:?}", ctx[1], inputs.context_mask.dims()),
+                format!(
+                    "must be [{b}, {}], got {:?}",
+                    ctx[1],
+                    inputs.context_mask.dims()
+                ),
             );
         }
         match (cfg.is_super_resolution(), inputs.cond, inputs.aug_level) {
             (false, None, None) => {}
-            (false, _, _) => return invalid("cond", "a base model takes no conditioning video".into()),
+            (false, _, _) => {
+                return invalid("cond", "a base model takes no conditioning video".into());
+            }
             (true, Some(cond), Some(aug)) => {
                 let want = [b, cfg.cond_channels, f, h, w];
                 if cond.dims() != want {
@@ -259,9 +326,19 @@ impl VideoUNet {
         Ok(self.forward_unchecked(inputs, b, frames, h, w)?)
     }
 
-    fn forward_unchecked(&self, inputs: &UNetInputs<'_>, b: usize, frames: usize, h: usize, w: usize) -> CandleResult<Tensor> {
+    fn forward_unchecked(
+        &self,
+        inputs: &UNetInputs<'_>,
+        b: usize,
+        frames: usize,
+        h: usize,
+        w: usize,
+    ) -> CandleResult<Tensor> {
         // Global embedding per video, then repeated per frame: [B*F, emb].
-        let mut emb = (self.time_embed.forward(inputs.t)? + self.text_pool.forward(inputs.context, inputs.context_mask)?)?;
+        let mut emb = (self.time_embed.forward(inputs.t)?
+            + self
+                .text_pool
+                .forward(inputs.context, inputs.context_mask)?)?;
         if let (Some(aug_embed), Some(aug)) = (&self.aug_embed, inputs.aug_level) {
             emb = (emb + aug_embed.forward(aug)?)?;
         }
@@ -272,7 +349,10 @@ impl VideoUNet {
             target.extend_from_slice(&rest);
             let mut flat = vec![b * frames];
             flat.extend_from_slice(&rest);
-            t.unsqueeze(1)?.broadcast_as(target)?.contiguous()?.reshape(flat)
+            t.unsqueeze(1)?
+                .broadcast_as(target)?
+                .contiguous()?
+                .reshape(flat)
         };
         let emb = per_frame(&emb)?;
         let ctx = per_frame(inputs.context)?;
@@ -281,7 +361,9 @@ impl VideoUNet {
         // [B, C, F, H, W] -> [B*F, C, H, W]
         let fold = |t: &Tensor| -> CandleResult<Tensor> {
             let c = t.dim(1)?;
-            t.permute((0, 2, 1, 3, 4))?.contiguous()?.reshape((b * frames, c, h, w))
+            t.permute((0, 2, 1, 3, 4))?
+                .contiguous()?
+                .reshape((b * frames, c, h, w))
         };
         let mut x = fold(inputs.z)?;
         if let Some(cond) = inputs.cond {
@@ -315,10 +397,14 @@ impl VideoUNet {
                 h_ = up.forward(&h_.upsample_nearest2d(2 * hh, 2 * ww)?)?;
             }
         }
-        let out = self.conv_out.forward(&self.out_norm.forward(&h_)?.silu()?)?;
+        let out = self
+            .conv_out
+            .forward(&self.out_norm.forward(&h_)?.silu()?)?;
         // [B*F, C, H, W] -> [B, C, F, H, W]
         let c = out.dim(1)?;
-        out.reshape((b, frames, c, h, w))?.permute((0, 2, 1, 3, 4))?.contiguous()
+        out.reshape((b, frames, c, h, w))?
+            .permute((0, 2, 1, 3, 4))?
+            .contiguous()
     }
 }
 
@@ -331,7 +417,10 @@ mod tests {
 
     fn random_unet(config: &VideoUNetConfig) -> anyhow::Result<VideoUNet> {
         let varmap = VarMap::new();
-        let unet = VideoUNet::new(VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu), config)?;
+        let unet = VideoUNet::new(
+            VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
+            config,
+        )?;
         // Training init zeroes the output branches; give every weight a value so outputs depend on inputs.
         for var in varmap.all_vars() {
             let noise = Tensor::randn(0f32, 0.2, var.dims(), &Device::Cpu)?;
@@ -350,7 +439,13 @@ mod tests {
     }
 
     impl Batch {
-        fn new(config: &VideoUNetConfig, b: usize, f: usize, side: usize, t: &[f32]) -> anyhow::Result<Self> {
+        fn new(
+            config: &VideoUNetConfig,
+            b: usize,
+            f: usize,
+            side: usize,
+            t: &[f32],
+        ) -> anyhow::Result<Self> {
             let dev = Device::Cpu;
             let sr = config.is_super_resolution();
             Ok(Self {
@@ -363,7 +458,11 @@ mod tests {
                 } else {
                     None
                 },
-                aug: if sr { Some(Tensor::full(0.1f32, b, &dev)?) } else { None },
+                aug: if sr {
+                    Some(Tensor::full(0.1f32, b, &dev)?)
+                } else {
+                    None
+                },
             })
         }
 
@@ -418,7 +517,10 @@ mod tests {
                 aug: None,
             };
             let alone = unet.forward(&single.inputs())?;
-            let diff = (together.narrow(0, row, 1)? - alone)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            let diff = (together.narrow(0, row, 1)? - alone)?
+                .abs()?
+                .max_all()?
+                .to_scalar::<f32>()?;
             assert!(diff < 1e-4, "row {row} differs by {diff}");
         }
         // And the time input matters: the same video at two times gives two predictions.
@@ -461,21 +563,36 @@ mod tests {
 
         let odd_size = Batch::new(&base, 1, frames, side + 1, &[0.5])?;
         let err = unet.forward(&odd_size.inputs()).expect_err("odd size");
-        assert!(err.to_string().contains("`z`") && err.to_string().contains("multiples of 2"), "{err}");
+        assert!(
+            err.to_string().contains("`z`") && err.to_string().contains("multiples of 2"),
+            "{err}"
+        );
 
         let too_long = Batch::new(&base, 1, base.max_frames + 1, side, &[0.5])?;
-        let err = unet.forward(&too_long.inputs()).expect_err("too many frames");
+        let err = unet
+            .forward(&too_long.inputs())
+            .expect_err("too many frames");
         assert!(err.to_string().contains("at most 8"), "{err}");
 
         let mut inputs = good.inputs();
         let wrong_t = Tensor::new(&[0.5f32, 0.5], &Device::Cpu)?;
         inputs.t = &wrong_t;
-        assert!(unet.forward(&inputs).expect_err("t").to_string().contains("`t`"));
+        assert!(
+            unet.forward(&inputs)
+                .expect_err("t")
+                .to_string()
+                .contains("`t`")
+        );
 
         let mut inputs = good.inputs();
         let cond = good.z.clone();
         inputs.cond = Some(&cond);
-        assert!(unet.forward(&inputs).expect_err("cond").to_string().contains("`cond`"));
+        assert!(
+            unet.forward(&inputs)
+                .expect_err("cond")
+                .to_string()
+                .contains("`cond`")
+        );
         Ok(())
     }
 }

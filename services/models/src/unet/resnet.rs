@@ -21,7 +21,13 @@ pub struct ResBlock {
 
 impl ResBlock {
     /// A block from `in_c` to `out_c` channels taking an `emb_dim` embedding.
-    pub fn new(in_c: usize, out_c: usize, emb_dim: usize, groups: usize, vb: VarBuilder) -> Result<Self> {
+    pub fn new(
+        in_c: usize,
+        out_c: usize,
+        emb_dim: usize,
+        groups: usize,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         let skip = if in_c != out_c {
             Some(conv2d_same(in_c, out_c, 1, false, vb.pp("skip"))?)
         } else {
@@ -42,12 +48,19 @@ impl ResBlock {
     pub fn forward(&self, x: &Tensor, emb: &Tensor) -> Result<Tensor> {
         let h = self.conv1.forward(&self.norm1.forward(x)?.silu()?)?;
         let film = self.emb_proj.forward(&emb.silu()?)?;
-        let scale = film.narrow(1, 0, self.out_channels)?.unsqueeze(2)?.unsqueeze(3)?;
+        let scale = film
+            .narrow(1, 0, self.out_channels)?
+            .unsqueeze(2)?
+            .unsqueeze(3)?;
         let shift = film
             .narrow(1, self.out_channels, self.out_channels)?
             .unsqueeze(2)?
             .unsqueeze(3)?;
-        let h = self.norm2.forward(&h)?.broadcast_mul(&(scale + 1.0)?)?.broadcast_add(&shift)?;
+        let h = self
+            .norm2
+            .forward(&h)?
+            .broadcast_mul(&(scale + 1.0)?)?
+            .broadcast_add(&shift)?;
         let h = self.conv2.forward(&h.silu()?)?;
         let skip = match &self.skip {
             Some(conv) => conv.forward(x)?,

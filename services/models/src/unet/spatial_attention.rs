@@ -4,7 +4,9 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{GroupNorm, Linear, VarBuilder, group_norm, linear, linear_no_bias};
 
-use crate::layers::{LayerNorm, attention, key_padding_bias, merge_heads, split_heads, zero_linear};
+use crate::layers::{
+    LayerNorm, attention, key_padding_bias, merge_heads, split_heads, zero_linear,
+};
 
 /// Self-attention over the `H*W` positions of each frame, then cross-attention to the text.
 #[derive(Debug, Clone)]
@@ -22,7 +24,13 @@ pub struct SpatialAttention {
 
 impl SpatialAttention {
     /// A block for `channels` channels attending to `context_dim`-wide text tokens.
-    pub fn new(channels: usize, context_dim: usize, heads: usize, groups: usize, vb: VarBuilder) -> Result<Self> {
+    pub fn new(
+        channels: usize,
+        context_dim: usize,
+        heads: usize,
+        groups: usize,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         Ok(Self {
             norm: group_norm(groups, channels, 1e-5, vb.pp("norm"))?,
             qkv: linear_no_bias(channels, 3 * channels, vb.pp("qkv"))?,
@@ -41,7 +49,9 @@ impl SpatialAttention {
         let (n, c, h, w) = x.dims4()?;
         let scale = 1.0 / ((c / self.heads) as f64).sqrt();
         // [N, C, H, W] -> [N, HW, C]
-        let tokens = |t: &Tensor| -> Result<Tensor> { t.reshape((n, c, h * w))?.transpose(1, 2)?.contiguous() };
+        let tokens = |t: &Tensor| -> Result<Tensor> {
+            t.reshape((n, c, h * w))?.transpose(1, 2)?.contiguous()
+        };
 
         let normed = tokens(&self.norm.forward(x)?)?;
         let qkv = self.qkv.forward(&normed)?;
@@ -51,7 +61,10 @@ impl SpatialAttention {
         let attended = merge_heads(&attention(&q, &k, &v, scale, None)?)?;
         let x_tokens = (tokens(x)? + self.proj.forward(&attended)?)?;
 
-        let q = split_heads(&self.cross_q.forward(&self.cross_norm.forward(&x_tokens)?)?, self.heads)?;
+        let q = split_heads(
+            &self.cross_q.forward(&self.cross_norm.forward(&x_tokens)?)?,
+            self.heads,
+        )?;
         let kv = self.cross_kv.forward(context)?;
         let k = split_heads(&kv.narrow(2, 0, self.channels)?, self.heads)?;
         let v = split_heads(&kv.narrow(2, self.channels, self.channels)?, self.heads)?;
@@ -59,6 +72,9 @@ impl SpatialAttention {
         let attended = merge_heads(&attention(&q, &k, &v, scale, Some(&bias))?)?;
         let x_tokens = (x_tokens + self.cross_proj.forward(&attended)?)?;
 
-        x_tokens.transpose(1, 2)?.contiguous()?.reshape((n, c, h, w))
+        x_tokens
+            .transpose(1, 2)?
+            .contiguous()?
+            .reshape((n, c, h, w))
     }
 }

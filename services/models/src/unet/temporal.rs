@@ -4,10 +4,14 @@
 //! a shape in the captioned direction), and [`TemporalConv`] convolves over neighbouring frames.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Conv1d, Embedding, GroupNorm, Linear, VarBuilder, embedding, group_norm, linear_no_bias};
+use candle_nn::{
+    Conv1d, Embedding, GroupNorm, Linear, VarBuilder, embedding, group_norm, linear_no_bias,
+};
 
 use super::config::TemporalMixing;
-use crate::layers::{LayerNorm, attention, merge_heads, split_heads, zero_conv1d_same, zero_linear};
+use crate::layers::{
+    LayerNorm, attention, merge_heads, split_heads, zero_conv1d_same, zero_linear,
+};
 
 /// `[B*F, C, H, W]` -> `[B*H*W, F, C]`.
 fn to_sequences(x: &Tensor, frames: usize) -> Result<Tensor> {
@@ -129,12 +133,18 @@ impl TemporalBlock {
         vb: VarBuilder,
     ) -> Result<Self> {
         Ok(match mixing {
-            TemporalMixing::Attention => {
-                Self::Attention(TemporalAttention::new(channels, cfg.num_heads, cfg.max_frames, vb)?)
-            }
-            TemporalMixing::Conv => {
-                Self::Conv(TemporalConv::new(channels, cfg.temporal_kernel, cfg.norm_groups, vb)?)
-            }
+            TemporalMixing::Attention => Self::Attention(TemporalAttention::new(
+                channels,
+                cfg.num_heads,
+                cfg.max_frames,
+                vb,
+            )?),
+            TemporalMixing::Conv => Self::Conv(TemporalConv::new(
+                channels,
+                cfg.temporal_kernel,
+                cfg.norm_groups,
+                vb,
+            )?),
         })
     }
 
@@ -154,7 +164,12 @@ mod tests {
 
     #[test]
     fn sequence_layout_round_trips() -> Result<()> {
-        let x = Tensor::arange(0f32, 2.0 * 3.0 * 4.0 * 2.0 * 5.0, &Device::Cpu)?.reshape((2 * 3, 4, 2, 5))?;
+        let x = Tensor::arange(0f32, 2.0 * 3.0 * 4.0 * 2.0 * 5.0, &Device::Cpu)?.reshape((
+            2 * 3,
+            4,
+            2,
+            5,
+        ))?;
         let seq = to_sequences(&x, 3)?;
         assert_eq!(seq.dims(), &[2 * 2 * 5, 3, 4]);
         let back = from_sequences(&seq, 3, 2, 5)?;

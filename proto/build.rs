@@ -1,0 +1,36 @@
+//! Generates the `vidcascade.v1` messages and services from `vidcascade/v1/*.proto`.
+//!
+//! Uses `protox` (a pure-Rust protobuf compiler) so no system `protoc` is needed,
+//! then hands the descriptors to `tonic-prost-build`. The encoded descriptor set,
+//! source comments included, is also written to
+//! `$OUT_DIR/vidcascade_descriptor.bin` for gRPC server reflection.
+
+use std::{env, error::Error, fs, path::PathBuf};
+
+/// Every file of the package, relative to the include root (this crate's directory).
+const PROTOS: [&str; 4] = [
+    "vidcascade/v1/common.proto",
+    "vidcascade/v1/text_encoder.proto",
+    "vidcascade/v1/video_stage.proto",
+    "vidcascade/v1/gateway.proto",
+];
+
+fn main() -> Result<(), Box<dyn Error>> {
+    // A directory makes cargo rerun when any file below it changes.
+    println!("cargo:rerun-if-changed=vidcascade");
+
+    let mut compiler = protox::Compiler::new(["."])?;
+    compiler
+        .include_source_info(true)
+        .include_imports(true)
+        .open_files(PROTOS)?;
+
+    let out_dir = PathBuf::from(env::var("OUT_DIR")?);
+    fs::write(
+        out_dir.join("vidcascade_descriptor.bin"),
+        compiler.encode_file_descriptor_set(),
+    )?;
+
+    tonic_prost_build::configure().compile_fds(compiler.file_descriptor_set())?;
+    Ok(())
+}

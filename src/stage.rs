@@ -1,0 +1,394 @@
+//! One diffusion stage of the cascade: a U-Net, its manifest entry, and everything between a
+//! request and the sampler.
+//!
+//! - [`StageOverrides`] resolves a request's per-stage settings against the manifest defaults,
+//!   rejecting out-of-range values with the field named;
+//! - [`DiffusionStage::prepare`] turns a request into a [`SampleState`] plus its [`Conditioning`]:
+//!   the text embedding, and for SR stages the lower-resolution video resampled to this stage's
+//!   shape and noised to the augmentation level (Imagen Video's noise conditioning augmentation);
+//! - [`UNetVelocity`] serves the sampler's batched `predict_v` calls, assembling each row's text
+//!   (or the empty prompt for unconditional rows), conditioning video and times into one U-Net
+//!   batch — any mix of requests at any steps, which is what step-level batching needs.
+
+use std::ops::ControlFlow;
+
+use candle_core::{DType, Device, Tensor};
+use vidcascade_diffusion::noise::GaussianNoise;
+use vidcascade_diffusion::sampler::{MAX_GUIDANCE, MAX_STEPS};
+use vidcascade_diffusion::{
+    CosineSchedule, DiffusionError, ModelRow, SampleState, SamplerKind, SamplerSettings, StepEvent,
+    VelocityModel, sample,
+};
+use vidcascade_models::repository::{StageKind, StageManifest, VideoShape};
+use vidcascade_models::{ModelError, UNetInputs, VideoUNet};
+
+use crate::CascadeError;
+use crate::video::resample;
+
+/// A request's optional per-stage settings; `None` means the manifest's default.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StageOverrides {
+    /// Denoising steps, 1..=1000.
+    pub steps: Option<usize>,
+    /// Classifier-free guidance weight, 0..=50.
+    pub guidance: Option<f64>,
+    /// Update rule.
+    pub sampler: Option<SamplerKind>,
+    /// SR stages: augmentation time of the conditioning video, 0..=1.
+    pub noise_augmentation: Option<f64>,
+    /// Dynamic thresholding quantile in (0, 1].
+    pub threshold_quantile: Option<f64>,
+}
+
+/// Fully resolved settings of one stage run.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ResolvedSettings {
+    /// Sampler settings.
+    pub sampler: SamplerSettings,
+    /// Augmentation time of the conditioning video (0 for the base stage).
+    pub noise_augmentation: f64,
+}
+
+impl StageOverrides {
+    /// Applies the overrides to `stage`'s defaults; errors name `stages.<stage>.<field>`.
+    pub fn resolve(&self, stage: &StageManifest) -> Result<ResolvedSettings, CascadeError> {
+        let field = |name: &str| format!("stages.{}.{name}", stage.name);
+        let defaults = stage.defaults;
+        let steps = self.steps.unwrap_or(defaults.steps);
+        if steps == 0 || steps > MAX_STEPS {
+            return Err(CascadeError::InvalidRequest {
+                field: field("steps"),
+                reason: format!("must be in 1..={MAX_STEPS}, got {steps}"),
+            });
+        }
+        let guidance = self.guidance.unwrap_or(defaults.guidance);
+        if !guidance.is_finite() || !(0.0..=MAX_GUIDANCE).contains(&guidance) {
+            return Err(CascadeError::InvalidRequest {
+                field: field("guidance"),
+                reason: format!("must be in [0, {MAX_GUIDANCE}], got {guidance}"),
+            });
+        }
+        let threshold_quantile = match self.threshold_quantile {
+            Some(p) if !(p > 0.0 && p <= 1.0) => {
+                return Err(CascadeError::InvalidRequest {
+                    field: field("threshold_quantile"),
+                    reason: format!("must be in (0, 1], got {p}"),
+                });
+            }
+            Some(p) => Some(p),
+            None => defaults.threshold_quantile,
+        };
+        let is_sr = matches!(stage.kind, StageKind::Tsr | StageKind::Ssr);
+        let noise_augmentation = match self.noise_augmentation {
+            Some(_) if !is_sr => {
+                return Err(CascadeError::InvalidRequest {
+                    field: field("noise_augmentation"),
+                    reason: "only super-resolution stages take a conditioning video to augment"
+                        .into(),
+                });
+            }
+            Some(a) if !(0.0..=1.0).contains(&a) => {
+                return Err(CascadeError::InvalidRequest {
+                    field: field("noise_augmentation"),
+                    reason: format!("must be in [0, 1], got {a}"),
+                });
+            }
+            Some(a) => a,
+            None => defaults.noise_augmentation,
+        };
+        Ok(ResolvedSettings {
+            sampler: SamplerSettings {
+                kind: self.sampler.unwrap_or(defaults.sampler),
+                steps,
+                guidance,
+                threshold_quantile,
+                schedule: CosineSchedule::default(),
+            },
+            noise_augmentation,
+        })
+    }
+}
+
+/// What a sample is conditioned on, prepared once per request.
+#[derive(Debug, Clone)]
+pub struct Conditioning {
+    /// The prompt's embedding `[tokens, dim]`.
+    pub text: Tensor,
+    /// SR stages: the resampled, noise-augmented lower-resolution video `[3, F, H, W]`.
+    pub video: Option<Tensor>,
+    /// SR stages: its augmentation time.
+    pub aug_level: f64,
+}
+
+/// One stage's input: what the caller asks for.
+#[derive(Debug, Clone)]
+pub struct StageInput<'a> {
+    /// The prompt's embedding `[tokens, dim]`.
+    pub text: &'a Tensor,
+    /// SR stages: the previous stage's output `[3, F_in, H_in, W_in]` in [-1, 1].
+    pub low_res: Option<&'a Tensor>,
+    /// Seed of the initial noise, ancestral noise and augmentation noise.
+    pub seed: u64,
+    /// Resolved settings.
+    pub settings: ResolvedSettings,
+}
+
+/// A loaded diffusion stage.
+#[derive(Debug, Clone)]
+pub struct DiffusionStage {
+    manifest: StageManifest,
+    unet: VideoUNet,
+    device: Device,
+}
+
+/// The noise stream used for the augmentation noise (sample noise uses stream 0).
+const AUGMENTATION_STREAM: u64 = 1 << 32;
+
+impl DiffusionStage {
+    /// Wraps a loaded U-Net with its manifest entry.
+    pub fn new(manifest: StageManifest, unet: VideoUNet, device: Device) -> Self {
+        Self {
+            manifest,
+            unet,
+            device,
+        }
+    }
+
+    /// The stage's manifest entry.
+    pub fn manifest(&self) -> &StageManifest {
+        &self.manifest
+    }
+
+    /// The stage's name.
+    pub fn name(&self) -> &str {
+        &self.manifest.name
+    }
+
+    /// The network.
+    pub fn unet(&self) -> &VideoUNet {
+        &self.unet
+    }
+
+    /// The shape this stage produces.
+    pub fn output_shape(&self) -> Result<VideoShape, CascadeError> {
+        self.manifest
+            .output
+            .ok_or_else(|| CascadeError::InvalidRequest {
+                field: format!("stages.{}", self.manifest.name),
+                reason: "stage has no output shape".into(),
+            })
+    }
+
+    /// Validates `input` and builds the initial sample and its conditioning.
+    pub fn prepare(
+        &self,
+        input: &StageInput<'_>,
+    ) -> Result<(SampleState, Conditioning), CascadeError> {
+        let out = self.output_shape()?;
+        let context_dim = self.unet.config().context_dim;
+        let text_dims = input.text.dims();
+        if text_dims.len() != 2 || text_dims[0] == 0 || text_dims[1] != context_dim {
+            return Err(CascadeError::InvalidRequest {
+                field: "text_embedding".into(),
+                reason: format!("must be [tokens >= 1, {context_dim}], got {text_dims:?}"),
+            });
+        }
+        let video = match (self.manifest.input, input.low_res) {
+            (None, None) => None,
+            (None, Some(_)) => {
+                return Err(CascadeError::InvalidRequest {
+                    field: "conditioning".into(),
+                    reason: format!(
+                        "stage `{}` is a base stage and takes no conditioning video",
+                        self.name()
+                    ),
+                });
+            }
+            (Some(expected), None) => {
+                return Err(CascadeError::InvalidRequest {
+                    field: "conditioning".into(),
+                    reason: format!(
+                        "stage `{}` needs a {expected} conditioning video",
+                        self.name()
+                    ),
+                });
+            }
+            (Some(expected), Some(low_res)) => {
+                let want = [3, expected.frames, expected.height, expected.width];
+                if low_res.dims() != want {
+                    return Err(CascadeError::InvalidRequest {
+                        field: "conditioning".into(),
+                        reason: format!(
+                            "stage `{}` takes [3, {}, {}, {}] (frames, height, width), got {:?}",
+                            self.name(),
+                            expected.frames,
+                            expected.height,
+                            expected.width,
+                            low_res.dims()
+                        ),
+                    });
+                }
+                let up = resample(low_res, out.frames, out.height, out.width)?;
+                Some(augment(&up, input.settings.noise_augmentation, input.seed)?)
+            }
+        };
+        let state = SampleState::new(
+            &[3, out.frames, out.height, out.width],
+            input.settings.sampler,
+            input.seed,
+            0,
+            &self.device,
+        )
+        .map_err(|source| self.diffusion_error(source))?;
+        let conditioning = Conditioning {
+            text: input.text.clone(),
+            video,
+            aug_level: input.settings.noise_augmentation,
+        };
+        Ok((state, conditioning))
+    }
+
+    /// Runs one request to completion; `on_step` sees every x0 estimate and may stop the run.
+    pub fn run(
+        &self,
+        input: &StageInput<'_>,
+        unconditional: &Tensor,
+        mut on_step: impl FnMut(&StepEvent<'_>) -> ControlFlow<()>,
+    ) -> Result<Tensor, CascadeError> {
+        let (state, conditioning) = self.prepare(input)?;
+        let model = UNetVelocity {
+            unet: &self.unet,
+            unconditional,
+            samples: vec![&conditioning],
+        };
+        match sample(&model, vec![state], &mut on_step) {
+            Ok(videos) => Ok(videos.get(0)?),
+            Err(DiffusionError::Cancelled {
+                completed_steps,
+                total_steps,
+            }) => Err(CascadeError::Cancelled {
+                stage: self.name().to_string(),
+                completed_steps,
+                total_steps,
+            }),
+            Err(source) => Err(self.diffusion_error(source)),
+        }
+    }
+
+    fn diffusion_error(&self, source: DiffusionError) -> CascadeError {
+        CascadeError::Diffusion {
+            stage: self.name().to_string(),
+            source,
+        }
+    }
+}
+
+/// Noise conditioning augmentation: `alpha_a x + sigma_a eps` at augmentation time `level`.
+pub fn augment(video: &Tensor, level: f64, seed: u64) -> Result<Tensor, candle_core::Error> {
+    let (alpha, sigma) = CosineSchedule::default().alpha_sigma(level);
+    let eps = GaussianNoise::new(seed, AUGMENTATION_STREAM).tensor(video.dims(), video.device())?;
+    (video * alpha)? + (eps * sigma)?
+}
+
+/// Pads `[tokens_i, dim]` embeddings into `[B, max_tokens, dim]` plus a `[B, max_tokens]` mask.
+pub fn pad_embeddings(embeddings: &[&Tensor]) -> Result<(Tensor, Tensor), candle_core::Error> {
+    let longest = embeddings
+        .iter()
+        .map(|e| e.dim(0))
+        .collect::<Result<Vec<_>, _>>()?;
+    let longest = longest.into_iter().max().unwrap_or(1);
+    let mut padded = Vec::with_capacity(embeddings.len());
+    let mut masks = Vec::with_capacity(embeddings.len() * longest);
+    for e in embeddings {
+        let (len, _) = e.dims2()?;
+        padded.push(e.pad_with_zeros(0, 0, longest - len)?);
+        masks.extend((0..longest).map(|i| if i < len { 1f32 } else { 0f32 }));
+    }
+    let device = embeddings
+        .first()
+        .map(|e| e.device().clone())
+        .unwrap_or(Device::Cpu);
+    Ok((
+        Tensor::stack(&padded, 0)?,
+        Tensor::from_vec(masks, (embeddings.len(), longest), &device)?,
+    ))
+}
+
+/// The sampler's view of a U-Net serving a batch of samples.
+#[derive(Debug)]
+pub struct UNetVelocity<'a> {
+    /// The network.
+    pub unet: &'a VideoUNet,
+    /// The empty prompt's embedding, for unconditional rows.
+    pub unconditional: &'a Tensor,
+    /// Conditioning of each sample, indexed by `ModelRow::sample`.
+    pub samples: Vec<&'a Conditioning>,
+}
+
+impl VelocityModel for UNetVelocity<'_> {
+    fn predict_v(
+        &self,
+        z: &Tensor,
+        t: &[f64],
+        rows: &[ModelRow],
+    ) -> Result<Tensor, DiffusionError> {
+        let lookup = |row: &ModelRow| -> Result<&Conditioning, DiffusionError> {
+            self.samples
+                .get(row.sample)
+                .copied()
+                .ok_or(DiffusionError::InvalidSetting {
+                    field: "rows",
+                    reason: format!(
+                        "row refers to sample {} of {}",
+                        row.sample,
+                        self.samples.len()
+                    ),
+                })
+        };
+        let conditionings = rows.iter().map(lookup).collect::<Result<Vec<_>, _>>()?;
+        let texts: Vec<&Tensor> = rows
+            .iter()
+            .zip(&conditionings)
+            .map(|(row, c)| {
+                if row.unconditional {
+                    self.unconditional
+                } else {
+                    &c.text
+                }
+            })
+            .collect();
+        let (context, mask) = pad_embeddings(&texts)?;
+        let times: Vec<f32> = t.iter().map(|&v| v as f32).collect();
+        let t = Tensor::from_vec(times, rows.len(), z.device())?;
+        let (cond, aug) = if self.unet.config().is_super_resolution() {
+            let videos = conditionings
+                .iter()
+                .map(|c| {
+                    c.video.clone().ok_or(DiffusionError::InvalidSetting {
+                        field: "conditioning",
+                        reason: "a super-resolution sample has no conditioning video".into(),
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let levels: Vec<f32> = conditionings.iter().map(|c| c.aug_level as f32).collect();
+            (
+                Some(Tensor::stack(&videos, 0)?),
+                Some(Tensor::from_vec(levels, rows.len(), z.device())?),
+            )
+        } else {
+            (None, None)
+        };
+        let inputs = UNetInputs {
+            z,
+            t: &t,
+            context: &context.to_dtype(DType::F32)?,
+            context_mask: &mask,
+            cond: cond.as_ref(),
+            aug_level: aug.as_ref(),
+        };
+        self.unet.forward(&inputs).map_err(|e| match e {
+            ModelError::Tensor(t) => DiffusionError::Tensor(t),
+            other => DiffusionError::Model(Box::new(other)),
+        })
+    }
+}

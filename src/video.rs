@@ -1,0 +1,193 @@
+//! Videos as people and the wire see them (RGB8 frames), and as the models see them
+//! (`[3, frames, height, width]` f32 in [-1, 1]), plus the upsampling that feeds one stage's output
+//! to the next super-resolution stage.
+
+use candle_core::{DType, Device, Result, Tensor};
+
+/// An RGB8 video: every frame is `height * width * 3` bytes, row-major, RGB interleaved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Video {
+    /// Frame width in pixels.
+    pub width: usize,
+    /// Frame height in pixels.
+    pub height: usize,
+    /// Frames per second.
+    pub fps: f32,
+    /// The frames, in order.
+    pub frames: Vec<Vec<u8>>,
+}
+
+impl Video {
+    /// Quantises a `[3, F, H, W]` tensor in [-1, 1] (values outside are clamped).
+    pub fn from_tensor(x: &Tensor, fps: f32) -> Result<Self> {
+        let (c, f, h, w) = x.dims4()?;
+        if c != 3 {
+            candle_core::bail!("a video tensor has 3 channels, got {c}");
+        }
+        // [3, F, H, W] -> [F, H, W, 3], then to bytes.
+        let pixels = ((x.clamp(-1f32, 1f32)? + 1.0)? * 127.5)?
+            .round()?
+            .permute((1, 2, 3, 0))?
+            .contiguous()?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let frame_len = h * w * 3;
+        let frames = pixels
+            .chunks(frame_len)
+            .map(|frame| frame.iter().map(|&v| v as u8).collect())
+            .collect::<Vec<Vec<u8>>>();
+        debug_assert_eq!(frames.len(), f);
+        Ok(Self {
+            width: w,
+            height: h,
+            fps,
+            frames,
+        })
+    }
+
+    /// The `[3, F, H, W]` tensor in [-1, 1] of this video.
+    pub fn to_tensor(&self, device: &Device) -> Result<Tensor> {
+        let frame_len = self.width * self.height * 3;
+        if let Some((i, frame)) = self
+            .frames
+            .iter()
+            .enumerate()
+            .find(|(_, f)| f.len() != frame_len)
+        {
+            candle_core::bail!(
+                "frame {i} has {} bytes, expected {frame_len} ({}x{} RGB8)",
+                frame.len(),
+                self.width,
+                self.height
+            );
+        }
+        let bytes: Vec<u8> = self.frames.concat();
+        let x = Tensor::from_vec(
+            bytes,
+            (self.frames.len(), self.height, self.width, 3),
+            device,
+        )?
+        .to_dtype(DType::F32)?;
+        ((x / 127.5)? - 1.0)?.permute((3, 0, 1, 2))?.contiguous()
+    }
+
+    /// Total number of bytes of pixel data.
+    pub fn byte_len(&self) -> usize {
+        self.frames.iter().map(Vec::len).sum()
+    }
+}
+
+/// Linear interpolation in time: `[C, F, H, W]` -> `[C, frames, H, W]`, first and last frames kept
+/// (align-corners), a single frame repeated.
+pub fn upsample_time(x: &Tensor, frames: usize) -> Result<Tensor> {
+    let source = x.dim(1)?;
+    if source == frames {
+        return Ok(x.clone());
+    }
+    let mut out = Vec::with_capacity(frames);
+    for j in 0..frames {
+        let position = if frames > 1 && source > 1 {
+            j as f64 * (source - 1) as f64 / (frames - 1) as f64
+        } else {
+            0.0
+        };
+        let lo = position.floor() as usize;
+        let hi = (lo + 1).min(source - 1);
+        let weight = position - lo as f64;
+        let a = x.narrow(1, lo, 1)?;
+        let frame = if weight == 0.0 || hi == lo {
+            a
+        } else {
+            ((a * (1.0 - weight))? + (x.narrow(1, hi, 1)? * weight)?)?
+        };
+        out.push(frame);
+    }
+    Tensor::cat(&out, 1)
+}
+
+/// Bilinear resampling in space: `[C, F, H, W]` -> `[C, F, height, width]`.
+pub fn upsample_space(x: &Tensor, height: usize, width: usize) -> Result<Tensor> {
+    let (_, _, h, w) = x.dims4()?;
+    if (h, w) == (height, width) {
+        return Ok(x.clone());
+    }
+    x.permute((1, 0, 2, 3))?
+        .contiguous()?
+        .upsample_bilinear2d(height, width, false)?
+        .permute((1, 0, 2, 3))?
+        .contiguous()
+}
+
+/// Resamples a `[C, F, H, W]` video to `frames x height x width` (time first, then space).
+pub fn resample(x: &Tensor, frames: usize, height: usize, width: usize) -> Result<Tensor> {
+    upsample_space(&upsample_time(x, frames)?, height, width)
+}
+
+/// Box-filter downsampling in space by an integer factor (for checking SR outputs against their
+/// inputs): `[C, F, H, W]` -> `[C, F, H / k, W / k]`.
+pub fn downsample_space(x: &Tensor, factor: usize) -> Result<Tensor> {
+    let (c, f, h, w) = x.dims4()?;
+    x.reshape((c * f, 1, h, w))?
+        .avg_pool2d(factor)?
+        .reshape((c, f, h / factor, w / factor))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_round_trip_through_tensors() -> anyhow::Result<()> {
+        let video = Video {
+            width: 3,
+            height: 2,
+            fps: 8.0,
+            frames: vec![(0..18).map(|v| v * 14).collect(), vec![255; 18]],
+        };
+        let x = video.to_tensor(&Device::Cpu)?;
+        assert_eq!(x.dims(), &[3, 2, 2, 3]);
+        assert_eq!(Video::from_tensor(&x, 8.0)?, video);
+        Ok(())
+    }
+
+    #[test]
+    fn wrong_frame_sizes_are_rejected() {
+        let video = Video {
+            width: 2,
+            height: 2,
+            fps: 1.0,
+            frames: vec![vec![0; 12], vec![0; 11]],
+        };
+        let err = video.to_tensor(&Device::Cpu).expect_err("short frame");
+        assert!(
+            err.to_string()
+                .contains("frame 1 has 11 bytes, expected 12")
+        );
+    }
+
+    #[test]
+    fn time_upsampling_interpolates_between_frames() -> anyhow::Result<()> {
+        // One pixel, frames 0 and 1 hold 0 and 1: four frames are 0, 1/3, 2/3, 1.
+        let x = Tensor::new(&[0f32, 1.0], &Device::Cpu)?.reshape((1, 2, 1, 1))?;
+        let y = upsample_time(&x, 4)?.flatten_all()?.to_vec1::<f32>()?;
+        let expected = [0.0, 1.0 / 3.0, 2.0 / 3.0, 1.0];
+        for (a, b) in y.iter().zip(expected) {
+            assert!((a - b).abs() < 1e-6, "{y:?}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn space_upsampling_then_box_downsampling_preserves_a_flat_video() -> anyhow::Result<()> {
+        let x = (Tensor::ones((3, 2, 4, 4), DType::F32, &Device::Cpu)? * 0.25)?;
+        let up = resample(&x, 4, 8, 8)?;
+        assert_eq!(up.dims(), &[3, 4, 8, 8]);
+        let down = downsample_space(&up, 2)?;
+        let err = (down.narrow(1, 0, 2)? - &x)?
+            .abs()?
+            .max_all()?
+            .to_scalar::<f32>()?;
+        assert!(err < 1e-6);
+        Ok(())
+    }
+}
