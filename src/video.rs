@@ -77,8 +77,12 @@ impl Video {
     }
 }
 
-/// Linear interpolation in time: `[C, F, H, W]` -> `[C, frames, H, W]`, first and last frames kept
-/// (align-corners), a single frame repeated.
+/// Linear interpolation in time: `[C, F, H, W]` -> `[C, frames, H, W]`.
+///
+/// Frame `k` of the output shows the instant `k / frames` of the clip, which is position
+/// `k * F / frames` between input frames (clamped at the last one): with twice the frames, even
+/// output frames are exactly the input frames and odd ones lie halfway. The mapping is local, so a
+/// sub-clip upsamples the same way as the whole clip.
 pub fn upsample_time(x: &Tensor, frames: usize) -> Result<Tensor> {
     let source = x.dim(1)?;
     if source == frames {
@@ -86,11 +90,7 @@ pub fn upsample_time(x: &Tensor, frames: usize) -> Result<Tensor> {
     }
     let mut out = Vec::with_capacity(frames);
     for j in 0..frames {
-        let position = if frames > 1 && source > 1 {
-            j as f64 * (source - 1) as f64 / (frames - 1) as f64
-        } else {
-            0.0
-        };
+        let position = (j as f64 * source as f64 / frames as f64).min((source - 1) as f64);
         let lo = position.floor() as usize;
         let hi = (lo + 1).min(source - 1);
         let weight = position - lo as f64;
@@ -167,10 +167,10 @@ mod tests {
 
     #[test]
     fn time_upsampling_interpolates_between_frames() -> anyhow::Result<()> {
-        // One pixel, frames 0 and 1 hold 0 and 1: four frames are 0, 1/3, 2/3, 1.
+        // One pixel, frames 0 and 1 hold 0 and 1: four frames show 0, 0.5, 1 and (clamped) 1.
         let x = Tensor::new(&[0f32, 1.0], &Device::Cpu)?.reshape((1, 2, 1, 1))?;
         let y = upsample_time(&x, 4)?.flatten_all()?.to_vec1::<f32>()?;
-        let expected = [0.0, 1.0 / 3.0, 2.0 / 3.0, 1.0];
+        let expected = [0.0, 0.5, 1.0, 1.0];
         for (a, b) in y.iter().zip(expected) {
             assert!((a - b).abs() < 1e-6, "{y:?}");
         }

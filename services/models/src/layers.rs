@@ -5,7 +5,7 @@
 //! (gradients silently stop), and the training tool runs this very code.
 
 use candle_core::{D, DType, Module, Result, Tensor};
-use candle_nn::{Conv1d, Conv1dConfig, Conv2d, Conv2dConfig, Init, Linear, VarBuilder};
+use candle_nn::{Init, Linear, VarBuilder};
 
 /// T5's RMS norm: `x / sqrt(mean(x^2) + eps) * weight`, no mean subtraction and no bias.
 #[derive(Debug, Clone)]
@@ -110,6 +110,120 @@ pub fn zero_linear(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Line
     Ok(Linear::new(weight, Some(bias)))
 }
 
+/// A same-padding convolution over the last two dims (2D) or the last dim (1D), computed as an
+/// unfold (shifted views of the padded input) followed by one large matrix product.
+///
+/// Weights have candle's / PyTorch's layout (`[out, in, k, k]` or `[out, in, k]`), so checkpoints
+/// are interchangeable with `candle_nn::Conv2d`. It exists because candle 0.11 computes the input
+/// gradient of its convolutions with a direct transposed-convolution loop that is ~10x slower
+/// than its forward pass on CPU; a matmul's backward is another matmul.
+#[derive(Debug, Clone)]
+pub struct SameConv {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    kernel: usize,
+    stride: usize,
+    spatial_dims: usize,
+}
+
+impl SameConv {
+    /// Output channels.
+    pub fn out_channels(&self) -> usize {
+        self.weight.dims()[0]
+    }
+
+    fn unfold(&self, x: &Tensor) -> Result<Tensor> {
+        let k = self.kernel;
+        let pad = k / 2;
+        if k == 1 {
+            return x.unsqueeze(2);
+        }
+        let rank = x.rank();
+        match self.spatial_dims {
+            2 => {
+                let (h, w) = (x.dim(rank - 2)?, x.dim(rank - 1)?);
+                let padded =
+                    x.pad_with_zeros(rank - 2, pad, pad)?
+                        .pad_with_zeros(rank - 1, pad, pad)?;
+                let mut views = Vec::with_capacity(k * k);
+                for di in 0..k {
+                    for dj in 0..k {
+                        views.push(padded.narrow(rank - 2, di, h)?.narrow(rank - 1, dj, w)?);
+                    }
+                }
+                Tensor::stack(&views, 2)
+            }
+            _ => {
+                let l = x.dim(rank - 1)?;
+                let padded = x.pad_with_zeros(rank - 1, pad, pad)?;
+                let views = (0..k)
+                    .map(|d| padded.narrow(rank - 1, d, l))
+                    .collect::<Result<Vec<_>>>()?;
+                Tensor::stack(&views, 2)
+            }
+        }
+    }
+}
+
+impl Module for SameConv {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let (n, c) = (dims[0], dims[1]);
+        let spatial: Vec<usize> = dims[2..].to_vec();
+        let positions: usize = spatial.iter().product();
+        let taps = self.kernel.pow(self.spatial_dims as u32);
+        // [N, C, taps, *spatial] -> [C * taps, N * positions]: one GEMM for the whole batch.
+        let cols = self
+            .unfold(x)?
+            .reshape((n, c * taps, positions))?
+            .transpose(0, 1)?
+            .contiguous()?
+            .reshape((c * taps, n * positions))?;
+        let out_c = self.out_channels();
+        let w = self.weight.reshape((out_c, c * taps))?;
+        let mut y = w.matmul(&cols)?;
+        if let Some(b) = &self.bias {
+            y = y.broadcast_add(&b.unsqueeze(1)?)?;
+        }
+        let mut shape = vec![out_c, n];
+        shape.extend_from_slice(&spatial);
+        let y = y.reshape(shape)?.transpose(0, 1)?.contiguous()?;
+        if self.stride == 1 {
+            return Ok(y);
+        }
+        // Stride 2 (2D only): keep the even positions of the stride-1 result.
+        let (h, w) = (spatial[0], spatial[1]);
+        y.reshape((n, out_c, h / 2, 2, w / 2, 2))?
+            .narrow(3, 0, 1)?
+            .narrow(5, 0, 1)?
+            .reshape((n, out_c, h / 2, w / 2))
+    }
+}
+
+fn conv_weights(
+    shape: &[usize],
+    fan_in: usize,
+    zero: bool,
+    vb: &VarBuilder,
+) -> Result<(Tensor, Tensor)> {
+    let out_c = shape[0];
+    let (w_init, b_init) = if zero {
+        (Init::Const(0.0), Init::Const(0.0))
+    } else {
+        let bound = 1.0 / (fan_in as f64).sqrt();
+        (
+            candle_nn::init::DEFAULT_KAIMING_NORMAL,
+            Init::Uniform {
+                lo: -bound,
+                up: bound,
+            },
+        )
+    };
+    let weight = vb.get_with_hints(shape, "weight", w_init)?;
+    let bias = vb.get_with_hints(out_c, "bias", b_init)?;
+    Ok((weight, bias))
+}
+
 /// A `k x k` same-padding 2D convolution (stride 1), optionally zero-initialised.
 pub fn conv2d_same(
     in_c: usize,
@@ -117,38 +231,39 @@ pub fn conv2d_same(
     k: usize,
     zero: bool,
     vb: VarBuilder,
-) -> Result<Conv2d> {
-    let cfg = Conv2dConfig {
-        padding: k / 2,
-        ..Default::default()
-    };
-    if zero {
-        let weight = vb.get_with_hints((out_c, in_c, k, k), "weight", Init::Const(0.0))?;
-        let bias = vb.get_with_hints(out_c, "bias", Init::Const(0.0))?;
-        return Ok(Conv2d::new(weight, Some(bias), cfg));
-    }
-    candle_nn::conv2d(in_c, out_c, k, cfg, vb)
+) -> Result<SameConv> {
+    let (weight, bias) = conv_weights(&[out_c, in_c, k, k], in_c, zero, &vb)?;
+    Ok(SameConv {
+        weight,
+        bias: Some(bias),
+        kernel: k,
+        stride: 1,
+        spatial_dims: 2,
+    })
 }
 
 /// A stride-2 `3 x 3` convolution that halves height and width.
-pub fn conv2d_down(channels: usize, vb: VarBuilder) -> Result<Conv2d> {
-    let cfg = Conv2dConfig {
-        padding: 1,
+pub fn conv2d_down(channels: usize, vb: VarBuilder) -> Result<SameConv> {
+    let (weight, bias) = conv_weights(&[channels, channels, 3, 3], channels, false, &vb)?;
+    Ok(SameConv {
+        weight,
+        bias: Some(bias),
+        kernel: 3,
         stride: 2,
-        ..Default::default()
-    };
-    candle_nn::conv2d(channels, channels, 3, cfg, vb)
+        spatial_dims: 2,
+    })
 }
 
 /// A same-padding 1D convolution over time, zero-initialised so it starts as a no-op branch.
-pub fn zero_conv1d_same(channels: usize, k: usize, vb: VarBuilder) -> Result<Conv1d> {
-    let cfg = Conv1dConfig {
-        padding: k / 2,
-        ..Default::default()
-    };
-    let weight = vb.get_with_hints((channels, channels, k), "weight", Init::Const(0.0))?;
-    let bias = vb.get_with_hints(channels, "bias", Init::Const(0.0))?;
-    Ok(Conv1d::new(weight, Some(bias), cfg))
+pub fn zero_conv1d_same(channels: usize, k: usize, vb: VarBuilder) -> Result<SameConv> {
+    let (weight, bias) = conv_weights(&[channels, channels, k], channels, true, &vb)?;
+    Ok(SameConv {
+        weight,
+        bias: Some(bias),
+        kernel: k,
+        stride: 1,
+        spatial_dims: 1,
+    })
 }
 
 /// Transformer-style sinusoidal embedding of one scalar per batch row: `[B] -> [B, dim]`.
@@ -199,6 +314,92 @@ mod tests {
             .flatten_all()?
             .to_vec1::<f32>()?;
         assert!((out[0] - 1.5).abs() < 1e-5, "{out:?}");
+        Ok(())
+    }
+
+    #[test]
+    fn unfolded_convolutions_match_candle_convolutions() -> Result<()> {
+        let dev = Device::Cpu;
+        let vb = VarBuilder::from_tensors(
+            [
+                (
+                    "weight".to_string(),
+                    Tensor::randn(0f32, 1.0, (5, 3, 3, 3), &dev)?,
+                ),
+                ("bias".to_string(), Tensor::randn(0f32, 1.0, 5, &dev)?),
+            ]
+            .into_iter()
+            .collect(),
+            DType::F32,
+            &dev,
+        );
+        let x = Tensor::randn(0f32, 1.0, (2, 3, 6, 8), &dev)?;
+        let ours = conv2d_same(3, 5, 3, false, vb.clone())?;
+        let theirs = candle_nn::Conv2d::new(
+            ours.weight.clone(),
+            ours.bias.clone(),
+            candle_nn::Conv2dConfig {
+                padding: 1,
+                ..Default::default()
+            },
+        );
+        let diff = (ours.forward(&x)? - theirs.forward(&x)?)?
+            .abs()?
+            .max_all()?
+            .to_scalar::<f32>()?;
+        assert!(diff < 1e-4, "stride 1: {diff}");
+
+        let x = Tensor::randn(0f32, 1.0, (2, 5, 6, 8), &dev)?;
+        let vb5 = VarBuilder::from_tensors(
+            [
+                (
+                    "weight".to_string(),
+                    Tensor::randn(0f32, 1.0, (5, 5, 3, 3), &dev)?,
+                ),
+                ("bias".to_string(), Tensor::randn(0f32, 1.0, 5, &dev)?),
+            ]
+            .into_iter()
+            .collect(),
+            DType::F32,
+            &dev,
+        );
+        let ours = conv2d_down(5, vb5)?;
+        let theirs = candle_nn::Conv2d::new(
+            ours.weight.clone(),
+            ours.bias.clone(),
+            candle_nn::Conv2dConfig {
+                padding: 1,
+                stride: 2,
+                ..Default::default()
+            },
+        );
+        let diff = (ours.forward(&x)? - theirs.forward(&x)?)?
+            .abs()?
+            .max_all()?
+            .to_scalar::<f32>()?;
+        assert!(diff < 1e-4, "stride 2: {diff}");
+
+        let x = Tensor::randn(0f32, 1.0, (4, 5, 7), &dev)?;
+        let conv1 = SameConv {
+            weight: Tensor::randn(0f32, 1.0, (5, 5, 3), &dev)?,
+            bias: Some(Tensor::randn(0f32, 1.0, 5, &dev)?),
+            kernel: 3,
+            stride: 1,
+            spatial_dims: 1,
+        };
+        let theirs = candle_nn::Conv1d::new(
+            conv1.weight.clone(),
+            conv1.bias.clone(),
+            candle_nn::Conv1dConfig {
+                padding: 1,
+                ..Default::default()
+            },
+        );
+        let diff = (conv1.forward(&x)? - theirs.forward(&x)?)?
+            .abs()?
+            .max_all()?
+            .to_scalar::<f32>()?;
+        assert!(diff < 1e-4, "1d: {diff}");
         Ok(())
     }
 

@@ -128,8 +128,19 @@ impl Scaffold {
         }
     }
 
-    /// Writes the repository under `root` (created if missing).
+    /// Writes the repository under `root` (created if missing), every network filled per `init`.
     pub fn write(&self, root: &Path, init: WeightInit) -> Result<(), ModelError> {
+        self.write_with(root, init, init)
+    }
+
+    /// Writes the repository with separate fills for the text encoder and the U-Nets (a frozen
+    /// encoder with seeded random features beside U-Nets at their training initialisation).
+    pub fn write_with(
+        &self,
+        root: &Path,
+        encoder_init: WeightInit,
+        unet_init: WeightInit,
+    ) -> Result<(), ModelError> {
         let manifest = self.manifest();
         let manifest_path = root.join(files::MANIFEST);
         manifest.validate(&manifest_path)?;
@@ -157,7 +168,7 @@ impl Scaffold {
             &self.encoder,
             "shared",
         )?;
-        fill(&varmap, init)?;
+        fill(&varmap, encoder_init)?;
         save(&varmap, &encoder_dir.join(files::WEIGHTS))?;
 
         for (index, stage) in self.stages.iter().enumerate() {
@@ -169,7 +180,7 @@ impl Scaffold {
                 VarBuilder::from_varmap(&varmap, DType::F32, &device),
                 &stage.unet,
             )?;
-            let init = match init {
+            let init = match unet_init {
                 WeightInit::Random { seed } => WeightInit::Random {
                     seed: seed.wrapping_add(1 + index as u64),
                 },

@@ -18,7 +18,7 @@ pub mod spatial_attention;
 pub mod temporal;
 
 use candle_core::{Module, Result as CandleResult, Tensor};
-use candle_nn::{Conv2d, GroupNorm, VarBuilder, group_norm};
+use candle_nn::{GroupNorm, VarBuilder, group_norm};
 
 pub use config::{TemporalMixing, VideoUNetConfig};
 use embeddings::{PooledText, ScalarEmbedding};
@@ -27,7 +27,7 @@ use spatial_attention::SpatialAttention;
 use temporal::TemporalBlock;
 
 use crate::ModelError;
-use crate::layers::{conv2d_down, conv2d_same};
+use crate::layers::{SameConv, conv2d_down, conv2d_same};
 
 /// The inputs of one forward pass.
 #[derive(Debug, Clone, Copy)]
@@ -74,7 +74,7 @@ impl Layer {
 #[derive(Debug, Clone)]
 struct Level {
     layers: Vec<Layer>,
-    resample: Option<Conv2d>,
+    resample: Option<SameConv>,
 }
 
 /// The Video U-Net.
@@ -84,12 +84,12 @@ pub struct VideoUNet {
     time_embed: ScalarEmbedding,
     aug_embed: Option<ScalarEmbedding>,
     text_pool: PooledText,
-    conv_in: Conv2d,
+    conv_in: SameConv,
     down: Vec<Level>,
     mid: Vec<Layer>,
     up: Vec<Level>,
     out_norm: GroupNorm,
-    conv_out: Conv2d,
+    conv_out: SameConv,
 }
 
 impl VideoUNet {

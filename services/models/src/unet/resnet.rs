@@ -2,20 +2,20 @@
 //! space-time separability), modulated by the global embedding with a FiLM scale and shift.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Conv2d, GroupNorm, Linear, VarBuilder, group_norm, linear};
+use candle_nn::{GroupNorm, Linear, VarBuilder, group_norm, linear};
 
-use crate::layers::conv2d_same;
+use crate::layers::{SameConv, conv2d_same};
 
 /// `GN -> SiLU -> conv3x3 -> GN * (1 + scale) + shift -> SiLU -> conv3x3 (zero-init)`, plus a
 /// 1x1 skip when the width changes.
 #[derive(Debug, Clone)]
 pub struct ResBlock {
     norm1: GroupNorm,
-    conv1: Conv2d,
+    conv1: SameConv,
     emb_proj: Linear,
     norm2: GroupNorm,
-    conv2: Conv2d,
-    skip: Option<Conv2d>,
+    conv2: SameConv,
+    skip: Option<SameConv>,
     out_channels: usize,
 }
 

@@ -4,13 +4,11 @@
 //! a shape in the captioned direction), and [`TemporalConv`] convolves over neighbouring frames.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{
-    Conv1d, Embedding, GroupNorm, Linear, VarBuilder, embedding, group_norm, linear_no_bias,
-};
+use candle_nn::{Embedding, GroupNorm, Linear, VarBuilder, embedding, group_norm, linear_no_bias};
 
 use super::config::TemporalMixing;
 use crate::layers::{
-    LayerNorm, attention, merge_heads, split_heads, zero_conv1d_same, zero_linear,
+    LayerNorm, SameConv, attention, merge_heads, split_heads, zero_conv1d_same, zero_linear,
 };
 
 /// `[B*F, C, H, W]` -> `[B*H*W, F, C]`.
@@ -92,7 +90,7 @@ impl TemporalAttention {
 #[derive(Debug, Clone)]
 pub struct TemporalConv {
     norm: GroupNorm,
-    conv: Conv1d,
+    conv: SameConv,
 }
 
 impl TemporalConv {

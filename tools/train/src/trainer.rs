@@ -1,0 +1,382 @@
+//! The training loop of one diffusion stage.
+//!
+//! The text encoder is frozen (as in Imagen): prompts are encoded once and cached. Each step draws
+//! a batch from the shapes world, noises it at uniform random times, conditions SR stages on the
+//! low-resolution rendering resampled exactly as at inference and noised to a random augmentation
+//! level, and takes an AdamW step on the min-SNR-weighted v-prediction loss with global-norm
+//! gradient clipping. The EMA of the weights is what ships: it is written into the model repository
+//! at every checkpoint, with the raw weights and the step count kept in the run folder to resume.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use candle_core::backprop::GradStore;
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use vidcascade::stage::{augment, pad_embeddings};
+use vidcascade::video::resample;
+use vidcascade_diffusion::noise::GaussianNoise;
+use vidcascade_models::repository::{ModelRepository, files};
+use vidcascade_models::{TextEncoder, UNetInputs, VideoUNet};
+
+use crate::data::{BatchSampler, Crop};
+use crate::ema::Ema;
+use crate::objective::{noise_batch, weighted_mse};
+
+/// Hyper-parameters of a run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// Stage to train.
+    pub stage: String,
+    /// Train until this many optimizer steps in total (resuming counts earlier steps).
+    pub steps: usize,
+    /// Examples per step.
+    pub batch: usize,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Linear warm-up steps.
+    pub warmup: usize,
+    /// AdamW weight decay.
+    pub weight_decay: f64,
+    /// EMA decay.
+    pub ema_decay: f64,
+    /// Probability of replacing a caption with the empty prompt.
+    pub text_dropout: f64,
+    /// Min-SNR gamma.
+    pub min_snr_gamma: f64,
+    /// SR stages: augmentation times are drawn from U(0, max_augmentation).
+    pub max_augmentation: f64,
+    /// Global gradient-norm clip.
+    pub grad_clip: f64,
+    /// Steps between checkpoints.
+    pub checkpoint_every: usize,
+    /// Steps between progress lines.
+    pub log_every: usize,
+    /// Seed of data, times and noise.
+    pub seed: u64,
+    /// SR stages: train on windows of this many output frames and this side.
+    pub crop: Option<Crop>,
+}
+
+/// What is kept between runs.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct TrainState {
+    /// Optimizer steps done.
+    pub step: usize,
+    /// Mean loss over the last logging window.
+    pub recent_loss: f64,
+    /// Seconds spent training, all runs together.
+    pub seconds: f64,
+    /// The configuration of the latest run.
+    pub config: Option<TrainConfig>,
+}
+
+fn read_state(path: &Path) -> anyhow::Result<Option<TrainState>> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(Some(
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?,
+    ))
+}
+
+fn write_atomically(
+    path: &Path,
+    write: impl FnOnce(&Path) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    write(&tmp)?;
+    std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))?;
+    Ok(())
+}
+
+fn save_tensors(tensors: &HashMap<String, Tensor>, path: &Path) -> anyhow::Result<()> {
+    write_atomically(path, |tmp| {
+        candle_core::safetensors::save(tensors, tmp)
+            .with_context(|| format!("writing {}", tmp.display()))
+    })
+}
+
+fn var_tensors(varmap: &VarMap) -> anyhow::Result<HashMap<String, Var>> {
+    let data = varmap
+        .data()
+        .lock()
+        .map_err(|_| anyhow::anyhow!("variable map lock poisoned"))?;
+    Ok(data.clone())
+}
+
+fn clip_gradients(grads: &mut GradStore, vars: &[Var], max_norm: f64) -> anyhow::Result<f64> {
+    let mut total = 0f64;
+    for var in vars {
+        if let Some(g) = grads.get(var.as_tensor()) {
+            total += g.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
+        }
+    }
+    let norm = total.sqrt();
+    if norm.is_finite() && norm > max_norm {
+        let scale = max_norm / norm;
+        for var in vars {
+            if let Some(g) = grads.remove(var.as_tensor()) {
+                grads.insert(var.as_tensor(), (g * scale)?);
+            }
+        }
+    }
+    Ok(norm)
+}
+
+/// Trains `config.stage` of the repository at `model_dir`, keeping resume state in `run_dir`.
+pub fn train(model_dir: &Path, run_dir: &Path, config: TrainConfig) -> anyhow::Result<TrainState> {
+    let device = Device::Cpu;
+    let repo = ModelRepository::open(model_dir)?;
+    let stage = repo
+        .manifest()
+        .stage(&config.stage)
+        .filter(|s| s.output.is_some())
+        .with_context(|| {
+            format!(
+                "no diffusion stage `{}` in {}",
+                config.stage,
+                model_dir.display()
+            )
+        })?
+        .clone();
+    let output = stage.output.context("stage has no output shape")?;
+    let unet_config = repo.unet_config(&stage.name)?.clone();
+    let encoder = repo.load_text_encoder(&device)?;
+
+    let stage_run = run_dir.join(&stage.name);
+    std::fs::create_dir_all(&stage_run)
+        .with_context(|| format!("creating {}", stage_run.display()))?;
+    let raw_path = stage_run.join("raw.safetensors");
+    let ema_run_path = stage_run.join("ema.safetensors");
+    let state_path = stage_run.join("state.json");
+    let shipped_path = repo.stage_dir(&stage).join(files::WEIGHTS);
+
+    let mut varmap = VarMap::new();
+    let unet = VideoUNet::new(
+        VarBuilder::from_varmap(&varmap, DType::F32, &device),
+        &unet_config,
+    )?;
+    let mut state = read_state(&state_path)?.unwrap_or_default();
+    let resume_from = if raw_path.exists() {
+        &raw_path
+    } else {
+        &shipped_path
+    };
+    varmap
+        .load(resume_from)
+        .with_context(|| format!("loading weights from {}", resume_from.display()))?;
+    let vars_by_name = var_tensors(&varmap)?;
+    let mut ema = Ema::new(&vars_by_name, config.ema_decay)?;
+    let ema_from = if ema_run_path.exists() {
+        &ema_run_path
+    } else {
+        &shipped_path
+    };
+    ema.load(&candle_core::safetensors::load(ema_from, &device)?)?;
+    if state.step >= config.steps {
+        println!(
+            "{}: already at step {} >= {}; nothing to do",
+            stage.name, state.step, config.steps
+        );
+        return Ok(state);
+    }
+    println!(
+        "{}: training from step {} to {} (batch {}, lr {}, {} parameters), resuming from {}",
+        stage.name,
+        state.step,
+        config.steps,
+        config.batch,
+        config.lr,
+        varmap
+            .all_vars()
+            .iter()
+            .map(|v| v.elem_count())
+            .sum::<usize>(),
+        resume_from.display()
+    );
+
+    let vars = varmap.all_vars();
+    let mut optimizer = AdamW::new(
+        vars.clone(),
+        ParamsAdamW {
+            lr: config.lr,
+            weight_decay: config.weight_decay,
+            ..Default::default()
+        },
+    )?;
+    let mut sampler = BatchSampler::new(output, stage.input, config.text_dropout);
+    if let Some(crop) = config.crop {
+        sampler = sampler.with_crop(crop);
+    }
+    let example = sampler.example_shape();
+    let mut cache: HashMap<String, Tensor> = HashMap::new();
+    let mut window = (0f64, 0usize);
+    let mut window_started = Instant::now();
+    let run_started = Instant::now();
+    let seconds_before = state.seconds;
+
+    while state.step < config.steps {
+        let step = state.step + 1;
+        let lr = config.lr * (step as f64 / config.warmup.max(1) as f64).min(1.0);
+        optimizer.set_learning_rate(lr);
+        let mut rng = ChaCha8Rng::seed_from_u64(
+            config.seed ^ (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+        );
+        let batch = sampler.sample(&mut rng, config.batch, &device)?;
+
+        let texts = embed_cached(&encoder, &mut cache, &batch.captions)?;
+        let refs: Vec<&Tensor> = texts.iter().collect();
+        let (context, mask) = pad_embeddings(&refs)?;
+
+        let times: Vec<f64> = (0..config.batch)
+            .map(|_| rng.random_range(0.0..1.0))
+            .collect();
+        let eps =
+            GaussianNoise::new(config.seed, step as u64).tensor(batch.videos.dims(), &device)?;
+        let noised = noise_batch(&batch.videos, &eps, &times, config.min_snr_gamma)?;
+        let t = Tensor::from_vec(
+            times.iter().map(|&v| v as f32).collect::<Vec<_>>(),
+            config.batch,
+            &device,
+        )?;
+
+        let (cond, aug) = match &batch.low_res {
+            Some(low) => {
+                let mut conds = Vec::with_capacity(config.batch);
+                let mut levels = Vec::with_capacity(config.batch);
+                for i in 0..config.batch {
+                    let level = rng.random_range(0.0..config.max_augmentation);
+                    let up = resample(&low.get(i)?, example.frames, example.height, example.width)?;
+                    conds.push(augment(
+                        &up,
+                        level,
+                        config.seed ^ ((step * 131 + i) as u64),
+                    )?);
+                    levels.push(level as f32);
+                }
+                (
+                    Some(Tensor::stack(&conds, 0)?),
+                    Some(Tensor::from_vec(levels, config.batch, &device)?),
+                )
+            }
+            None => (None, None),
+        };
+        let inputs = UNetInputs {
+            z: &noised.z,
+            t: &t,
+            context: &context,
+            context_mask: &mask,
+            cond: cond.as_ref(),
+            aug_level: aug.as_ref(),
+        };
+        let prediction = unet.forward(&inputs)?;
+        let loss = weighted_mse(&prediction, &noised.v, &noised.weights)?;
+        let loss_value = loss.to_scalar::<f32>()? as f64;
+        if !loss_value.is_finite() {
+            bail!(
+                "loss became {loss_value} at step {step}; lower --lr and resume from the last checkpoint"
+            );
+        }
+        let mut grads = loss.backward()?;
+        let grad_norm = clip_gradients(&mut grads, &vars, config.grad_clip)?;
+        optimizer.step(&grads)?;
+        ema.update(step)?;
+        state.step = step;
+        window.0 += loss_value;
+        window.1 += 1;
+
+        if step % config.log_every == 0 || step == config.steps {
+            let per_step = window_started.elapsed().as_secs_f64() / window.1 as f64;
+            state.recent_loss = window.0 / window.1 as f64;
+            println!(
+                "{} step {step}/{} loss {:.4} grad-norm {grad_norm:.2} lr {lr:.2e} {per_step:.2} s/step eta {:.0} min",
+                stage.name,
+                config.steps,
+                state.recent_loss,
+                per_step * (config.steps - step) as f64 / 60.0
+            );
+            window = (0.0, 0);
+            window_started = Instant::now();
+        }
+        if step % config.checkpoint_every == 0 || step == config.steps {
+            state.seconds = seconds_before + run_started.elapsed().as_secs_f64();
+            state.config = Some(config.clone());
+            checkpoint(
+                &varmap,
+                &ema,
+                &state,
+                &raw_path,
+                &ema_run_path,
+                &state_path,
+                &shipped_path,
+            )?;
+            let record = repo.stage_dir(&stage).join("training.json");
+            write_atomically(&record, |tmp| {
+                Ok(std::fs::write(tmp, serde_json::to_string_pretty(&state)?)?)
+            })?;
+            println!(
+                "{} checkpoint at step {step} -> {}",
+                stage.name,
+                shipped_path.display()
+            );
+        }
+    }
+    Ok(state)
+}
+
+fn checkpoint(
+    varmap: &VarMap,
+    ema: &Ema,
+    state: &TrainState,
+    raw_path: &PathBuf,
+    ema_run_path: &PathBuf,
+    state_path: &PathBuf,
+    shipped_path: &PathBuf,
+) -> anyhow::Result<()> {
+    write_atomically(raw_path, |tmp| {
+        varmap
+            .save(tmp)
+            .with_context(|| format!("writing {}", tmp.display()))
+    })?;
+    let averaged = ema.tensors();
+    save_tensors(&averaged, ema_run_path)?;
+    save_tensors(&averaged, shipped_path)?;
+    write_atomically(state_path, |tmp| {
+        Ok(std::fs::write(tmp, serde_json::to_string_pretty(state)?)?)
+    })
+}
+
+fn embed_cached(
+    encoder: &TextEncoder,
+    cache: &mut HashMap<String, Tensor>,
+    captions: &[String],
+) -> anyhow::Result<Vec<Tensor>> {
+    let missing: Vec<&str> = captions
+        .iter()
+        .filter(|c| !cache.contains_key(*c))
+        .map(String::as_str)
+        .collect();
+    if !missing.is_empty() {
+        let encoded = encoder.encode(&missing)?;
+        for (caption, embedding) in missing.iter().zip(encoded) {
+            cache.insert(caption.to_string(), embedding.detach());
+        }
+    }
+    captions
+        .iter()
+        .map(|c| {
+            cache
+                .get(c)
+                .cloned()
+                .context("caption missing from the cache")
+        })
+        .collect()
+}
