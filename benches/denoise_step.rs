@@ -65,6 +65,7 @@ fn denoise_step(c: &mut Criterion) {
             };
             let input = StageInput {
                 text: &texts[0],
+                unconditional: &texts[1],
                 low_res: previous.as_ref(),
                 seed: 0,
                 settings,
@@ -75,7 +76,6 @@ fn denoise_step(c: &mut Criterion) {
             };
             let model = UNetVelocity {
                 unet: stage.unet(),
-                unconditional: &texts[1],
                 samples: vec![&conditioning],
             };
             let shape = stage

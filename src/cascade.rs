@@ -252,11 +252,12 @@ impl Cascade {
             let stage_started = Instant::now();
             let input = StageInput {
                 text: &text,
+                unconditional: &unconditional,
                 low_res: outputs.last().map(|o| &o.tensor),
                 seed: stage_seed(request.seed, index),
                 settings,
             };
-            let tensor = stage.run(&input, &unconditional, |event| {
+            let tensor = stage.run(&input, |event| {
                 let x0 = match event.x0.get(0) {
                     Ok(x0) => x0,
                     Err(_) => return ControlFlow::Break(()),

@@ -21,7 +21,9 @@
 //! ```
 
 pub mod cascade;
+pub mod engine;
 pub mod error;
+pub mod output;
 pub mod stage;
 pub mod video;
 

@@ -114,6 +114,8 @@ impl StageOverrides {
 pub struct Conditioning {
     /// The prompt's embedding `[tokens, dim]`.
     pub text: Tensor,
+    /// The empty prompt's embedding `[tokens, dim]` (classifier-free guidance).
+    pub unconditional: Tensor,
     /// SR stages: the resampled, noise-augmented lower-resolution video `[3, F, H, W]`.
     pub video: Option<Tensor>,
     /// SR stages: its augmentation time.
@@ -125,6 +127,8 @@ pub struct Conditioning {
 pub struct StageInput<'a> {
     /// The prompt's embedding `[tokens, dim]`.
     pub text: &'a Tensor,
+    /// The empty prompt's embedding `[tokens, dim]`.
+    pub unconditional: &'a Tensor,
     /// SR stages: the previous stage's output `[3, F_in, H_in, W_in]` in [-1, 1].
     pub low_res: Option<&'a Tensor>,
     /// Seed of the initial noise, ancestral noise and augmentation noise.
@@ -186,12 +190,17 @@ impl DiffusionStage {
     ) -> Result<(SampleState, Conditioning), CascadeError> {
         let out = self.output_shape()?;
         let context_dim = self.unet.config().context_dim;
-        let text_dims = input.text.dims();
-        if text_dims.len() != 2 || text_dims[0] == 0 || text_dims[1] != context_dim {
-            return Err(CascadeError::InvalidRequest {
-                field: "text_embedding".into(),
-                reason: format!("must be [tokens >= 1, {context_dim}], got {text_dims:?}"),
-            });
+        for (field, tensor) in [
+            ("text_embedding", input.text),
+            ("uncond_embedding", input.unconditional),
+        ] {
+            let dims = tensor.dims();
+            if dims.len() != 2 || dims[0] == 0 || dims[1] != context_dim {
+                return Err(CascadeError::InvalidRequest {
+                    field: field.into(),
+                    reason: format!("must be [tokens >= 1, {context_dim}], got {dims:?}"),
+                });
+            }
         }
         let video = match (self.manifest.input, input.low_res) {
             (None, None) => None,
@@ -242,6 +251,7 @@ impl DiffusionStage {
         .map_err(|source| self.diffusion_error(source))?;
         let conditioning = Conditioning {
             text: input.text.clone(),
+            unconditional: input.unconditional.clone(),
             video,
             aug_level: input.settings.noise_augmentation,
         };
@@ -252,13 +262,11 @@ impl DiffusionStage {
     pub fn run(
         &self,
         input: &StageInput<'_>,
-        unconditional: &Tensor,
         mut on_step: impl FnMut(&StepEvent<'_>) -> ControlFlow<()>,
     ) -> Result<Tensor, CascadeError> {
         let (state, conditioning) = self.prepare(input)?;
         let model = UNetVelocity {
             unet: &self.unet,
-            unconditional,
             samples: vec![&conditioning],
         };
         match sample(&model, vec![state], &mut on_step) {
@@ -319,8 +327,6 @@ pub fn pad_embeddings(embeddings: &[&Tensor]) -> Result<(Tensor, Tensor), candle
 pub struct UNetVelocity<'a> {
     /// The network.
     pub unet: &'a VideoUNet,
-    /// The empty prompt's embedding, for unconditional rows.
-    pub unconditional: &'a Tensor,
     /// Conditioning of each sample, indexed by `ModelRow::sample`.
     pub samples: Vec<&'a Conditioning>,
 }
@@ -351,7 +357,7 @@ impl VelocityModel for UNetVelocity<'_> {
             .zip(&conditionings)
             .map(|(row, c)| {
                 if row.unconditional {
-                    self.unconditional
+                    &c.unconditional
                 } else {
                     &c.text
                 }

@@ -8,7 +8,7 @@
 //! at every checkpoint, with the raw weights and the step count kept in the run folder to resume.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
@@ -336,10 +336,10 @@ fn checkpoint(
     varmap: &VarMap,
     ema: &Ema,
     state: &TrainState,
-    raw_path: &PathBuf,
-    ema_run_path: &PathBuf,
-    state_path: &PathBuf,
-    shipped_path: &PathBuf,
+    raw_path: &Path,
+    ema_run_path: &Path,
+    state_path: &Path,
+    shipped_path: &Path,
 ) -> anyhow::Result<()> {
     write_atomically(raw_path, |tmp| {
         varmap

@@ -1,0 +1,188 @@
+//! The `vidcascade` command line, run as a real process: every output format (decoded back and
+//! checked), `info`, and one-line errors for bad arguments, missing models and unwritable outputs.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use vidcascade::output::{read_gif, read_mp4, read_png_frames};
+use vidcascade_models::repository::scaffold::{Scaffold, WeightInit};
+
+fn tiny_model() -> anyhow::Result<(tempfile::TempDir, PathBuf)> {
+    let dir = tempfile::tempdir()?;
+    let root = dir.path().join("tiny");
+    Scaffold::tiny().write(&root, WeightInit::Random { seed: 9 })?;
+    Ok((dir, root))
+}
+
+fn vidcascade(args: &[&str]) -> anyhow::Result<Output> {
+    Ok(Command::new(env!("CARGO_BIN_EXE_vidcascade"))
+        .args(args)
+        .env_remove("VIDCASCADE_MODEL")
+        .output()?)
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().unwrap_or_default()
+}
+
+/// A failed run: non-zero exit, one `error:` line, no panic or backtrace.
+fn assert_clean_failure(out: &Output, expected: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "expected failure, got success: {stderr}"
+    );
+    assert!(
+        stderr.contains(expected),
+        "expected {expected:?} in {stderr:?}"
+    );
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("RUST_BACKTRACE"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn generate_writes_gif_mp4_and_png_frames_that_decode_back() -> anyhow::Result<()> {
+    let (dir, model) = tiny_model()?;
+    let gif = dir.path().join("out/video.gif");
+    let stages = dir.path().join("stages");
+    let out = vidcascade(&[
+        "generate",
+        "a red circle moving left",
+        "-o",
+        path(&gif),
+        "--model",
+        path(&model),
+        "--scale",
+        "2",
+        "--save-stages",
+        path(&stages),
+        "--preview-every",
+        "2",
+    ])?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let video = read_gif(&gif)?;
+    // The tiny cascade ends at 8 frames of 16x16; --scale 2 doubles the size.
+    assert_eq!((video.frames.len(), video.width, video.height), (8, 32, 32));
+    for (n, stage, frames, side) in [(1, "base", 4, 16), (2, "tsr", 8, 16), (3, "ssr", 8, 32)] {
+        let v = read_gif(&stages.join(format!("{n}-{stage}.gif")))?;
+        assert_eq!((v.frames.len(), v.width), (frames, side), "{stage}");
+    }
+    assert!(dir.path().join("out/video.preview.png").exists());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("8 frames, 16x16"), "{stdout}");
+
+    let mp4 = dir.path().join("video.mp4");
+    let out = vidcascade(&[
+        "generate",
+        "blue square moving up",
+        "-o",
+        path(&mp4),
+        "--model",
+        path(&model),
+    ])?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let video = read_mp4(&mp4)?;
+    assert_eq!((video.frames.len(), video.width, video.height), (8, 64, 64));
+
+    let frames = dir.path().join("frames");
+    let out = vidcascade(&[
+        "generate",
+        "green triangle moving right",
+        "-o",
+        path(&frames),
+        "--model",
+        path(&model),
+        "--scale",
+        "1",
+        "--steps",
+        "2",
+        "--steps",
+        "base=3",
+        "--guidance",
+        "base=2.5",
+        "--sampler",
+        "ancestral",
+    ])?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let video = read_png_frames(&frames)?;
+    assert_eq!((video.frames.len(), video.width, video.height), (8, 16, 16));
+    Ok(())
+}
+
+#[test]
+fn info_lists_every_stage_with_its_shapes() -> anyhow::Result<()> {
+    let (_dir, model) = tiny_model()?;
+    let out = vidcascade(&["info", "--model", path(&model)])?;
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for expected in [
+        "text-encoder",
+        "base",
+        "tsr",
+        "ssr",
+        "4x8x8 @ 2 fps",
+        "8x16x16 @ 4 fps",
+    ] {
+        assert!(text.contains(expected), "{expected:?} missing from {text}");
+    }
+    Ok(())
+}
+
+#[test]
+fn bad_arguments_fail_with_one_clear_line() -> anyhow::Result<()> {
+    let (dir, model) = tiny_model()?;
+    let m = path(&model);
+    let missing = dir.path().join("no-such-model");
+    assert_clean_failure(
+        &vidcascade(&["generate", "red", "--model", path(&missing)])?,
+        &format!("no model repository at {}", missing.display()),
+    );
+    assert_clean_failure(
+        &vidcascade(&["generate", "red", "-o", "clip.avi", "--model", m])?,
+        "avi",
+    );
+    let blocker = dir.path().join("a-file");
+    std::fs::write(&blocker, b"not a folder")?;
+    let unwritable = blocker.join("out.gif");
+    assert_clean_failure(
+        &vidcascade(&[
+            "generate",
+            "red",
+            "-o",
+            path(&unwritable),
+            "--model",
+            m,
+            "--steps",
+            "1",
+        ])?,
+        &unwritable.display().to_string(),
+    );
+    assert_clean_failure(
+        &vidcascade(&["generate", "red", "--model", m, "--steps", "many"])?,
+        "--steps many",
+    );
+    assert_clean_failure(
+        &vidcascade(&["generate", "red", "--model", m, "--steps", "decoder=4"])?,
+        "no stage `decoder`; the stages are base, tsr, ssr",
+    );
+    assert_clean_failure(
+        &vidcascade(&["generate", "red", "--model", m, "--guidance", "99"])?,
+        "stages.base.guidance",
+    );
+    assert_clean_failure(&vidcascade(&["generate", "--model", m])?, "<PROMPT>");
+    Ok(())
+}
