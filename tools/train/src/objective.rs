@@ -65,23 +65,23 @@ mod tests {
         let dev = Device::Cpu;
         let x = Tensor::new(&[[0.5f32, -0.25], [1.0, 0.0]], &dev)?;
         let eps = Tensor::new(&[[0.1f32, 0.2], [-0.3, 0.4]], &dev)?;
-        let batch = noise_batch(&x, &eps, &[0.3, 0.8], 5.0)?;
+        let batch = noise_batch(&x, &eps, &[0.1, 0.8], 5.0)?;
         // x = alpha z - sigma v for each sample.
-        for (i, t) in [0.3, 0.8].into_iter().enumerate() {
+        for (i, t) in [0.1, 0.8].into_iter().enumerate() {
             let (a, s) = CosineSchedule::default().alpha_sigma(t);
             let x_hat = ((batch.z.get(i)? * a)? - (batch.v.get(i)? * s)?)?;
             let err = (x_hat - x.get(i)?)?.abs()?.max_all()?.to_scalar::<f32>()?;
             assert!(err < 1e-6);
         }
-        // t = 0.3: SNR above gamma = 5, weight 5 / (SNR + 1) < 1.
+        // t = 0.1: SNR ~ 40, above gamma = 5: weight 5 / (SNR + 1) < 1.
         // t = 0.8: SNR below 1, weight 1 / (SNR + 1) (the floor), close to 1.
         let w = batch.weights.to_vec1::<f32>()?;
         let snr = |t: f64| {
             let (a, s) = CosineSchedule::default().alpha_sigma(t);
             a * a / (s * s)
         };
-        assert!((w[0] as f64 - 5.0 / (snr(0.3) + 1.0)).abs() < 1e-6);
-        assert!((w[1] as f64 - 1.0 / (snr(0.8) + 1.0)).abs() < 1e-6 && w[1] > 0.5);
+        assert!(snr(0.1) > 5.0 && (w[0] as f64 - 5.0 / (snr(0.1) + 1.0)).abs() < 1e-6);
+        assert!(snr(0.8) < 1.0 && (w[1] as f64 - 1.0 / (snr(0.8) + 1.0)).abs() < 1e-6 && w[1] > 0.5);
         Ok(())
     }
 
