@@ -14,8 +14,8 @@ use std::path::PathBuf;
 
 use candle_core::Device;
 use criterion::{Criterion, criterion_group, criterion_main};
-use vidcascade::cascade::Cascade;
-use vidcascade::stage::{StageInput, StageOverrides, UNetVelocity};
+use vidcascade_core::cascade::Cascade;
+use vidcascade_core::stage::{StageInput, StageOverrides, UNetVelocity};
 use vidcascade_diffusion::step_batch;
 use vidcascade_models::repository::scaffold::{Scaffold, WeightInit};
 

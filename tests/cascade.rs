@@ -6,9 +6,9 @@ use std::ops::ControlFlow;
 use std::path::PathBuf;
 
 use candle_core::Device;
-use vidcascade::cascade::{Cascade, CascadeEvent, CascadeRequest};
-use vidcascade::stage::StageOverrides;
-use vidcascade::{CascadeError, Video};
+use vidcascade_core::cascade::{Cascade, CascadeEvent, CascadeRequest};
+use vidcascade_core::stage::StageOverrides;
+use vidcascade_core::{CascadeError, Video};
 use vidcascade_diffusion::SamplerKind;
 use vidcascade_models::repository::scaffold::{Scaffold, WeightInit};
 

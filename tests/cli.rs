@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use vidcascade::output::{read_gif, read_mp4, read_png_frames};
+use vidcascade_core::output::{read_gif, read_mp4, read_png_frames};
 use vidcascade_models::repository::scaffold::{Scaffold, WeightInit};
 
 fn tiny_model() -> anyhow::Result<(tempfile::TempDir, PathBuf)> {

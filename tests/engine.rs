@@ -4,9 +4,9 @@
 use std::time::{Duration, Instant};
 
 use candle_core::{Device, Tensor};
-use vidcascade::cascade::Cascade;
-use vidcascade::engine::{EngineConfig, JobEvent, StageEngine, StageJob, SubmitError};
-use vidcascade::stage::StageOverrides;
+use vidcascade_core::cascade::Cascade;
+use vidcascade_core::engine::{EngineConfig, JobEvent, StageEngine, StageJob, SubmitError};
+use vidcascade_core::stage::StageOverrides;
 use vidcascade_models::repository::scaffold::{Scaffold, WeightInit};
 
 struct Fixture {
@@ -57,7 +57,7 @@ fn job(f: &Fixture, seed: u64, steps: usize) -> anyhow::Result<StageJob> {
 }
 
 /// Collects a job's events until its terminal one.
-fn finish(mut handle: vidcascade::engine::JobHandle) -> Vec<JobEvent> {
+fn finish(mut handle: vidcascade_core::engine::JobHandle) -> Vec<JobEvent> {
     let mut events = Vec::new();
     while let Some(event) = handle.events.blocking_recv() {
         let terminal = matches!(

@@ -6,10 +6,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use candle_core::Device;
-use vidcascade::cascade::{Cascade, CascadeEvent, CascadeRequest};
-use vidcascade::output::{OutputFormat, WriteOptions, write_png, write_video};
-use vidcascade::stage::StageOverrides;
-use vidcascade::video::Video;
+use vidcascade_core::cascade::{Cascade, CascadeEvent, CascadeRequest};
+use vidcascade_core::output::{OutputFormat, WriteOptions, write_png, write_video};
+use vidcascade_core::stage::StageOverrides;
+use vidcascade_core::video::Video;
 
 use super::progress::Progress;
 use super::{GenerateArgs, open_repository, per_stage};

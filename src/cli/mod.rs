@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
-use vidcascade::stage::StageOverrides;
+use vidcascade_core::stage::StageOverrides;
 use vidcascade_diffusion::SamplerKind;
 
 /// Default model repository, relative to the working directory.

@@ -10,8 +10,8 @@ use std::ops::ControlFlow;
 
 use candle_core::Tensor;
 use serde::Serialize;
-use vidcascade::cascade::{Cascade, CascadeOutput, CascadeRequest};
-use vidcascade::video::{Video, downsample_space};
+use vidcascade_core::cascade::{Cascade, CascadeOutput, CascadeRequest};
+use vidcascade_core::video::{Video, downsample_space};
 use vidcascade_shapes::analysis::{Analysis, analyse, psnr};
 use vidcascade_shapes::world::Scene;
 

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use candle_core::Device;
 use clap::Parser;
-use vidcascade::cascade::Cascade;
+use vidcascade_core::cascade::Cascade;
 use vidcascade_eval::{contact_sheet, evaluate, markdown, summarise};
 use vidcascade_shapes::world::held_out_scenes;
 
@@ -61,9 +61,9 @@ fn main() -> anyhow::Result<()> {
     )?;
     let table = markdown(&results, &summary);
     std::fs::write(args.out.join("report.md"), &table)?;
-    let refs: Vec<&vidcascade::Video> = finals.iter().collect();
+    let refs: Vec<&vidcascade_core::Video> = finals.iter().collect();
     let (w, h, rgb) = contact_sheet(&refs, 3, 2);
-    vidcascade::output::write_png(&args.out.join("contact-sheet.png"), w, h, &rgb)?;
+    vidcascade_core::output::write_png(&args.out.join("contact-sheet.png"), w, h, &rgb)?;
     println!("{table}");
     println!(
         "wrote {}/report.json, report.md, contact-sheet.png",

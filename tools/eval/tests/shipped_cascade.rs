@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use candle_core::Device;
-use vidcascade::cascade::Cascade;
+use vidcascade_core::cascade::Cascade;
 use vidcascade_eval::{evaluate, summarise};
 use vidcascade_shapes::world::held_out_scenes;
 

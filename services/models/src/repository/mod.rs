@@ -174,6 +174,16 @@ impl ModelRepository {
         Ok(TextEncoder::new(tokenizer, model, config, device.clone()))
     }
 
+    /// Number of parameters of diffusion stage `name`'s U-Net (from its config; no weights read).
+    pub fn unet_parameter_count(&self, name: &str) -> Result<usize, ModelError> {
+        let config = self.unet_config(name)?.clone();
+        let expected = weights::expected_tensors(|vb| VideoUNet::new(vb, &config))?;
+        Ok(expected
+            .iter()
+            .map(|(_, shape)| shape.iter().product::<usize>())
+            .sum())
+    }
+
     /// Loads diffusion stage `name`'s U-Net, checking every tensor (and that nothing is left over).
     pub fn load_unet(&self, name: &str, device: &Device) -> Result<VideoUNet, ModelError> {
         let stage = self

@@ -467,6 +467,11 @@ fn worker_loop(stage: &DiffusionStage, shared: &Shared) {
             outcome.map(|x0s| (x0s, next))
         };
         let step_micros = started.elapsed().as_micros() as u64;
+        // No-ops unless the process installed a metrics recorder (the services do).
+        metrics::histogram!("vidcascade_stage_step_seconds", "stage" => stage.name().to_string())
+            .record(step_micros as f64 / 1e6);
+        metrics::histogram!("vidcascade_stage_batch_size", "stage" => stage.name().to_string())
+            .record(active.len() as f64);
         let ema = shared.stats.step_micros_ema.load(Ordering::Relaxed);
         let ema = if ema == 0 {
             step_micros

@@ -94,7 +94,7 @@ pub struct StageOutput {
     pub stage: String,
     /// Its video.
     pub video: Video,
-    /// Its raw output `[3, F, H, W]` in [-1, 1].
+    /// Its video as `[3, F, H, W]` in [-1, 1] (quantised to RGB8 levels, as the next stage sees it).
     pub tensor: Tensor,
     /// Wall time.
     pub elapsed: Duration,
@@ -152,10 +152,7 @@ impl Cascade {
         let stages = repository
             .manifest()
             .diffusion_stages()
-            .map(|stage| {
-                let unet = repository.load_unet(&stage.name, device)?;
-                Ok(DiffusionStage::new(stage.clone(), unet, device.clone()))
-            })
+            .map(|stage| DiffusionStage::load(&repository, &stage.name, device))
             .collect::<Result<Vec<_>, CascadeError>>()?;
         Ok(Self {
             repository,
@@ -269,7 +266,10 @@ impl Cascade {
                     x0: &x0,
                 })
             })?;
+            // The next stage is conditioned on the RGB8 video, exactly what a stage service
+            // receives over the wire, so in-process and service runs agree bit for bit.
             let video = Video::from_tensor(&tensor, stage.output_shape()?.fps)?;
+            let tensor = video.to_tensor(&self.device)?;
             let elapsed = stage_started.elapsed();
             let flow = observer(CascadeEvent::StageCompleted {
                 stage: stage.name(),
@@ -285,10 +285,16 @@ impl Cascade {
             });
             if flow.is_break() && index + 1 < self.stages.len() {
                 let next = &self.stages[index + 1];
+                let next_settings = request
+                    .overrides
+                    .get(next.name())
+                    .copied()
+                    .unwrap_or_default()
+                    .resolve(next.manifest())?;
                 return Err(CascadeError::Cancelled {
                     stage: next.name().to_string(),
                     completed_steps: 0,
-                    total_steps: next.manifest().defaults.steps,
+                    total_steps: next_settings.sampler.steps,
                 });
             }
         }

@@ -1,4 +1,4 @@
-//! vidcascade: a cascaded text-to-video diffusion pipeline in the style of Imagen Video.
+//! vidcascade-core: a cascaded text-to-video diffusion pipeline in the style of Imagen Video.
 //!
 //! This crate is the in-process ("embedded") runtime shared by the CLI and every service:
 //!
@@ -10,9 +10,9 @@
 //!   observer for progress, previews and cancellation.
 //!
 //! ```no_run
-//! # fn main() -> Result<(), vidcascade::CascadeError> {
+//! # fn main() -> Result<(), vidcascade_core::CascadeError> {
 //! use std::ops::ControlFlow;
-//! use vidcascade::cascade::{Cascade, CascadeRequest};
+//! use vidcascade_core::cascade::{Cascade, CascadeRequest};
 //! let cascade = Cascade::load("models/shapes", &candle_core::Device::Cpu)?;
 //! let request = CascadeRequest::new("a red circle moving left on a black background").with_seed(7);
 //! let output = cascade.generate(&request, |_event| ControlFlow::Continue(()))?;
@@ -26,6 +26,7 @@ pub mod error;
 pub mod output;
 pub mod stage;
 pub mod video;
+pub mod wire;
 
 pub use cascade::{Cascade, CascadeEvent, CascadeOutput, CascadeRequest};
 pub use error::CascadeError;

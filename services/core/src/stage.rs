@@ -20,7 +20,7 @@ use vidcascade_diffusion::{
     VelocityModel, sample,
 };
 use vidcascade_models::repository::{StageKind, StageManifest, VideoShape};
-use vidcascade_models::{ModelError, UNetInputs, VideoUNet};
+use vidcascade_models::{ModelError, ModelRepository, UNetInputs, VideoUNet};
 
 use crate::CascadeError;
 use crate::video::resample;
@@ -158,6 +158,33 @@ impl DiffusionStage {
         }
     }
 
+    /// Loads diffusion stage `name` of an opened repository.
+    pub fn load(
+        repository: &ModelRepository,
+        name: &str,
+        device: &Device,
+    ) -> Result<Self, CascadeError> {
+        let manifest = repository
+            .manifest()
+            .diffusion_stages()
+            .find(|stage| stage.name == name)
+            .cloned()
+            .ok_or_else(|| CascadeError::InvalidRequest {
+                field: "stage".into(),
+                reason: format!(
+                    "`{name}` is not a diffusion stage of {}; it has {:?}",
+                    repository.root().display(),
+                    repository
+                        .manifest()
+                        .diffusion_stages()
+                        .map(|s| s.name.as_str())
+                        .collect::<Vec<_>>()
+                ),
+            })?;
+        let unet = repository.load_unet(name, device)?;
+        Ok(Self::new(manifest, unet, device.clone()))
+    }
+
     /// The stage's manifest entry.
     pub fn manifest(&self) -> &StageManifest {
         &self.manifest
@@ -183,12 +210,8 @@ impl DiffusionStage {
             })
     }
 
-    /// Validates `input` and builds the initial sample and its conditioning.
-    pub fn prepare(
-        &self,
-        input: &StageInput<'_>,
-    ) -> Result<(SampleState, Conditioning), CascadeError> {
-        let out = self.output_shape()?;
+    /// Checks `input`'s shapes against this stage without running anything.
+    pub fn check_input(&self, input: &StageInput<'_>) -> Result<(), CascadeError> {
         let context_dim = self.unet.config().context_dim;
         for (field, tensor) in [
             ("text_embedding", input.text),
@@ -202,8 +225,8 @@ impl DiffusionStage {
                 });
             }
         }
-        let video = match (self.manifest.input, input.low_res) {
-            (None, None) => None,
+        match (self.manifest.input, input.low_res) {
+            (None, None) => Ok(()),
             (None, Some(_)) => {
                 return Err(CascadeError::InvalidRequest {
                     field: "conditioning".into(),
@@ -237,6 +260,21 @@ impl DiffusionStage {
                         ),
                     });
                 }
+                Ok(())
+            }
+        }
+    }
+
+    /// Validates `input` and builds the initial sample and its conditioning.
+    pub fn prepare(
+        &self,
+        input: &StageInput<'_>,
+    ) -> Result<(SampleState, Conditioning), CascadeError> {
+        self.check_input(input)?;
+        let out = self.output_shape()?;
+        let video = match input.low_res {
+            None => None,
+            Some(low_res) => {
                 let up = resample(low_res, out.frames, out.height, out.width)?;
                 Some(augment(&up, input.settings.noise_augmentation, input.seed)?)
             }

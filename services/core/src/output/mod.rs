@@ -3,10 +3,10 @@
 //! tests and tools).
 //!
 //! ```no_run
-//! # fn main() -> Result<(), vidcascade::output::OutputError> {
+//! # fn main() -> Result<(), vidcascade_core::output::OutputError> {
 //! use std::path::Path;
-//! use vidcascade::output::{OutputFormat, WriteOptions, read_mp4, write_video};
-//! # let video = vidcascade::Video { width: 32, height: 32, fps: 8.0, frames: vec![vec![0; 32 * 32 * 3]; 8] };
+//! use vidcascade_core::output::{OutputFormat, WriteOptions, read_mp4, write_video};
+//! # let video = vidcascade_core::Video { width: 32, height: 32, fps: 8.0, frames: vec![vec![0; 32 * 32 * 3]; 8] };
 //! // The shipped model makes 32x32 clips: show them 8 times bigger.
 //! let format = write_video(&video, Path::new("out/circle.mp4"), &WriteOptions { scale: 8 })?;
 //! assert_eq!(format, OutputFormat::Mp4);

@@ -1,0 +1,183 @@
+//! Flags of `vidcascade-gateway` (each with a `VIDCASCADE_*` variable), validated before binding.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use vidcascade_models::ModelRepository;
+use vidcascade_runtime::ConfigError;
+use vidcascade_runtime::config::{ServerArgs, ServerConfig};
+
+use crate::discovery::Target;
+
+/// `vidcascade-gateway`: the public API in front of the text encoder and stage services.
+#[derive(Debug, Clone, Parser)]
+#[command(version)]
+pub struct GatewayCli {
+    /// Model repository folder (the gateway reads its manifest to plan the cascade).
+    #[arg(long, env = "VIDCASCADE_MODEL", default_value = "models/shapes")]
+    pub model: PathBuf,
+    /// Text encoder replicas: `host:port[,host:port...]` or `dns:host:port` (every address the
+    /// name resolves to, re-resolved periodically; a headless Kubernetes Service).
+    #[arg(long, env = "VIDCASCADE_ENCODER")]
+    pub encoder: String,
+    /// Replicas of one diffusion stage, `NAME=TARGET` with TARGET as for --encoder; repeat for
+    /// every stage of the manifest (environment: `;`-separated).
+    #[arg(
+        long = "stage",
+        env = "VIDCASCADE_STAGES",
+        value_delimiter = ';',
+        required = true
+    )]
+    pub stages: Vec<String>,
+    /// Requests generated at once; more wait in the gateway's queue.
+    #[arg(long, env = "VIDCASCADE_MAX_CONCURRENT", default_value_t = 16)]
+    pub max_concurrent: usize,
+    /// Requests allowed to wait; beyond it RESOURCE_EXHAUSTED.
+    #[arg(long, env = "VIDCASCADE_MAX_WAITING", default_value_t = 64)]
+    pub max_waiting: usize,
+    /// Attempts per stage call when replicas answer UNAVAILABLE before streaming.
+    #[arg(long, env = "VIDCASCADE_STAGE_ATTEMPTS", default_value_t = 3)]
+    pub stage_attempts: usize,
+    /// How often DNS targets are re-resolved, in seconds.
+    #[arg(long, env = "VIDCASCADE_DNS_REFRESH_SECONDS", default_value_t = 10.0)]
+    pub dns_refresh_seconds: f64,
+    /// Deadline applied to requests that carry none (seconds).
+    #[arg(
+        long,
+        env = "VIDCASCADE_DEFAULT_TIMEOUT_SECONDS",
+        default_value_t = 600.0
+    )]
+    pub default_timeout_seconds: f64,
+    /// Server flags.
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+/// Validated configuration.
+#[derive(Debug)]
+pub struct GatewayConfig {
+    /// The opened repository (manifest and configs).
+    pub repository: ModelRepository,
+    /// Where the text encoder runs.
+    pub encoder: Target,
+    /// Where each diffusion stage runs.
+    pub stages: BTreeMap<String, Target>,
+    /// Concurrent generations.
+    pub max_concurrent: usize,
+    /// Waiting generations.
+    pub max_waiting: usize,
+    /// Attempts per stage call.
+    pub stage_attempts: usize,
+    /// DNS refresh period.
+    pub dns_refresh: Duration,
+    /// Deadline for requests without one.
+    pub default_timeout: Duration,
+    /// Common server settings.
+    pub server: ServerConfig,
+}
+
+fn seconds(
+    setting: &str,
+    value: f64,
+    range: std::ops::RangeInclusive<f64>,
+) -> Result<Duration, ConfigError> {
+    if value.is_finite() && range.contains(&value) {
+        Ok(Duration::from_secs_f64(value))
+    } else {
+        Err(ConfigError::new(
+            setting,
+            format!(
+                "{value} is outside {}..={} seconds",
+                range.start(),
+                range.end()
+            ),
+        ))
+    }
+}
+
+impl GatewayCli {
+    /// Checks every setting.
+    pub fn validate(&self) -> Result<GatewayConfig, ConfigError> {
+        let server = self.server.validate()?;
+        let repository = ModelRepository::open(&self.model).map_err(|err| {
+            ConfigError::new(
+                "--model / VIDCASCADE_MODEL",
+                format!("{err} (point it at a model repository such as models/shapes)"),
+            )
+        })?;
+        let encoder = Target::parse(&self.encoder)
+            .map_err(|reason| ConfigError::new("--encoder / VIDCASCADE_ENCODER", reason))?;
+        let wanted: Vec<String> = repository
+            .manifest()
+            .diffusion_stages()
+            .map(|s| s.name.clone())
+            .collect();
+        let mut stages = BTreeMap::new();
+        for entry in self.stages.iter().filter(|e| !e.trim().is_empty()) {
+            let setting = "--stage / VIDCASCADE_STAGES";
+            let (name, target) = entry.split_once('=').ok_or_else(|| {
+                ConfigError::new(setting, format!("`{entry}` is not NAME=TARGET"))
+            })?;
+            let name = name.trim();
+            if !wanted.iter().any(|w| w == name) {
+                return Err(ConfigError::new(
+                    setting,
+                    format!("`{name}` is not a diffusion stage of the model; it has {wanted:?}"),
+                ));
+            }
+            let target = Target::parse(target)
+                .map_err(|reason| ConfigError::new(setting, format!("{name}: {reason}")))?;
+            if stages.insert(name.to_string(), target).is_some() {
+                return Err(ConfigError::new(
+                    setting,
+                    format!("`{name}` is given twice"),
+                ));
+            }
+        }
+        if let Some(missing) = wanted.iter().find(|w| !stages.contains_key(*w)) {
+            return Err(ConfigError::new(
+                "--stage / VIDCASCADE_STAGES",
+                format!("no replicas for stage `{missing}`; the model needs {wanted:?}"),
+            ));
+        }
+        if !(1..=10_000).contains(&self.max_concurrent) {
+            return Err(ConfigError::new(
+                "--max-concurrent / VIDCASCADE_MAX_CONCURRENT",
+                format!("{} is outside 1..=10000", self.max_concurrent),
+            ));
+        }
+        if self.max_waiting > 100_000 {
+            return Err(ConfigError::new(
+                "--max-waiting / VIDCASCADE_MAX_WAITING",
+                format!("{} is above 100000", self.max_waiting),
+            ));
+        }
+        if !(1..=10).contains(&self.stage_attempts) {
+            return Err(ConfigError::new(
+                "--stage-attempts / VIDCASCADE_STAGE_ATTEMPTS",
+                format!("{} is outside 1..=10", self.stage_attempts),
+            ));
+        }
+        Ok(GatewayConfig {
+            repository,
+            encoder,
+            stages,
+            max_concurrent: self.max_concurrent,
+            max_waiting: self.max_waiting,
+            stage_attempts: self.stage_attempts,
+            dns_refresh: seconds(
+                "--dns-refresh-seconds / VIDCASCADE_DNS_REFRESH_SECONDS",
+                self.dns_refresh_seconds,
+                0.1..=3600.0,
+            )?,
+            default_timeout: seconds(
+                "--default-timeout-seconds / VIDCASCADE_DEFAULT_TIMEOUT_SECONDS",
+                self.default_timeout_seconds,
+                1.0..=86_400.0,
+            )?,
+            server,
+        })
+    }
+}

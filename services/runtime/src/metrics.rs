@@ -1,0 +1,80 @@
+//! Prometheus metrics: one process-wide recorder behind the `metrics` facade, rendered on
+//! `GET /metrics`.
+//!
+//! Metric names follow `vidcascade_<thing>_<unit>`; each service documents its own in its crate.
+//! Several services in one process (`vidcascade serve`) share the recorder and tell their series
+//! apart by labels.
+
+use std::net::SocketAddr;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::get;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
+
+/// Histogram buckets for latencies in seconds (a denoising step is ~10 ms-1 s on CPU, a whole
+/// generation seconds to minutes).
+const SECONDS_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+];
+/// Histogram buckets for batch sizes.
+const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 32.0];
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the process-wide recorder (once; later calls return the same handle).
+pub fn install() -> anyhow::Result<PrometheusHandle> {
+    if let Some(handle) = HANDLE.get() {
+        return Ok(handle.clone());
+    }
+    let recorder = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Suffix("_batch_size".into()), BATCH_BUCKETS)?
+        .build_recorder();
+    let handle = recorder.handle();
+    if metrics::set_global_recorder(recorder).is_err() {
+        anyhow::bail!("another metrics recorder is already installed in this process");
+    }
+    let _ = HANDLE.set(handle.clone());
+    Ok(handle)
+}
+
+/// Binds the metrics endpoint; returns the bound address and a future that serves it until
+/// the process ends.
+pub async fn bind(
+    addr: SocketAddr,
+    handle: PrometheusHandle,
+) -> anyhow::Result<(SocketAddr, impl Future<Output = ()> + Send + 'static)> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|err| anyhow::anyhow!("binding the metrics endpoint on {addr}: {err}"))?;
+    let local = listener.local_addr()?;
+    let upkeep = handle.clone();
+    let app = Router::new().route(
+        "/metrics",
+        get(move || {
+            let handle = handle.clone();
+            async move { handle.render() }
+        }),
+    );
+    let serve = async move {
+        // Histograms keep a rolling window that needs periodic upkeep.
+        let upkeep = async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                upkeep.run_upkeep();
+            }
+        };
+        tokio::select! {
+            result = axum::serve(listener, app) => {
+                if let Err(err) = result {
+                    tracing::error!(%err, "metrics endpoint stopped");
+                }
+            }
+            () = upkeep => {}
+        }
+    };
+    Ok((local, serve))
+}

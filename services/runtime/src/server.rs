@@ -1,0 +1,254 @@
+//! Serving: health, reflection, the service's routes, warm-up and graceful drain.
+//!
+//! Life of a service: bind, answer health checks with NOT_SERVING while the model warms up,
+//! SERVING once it has, and on SIGTERM/SIGINT go NOT_SERVING, stop admitting work (the service's
+//! `on_drain`, so new calls get UNAVAILABLE and the gateway retries them elsewhere), let in-flight
+//! streams finish for up to the grace period, then exit.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::Routes;
+use tonic::transport::Server;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+/// How a service is served.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// Name for logs, e.g. `vidcascade-stage[base]`.
+    pub label: String,
+    /// Fully qualified gRPC service names reported by grpc.health.v1 (besides the overall `""`).
+    pub health_names: Vec<String>,
+    /// How long in-flight requests may run after a drain starts.
+    pub drain_grace: Duration,
+}
+
+/// Addresses a service ended up listening on (ports may have been 0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bound {
+    /// gRPC.
+    pub grpc: SocketAddr,
+    /// Prometheus `/metrics`, when enabled.
+    pub metrics: Option<SocketAddr>,
+}
+
+impl Bound {
+    /// The line a binary prints on stdout once bound, which tests and `vidcascade serve` read.
+    pub fn announcement(&self, service: &str) -> String {
+        match self.metrics {
+            Some(metrics) => format!("{service} listening grpc={} metrics={metrics}", self.grpc),
+            None => format!("{service} listening grpc={}", self.grpc),
+        }
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT (Ctrl-C).
+pub async fn shutdown_signal() {
+    let interrupt = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => tracing::info!("SIGINT received"),
+        () = terminate => tracing::info!("SIGTERM received"),
+    }
+}
+
+async fn set_all(reporter: &HealthReporter, names: &[String], status: ServingStatus) {
+    reporter.set_service_status("", status).await;
+    for name in names {
+        reporter.set_service_status(name.as_str(), status).await;
+    }
+}
+
+/// Serves `routes` (plus health and reflection) on `listener` until `shutdown` resolves, then
+/// drains. `warm_up` runs after binding; health reports SERVING only once it succeeds, and its
+/// failure ends the service with that error.
+pub async fn serve(
+    listener: TcpListener,
+    routes: Routes,
+    options: ServeOptions,
+    warm_up: impl Future<Output = anyhow::Result<()>>,
+    shutdown: impl Future<Output = ()>,
+    on_drain: impl FnOnce(),
+) -> anyhow::Result<()> {
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    set_all(&reporter, &options.health_names, ServingStatus::NotServing).await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(vidcascade_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("building the reflection service")?;
+    let routes = routes.add_service(health_service).add_service(reflection);
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let incoming = TcpListenerStream::new(listener);
+    let mut server = tokio::spawn(async move {
+        Server::builder()
+            .add_routes(routes)
+            .serve_with_incoming_shutdown(incoming, async {
+                let _ = stop_rx.await;
+            })
+            .await
+    });
+
+    let label = options.label.as_str();
+    tokio::pin!(shutdown);
+    let started = std::time::Instant::now();
+    tokio::select! {
+        result = warm_up => {
+            result.with_context(|| format!("{label}: warm-up failed"))?;
+            set_all(&reporter, &options.health_names, ServingStatus::Serving).await;
+            tracing::info!(service = label, warm_up_ms = started.elapsed().as_millis() as u64, "serving");
+        }
+        () = &mut shutdown => {
+            tracing::info!(service = label, "stopped before warm-up finished");
+        }
+        result = &mut server => {
+            return server_ended(label, result);
+        }
+    }
+
+    tokio::select! {
+        () = &mut shutdown => {}
+        result = &mut server => return server_ended(label, result),
+    }
+    tracing::info!(
+        service = label,
+        grace_s = options.drain_grace.as_secs_f64(),
+        "draining"
+    );
+    set_all(&reporter, &options.health_names, ServingStatus::NotServing).await;
+    on_drain();
+    let _ = stop_tx.send(());
+    match tokio::time::timeout(options.drain_grace, &mut server).await {
+        Ok(result) => {
+            server_ended(label, result)?;
+            tracing::info!(service = label, "drained");
+        }
+        Err(_) => {
+            server.abort();
+            tracing::warn!(
+                service = label,
+                "grace period over; in-flight requests were cut"
+            );
+        }
+    }
+    Ok(())
+}
+
+fn server_ended(
+    label: &str,
+    result: Result<Result<(), tonic::transport::Error>, tokio::task::JoinError>,
+) -> anyhow::Result<()> {
+    match result {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(err)) => Err(anyhow::anyhow!("{label}: gRPC server failed: {err}")),
+        Err(err) => Err(anyhow::anyhow!("{label}: gRPC server task failed: {err}")),
+    }
+}
+
+/// Binds the gRPC listener, naming the setting on failure.
+pub async fn bind_grpc(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the gRPC address {addr} (--listen / VIDCASCADE_LISTEN)"))
+}
+
+/// What a service hands to [`run_service`].
+pub trait Service {
+    /// Name for logs and the stdout announcement, e.g. `vidcascade-stage[base]`.
+    fn label(&self) -> String;
+    /// Fully qualified gRPC service names to report in grpc.health.v1.
+    fn health_names(&self) -> Vec<String>;
+    /// The service's gRPC routes.
+    fn routes(&self) -> Routes;
+    /// Runs once after binding, before health says SERVING (e.g. one denoising step).
+    fn warm_up(&self) -> impl Future<Output = anyhow::Result<()>> + Send;
+    /// Stops admitting new work; in-flight work continues.
+    fn drain(&self);
+}
+
+/// Binds the metrics endpoint (if enabled) and the gRPC address, prints the announcement line
+/// on stdout, and serves `service` until `shutdown`, then drains.
+pub async fn run_service<S: Service>(
+    config: &crate::config::ServerConfig,
+    service: S,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let metrics = match config.metrics_listen {
+        Some(addr) => {
+            let handle = crate::metrics::install()?;
+            let (bound, serve_metrics) = crate::metrics::bind(addr, handle).await?;
+            tokio::spawn(serve_metrics);
+            Some(bound)
+        }
+        None => None,
+    };
+    let listener = bind_grpc(config.listen).await?;
+    let bound = Bound {
+        grpc: listener.local_addr()?,
+        metrics,
+    };
+    let label = service.label();
+    println!("{}", bound.announcement(&label));
+    let options = ServeOptions {
+        label,
+        health_names: service.health_names(),
+        drain_grace: config.drain_grace,
+    };
+    serve(
+        listener,
+        service.routes(),
+        options,
+        service.warm_up(),
+        shutdown,
+        || service.drain(),
+    )
+    .await
+}
+
+/// The body of a service binary's `main`: builds the tokio runtime, installs telemetry for
+/// `service`, runs `body`, and turns an error into one line on stderr and exit status 1.
+pub fn run_main<F, Fut>(
+    service: &str,
+    config: &crate::config::ServerConfig,
+    body: F,
+) -> std::process::ExitCode
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")
+        .and_then(|runtime| {
+            runtime.block_on(async {
+                let _telemetry =
+                    crate::telemetry::init(service, &config.log, config.otlp_endpoint.as_deref())?;
+                body().await
+            })
+        });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {service}: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

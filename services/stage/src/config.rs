@@ -1,0 +1,122 @@
+//! Flags of `vidcascade-stage` (each with a `VIDCASCADE_*` variable), validated before binding.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser};
+use vidcascade_core::engine::EngineConfig;
+use vidcascade_models::ModelRepository;
+use vidcascade_runtime::ConfigError;
+use vidcascade_runtime::config::{ServerArgs, ServerConfig};
+
+/// Most samples one network call may batch.
+pub const MAX_BATCH_LIMIT: usize = 64;
+/// Most requests one replica may queue.
+pub const MAX_QUEUE_LIMIT: usize = 10_000;
+
+/// `vidcascade-stage`: serves one diffusion stage of a model repository over gRPC.
+#[derive(Debug, Clone, Parser)]
+#[command(version)]
+pub struct StageCli {
+    /// Stage flags.
+    #[command(flatten)]
+    pub stage: StageArgs,
+    /// Server flags.
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+/// What to serve and how to batch it.
+#[derive(Debug, Clone, Args)]
+pub struct StageArgs {
+    /// Model repository folder.
+    #[arg(long, env = "VIDCASCADE_MODEL", default_value = "models/shapes")]
+    pub model: PathBuf,
+    /// The diffusion stage to serve (a name from the repository's manifest.json).
+    #[arg(long, env = "VIDCASCADE_STAGE")]
+    pub stage: String,
+    /// Most samples denoised together in one network call (1 = no batching).
+    #[arg(long, env = "VIDCASCADE_MAX_BATCH_SIZE", default_value_t = 4)]
+    pub max_batch_size: usize,
+    /// Most requests waiting for a batch slot; more are answered RESOURCE_EXHAUSTED.
+    #[arg(long, env = "VIDCASCADE_MAX_QUEUE", default_value_t = 32)]
+    pub max_queue: usize,
+    /// How long an idle stage waits for requests arriving together before starting a batch.
+    #[arg(long, env = "VIDCASCADE_BATCH_WAIT_MS", default_value_t = 5)]
+    pub batch_wait_ms: u64,
+}
+
+/// Validated configuration.
+#[derive(Debug)]
+pub struct StageConfig {
+    /// The opened repository.
+    pub repository: ModelRepository,
+    /// The stage's name.
+    pub stage: String,
+    /// Queue and batching limits.
+    pub engine: EngineConfig,
+    /// Common server settings.
+    pub server: ServerConfig,
+}
+
+impl StageCli {
+    /// Checks every setting, opening the repository's manifest (not yet the weights).
+    pub fn validate(&self) -> Result<StageConfig, ConfigError> {
+        let server = self.server.validate()?;
+        let args = &self.stage;
+        if !(1..=MAX_BATCH_LIMIT).contains(&args.max_batch_size) {
+            return Err(ConfigError::new(
+                "--max-batch-size / VIDCASCADE_MAX_BATCH_SIZE",
+                format!("{} is outside 1..={MAX_BATCH_LIMIT}", args.max_batch_size),
+            ));
+        }
+        if !(1..=MAX_QUEUE_LIMIT).contains(&args.max_queue) {
+            return Err(ConfigError::new(
+                "--max-queue / VIDCASCADE_MAX_QUEUE",
+                format!("{} is outside 1..={MAX_QUEUE_LIMIT}", args.max_queue),
+            ));
+        }
+        if args.batch_wait_ms > 10_000 {
+            return Err(ConfigError::new(
+                "--batch-wait-ms / VIDCASCADE_BATCH_WAIT_MS",
+                format!("{} is above 10000 ms", args.batch_wait_ms),
+            ));
+        }
+        let repository = open_repository(&args.model)?;
+        let stages: Vec<&str> = repository
+            .manifest()
+            .diffusion_stages()
+            .map(|s| s.name.as_str())
+            .collect();
+        if !stages.contains(&args.stage.as_str()) {
+            return Err(ConfigError::new(
+                "--stage / VIDCASCADE_STAGE",
+                format!(
+                    "`{}` is not a diffusion stage of {}; choose one of {stages:?}",
+                    args.stage,
+                    args.model.display()
+                ),
+            ));
+        }
+        Ok(StageConfig {
+            repository,
+            stage: args.stage.clone(),
+            engine: EngineConfig {
+                max_batch_size: args.max_batch_size,
+                max_queue: args.max_queue,
+                batch_wait: Duration::from_millis(args.batch_wait_ms),
+            },
+            server,
+        })
+    }
+}
+
+/// Opens a model repository, reporting problems as a `--model` setting error.
+pub fn open_repository(path: &std::path::Path) -> Result<ModelRepository, ConfigError> {
+    ModelRepository::open(path).map_err(|err| {
+        ConfigError::new(
+            "--model / VIDCASCADE_MODEL",
+            format!("{err} (point it at a model repository such as models/shapes)"),
+        )
+    })
+}

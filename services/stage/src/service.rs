@@ -1,0 +1,381 @@
+//! `vidcascade.v1.VideoStage` over the stage engine.
+
+use std::pin::Pin;
+use std::time::{Duration, Instant};
+
+use candle_core::{Device, Tensor};
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+use tracing::Instrument;
+use vidcascade_core::CascadeError;
+use vidcascade_core::engine::{JobEvent, JobHandle, StageEngine, StageJob};
+use vidcascade_core::stage::{DiffusionStage, StageInput};
+use vidcascade_core::video::Video;
+use vidcascade_core::wire::{
+    defaults_to_wire, kind_to_wire, overrides_from_wire, shape_to_wire, tensor_from_wire,
+    video_from_wire, video_to_wire,
+};
+use vidcascade_models::repository::StageManifest;
+use vidcascade_proto::MAX_STAGE_REQUEST_BYTES;
+use vidcascade_proto::v1::video_stage_server::{VideoStage, VideoStageServer};
+use vidcascade_proto::v1::{self, stage_event::Event};
+use vidcascade_proto::wire::{DEFAULT_CHUNK_BYTES, chunk_video};
+use vidcascade_runtime::deadline::timeout_from_metadata;
+use vidcascade_runtime::telemetry::set_parent_from;
+
+use crate::config::StageConfig;
+use crate::error::StageServiceError;
+use crate::metrics::{count_outcome, publish_gauges};
+
+/// Events buffered per call before the stage waits for a slow client.
+const EVENT_BUFFER: usize = 16;
+
+/// A loaded stage, its engine, and the gRPC service over them.
+#[derive(Clone)]
+pub struct StageServer {
+    /// Validation copy of the stage (cheap: tensors are shared with the worker's copy).
+    stage: DiffusionStage,
+    engine: StageEngine,
+    info: v1::StageInfo,
+}
+
+impl std::fmt::Debug for StageServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StageServer")
+            .field("stage", &self.stage.name())
+            .finish_non_exhaustive()
+    }
+}
+
+impl StageServer {
+    /// Loads the stage's weights and starts its worker thread.
+    pub fn load(config: &StageConfig) -> Result<Self, CascadeError> {
+        let device = Device::Cpu;
+        let stage = DiffusionStage::load(&config.repository, &config.stage, &device)?;
+        let unet = config.repository.unet_config(&config.stage)?;
+        let manifest = stage.manifest().clone();
+        let info = v1::StageInfo {
+            name: manifest.name.clone(),
+            kind: kind_to_wire(manifest.kind) as i32,
+            input: manifest.input.as_ref().map(shape_to_wire),
+            output: manifest.output.as_ref().map(shape_to_wire),
+            defaults: Some(defaults_to_wire(&manifest)),
+            max_batch_size: config.engine.max_batch_size as u32,
+            max_queue_size: config.engine.max_queue as u32,
+            text_embedding_dim: unet.context_dim as u32,
+            max_text_tokens: config.repository.text_encoder_config().max_tokens as u32,
+            max_context_frames: 0,
+            max_request_bytes: MAX_STAGE_REQUEST_BYTES as u64,
+            model: Some(v1::ModelInfo {
+                name: config.repository.manifest().name.clone(),
+                revision: String::new(),
+                parameter_count: config.repository.unet_parameter_count(&config.stage)? as u64,
+                dtype: v1::DType::F32 as i32,
+                device: "cpu".into(),
+            }),
+            build: Some(build_info()),
+        };
+        let engine = StageEngine::start(stage.clone(), config.engine);
+        tokio::spawn(publish_gauges(manifest.name.clone(), engine.stats()));
+        Ok(Self {
+            stage,
+            engine,
+            info,
+        })
+    }
+
+    /// The engine (for tests and `vidcascade serve`).
+    pub fn engine(&self) -> &StageEngine {
+        &self.engine
+    }
+
+    fn manifest(&self) -> &StageManifest {
+        self.stage.manifest()
+    }
+
+    /// Turns a request into an engine job, checking every field first.
+    fn job(
+        &self,
+        request: &v1::StageRequest,
+        deadline: Option<Instant>,
+    ) -> Result<StageJob, StageServiceError> {
+        let device = Device::Cpu;
+        let tensor = |field: &'static str, value: &Option<v1::Tensor>| {
+            let value = value.as_ref().ok_or(StageServiceError::Missing { field })?;
+            tensor_from_wire(value, &device)
+                .map_err(|source| StageServiceError::Tensor { field, source })
+        };
+        let text = tensor("text_embedding", &request.text_embedding)?;
+        let unconditional = tensor("uncond_embedding", &request.uncond_embedding)?;
+        if request.context.is_some() {
+            return Err(StageServiceError::Unsupported {
+                field: "context",
+                reason: format!(
+                    "stage `{}` takes no context frames (max_context_frames is 0)",
+                    self.stage.name()
+                ),
+            });
+        }
+        let low_res = match &request.conditioning {
+            None => None,
+            Some(video) => {
+                let video = video_from_wire(video.clone()).map_err(|e| e.within("conditioning"))?;
+                Some(video_tensor(&video, &device)?)
+            }
+        };
+        let settings = overrides_from_wire(request.sampler.as_ref())
+            .resolve(self.manifest())
+            .map_err(|err| rename_sampler_field(err, self.stage.name()))?;
+        let input = StageInput {
+            text: &text,
+            unconditional: &unconditional,
+            low_res: low_res.as_ref(),
+            seed: request.seed,
+            settings,
+        };
+        self.stage.check_input(&input)?;
+        Ok(StageJob {
+            text,
+            unconditional,
+            low_res,
+            seed: request.seed,
+            settings,
+            preview_every: request.preview_every as usize,
+            deadline,
+        })
+    }
+
+    async fn warm_up_once(&self) -> anyhow::Result<()> {
+        let device = Device::Cpu;
+        let dim = self.info.text_embedding_dim as usize;
+        let text = Tensor::zeros((1, dim), candle_core::DType::F32, &device)?;
+        let low_res = match self.manifest().input {
+            Some(shape) => Some(Tensor::zeros(
+                (3, shape.frames, shape.height, shape.width),
+                candle_core::DType::F32,
+                &device,
+            )?),
+            None => None,
+        };
+        let mut settings = vidcascade_core::StageOverrides::default().resolve(self.manifest())?;
+        settings.sampler.steps = 1;
+        let mut handle = self.engine.submit(StageJob {
+            text: text.clone(),
+            unconditional: text,
+            low_res,
+            seed: 0,
+            settings,
+            preview_every: 0,
+            deadline: None,
+        })?;
+        while let Some(event) = handle.events.recv().await {
+            match event {
+                JobEvent::Done { .. } => return Ok(()),
+                JobEvent::Failed(err) => return Err(err.into()),
+                JobEvent::DeadlineExceeded { .. } => anyhow::bail!("warm-up timed out"),
+                JobEvent::Admitted { .. } | JobEvent::Step { .. } => {}
+            }
+        }
+        anyhow::bail!("the stage worker stopped during warm-up")
+    }
+}
+
+fn build_info() -> v1::BuildInfo {
+    v1::BuildInfo {
+        version: env!("CARGO_PKG_VERSION").into(),
+        git_sha: option_env!("VIDCASCADE_GIT_SHA").unwrap_or("").into(),
+    }
+}
+
+fn video_tensor(video: &Video, device: &Device) -> Result<Tensor, StageServiceError> {
+    video
+        .to_tensor(device)
+        .map_err(|err| StageServiceError::Cascade(err.into()))
+}
+
+/// Settings errors name `stages.<stage>.<field>` for the gateway; here the field is
+/// `sampler.<field>` of the stage request.
+fn rename_sampler_field(err: CascadeError, stage: &str) -> CascadeError {
+    match err {
+        CascadeError::InvalidRequest { field, reason } => CascadeError::InvalidRequest {
+            field: field.replacen(&format!("stages.{stage}."), "sampler.", 1),
+            reason,
+        },
+        other => other,
+    }
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<v1::StageEvent, Status>> + Send>>;
+
+fn event(event: Event) -> Result<v1::StageEvent, Status> {
+    Ok(v1::StageEvent { event: Some(event) })
+}
+
+#[tonic::async_trait]
+impl VideoStage for StageServer {
+    type GenerateStream = EventStream;
+
+    async fn generate(
+        &self,
+        request: Request<v1::StageRequest>,
+    ) -> Result<Response<Self::GenerateStream>, Status> {
+        let stage = self.stage.name().to_string();
+        let span = tracing::info_span!("stage.generate", stage = %stage, request_id = tracing::field::Empty);
+        set_parent_from(&span, request.metadata());
+        let deadline = timeout_from_metadata(request.metadata())?.map(|t| Instant::now() + t);
+        let request = request.into_inner();
+        span.record("request_id", request.request_id.as_str());
+        let submitted = self
+            .job(&request, deadline)
+            .and_then(|job| Ok(self.engine.submit(job)?));
+        let handle = match submitted {
+            Ok(handle) => handle,
+            Err(err) => {
+                count_outcome(&stage, err.outcome());
+                tracing::info!(parent: &span, error = %err, "rejected");
+                return Err(err.into());
+            }
+        };
+        let (tx, rx) = mpsc::channel(EVENT_BUFFER);
+        let fps = self.manifest().output.map_or(8.0, |shape| shape.fps);
+        tokio::spawn(forward(stage, fps, handle, tx).instrument(span));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn info(
+        &self,
+        _request: Request<v1::InfoRequest>,
+    ) -> Result<Response<v1::StageInfo>, Status> {
+        Ok(Response::new(self.info.clone()))
+    }
+}
+
+/// Streams one request's engine events to its caller. A failed send means the caller left:
+/// dropping the handle makes the engine evict the sample at its next step.
+async fn forward(
+    stage: String,
+    fps: f32,
+    mut handle: JobHandle,
+    tx: mpsc::Sender<Result<v1::StageEvent, Status>>,
+) {
+    let accepted = Event::Accepted(v1::StageAccepted {
+        queue_position: handle.queue_position as u32,
+    });
+    if tx.send(event(accepted)).await.is_err() {
+        count_outcome(&stage, "cancelled");
+        return;
+    }
+    let mut queued = Duration::ZERO;
+    let mut total = 0usize;
+    let outcome = loop {
+        let Some(job_event) = handle.events.recv().await else {
+            break Err(StageServiceError::WorkerGone);
+        };
+        let message = match job_event {
+            JobEvent::Admitted { queued: waited } => {
+                queued = waited;
+                continue;
+            }
+            JobEvent::Step {
+                step,
+                total_steps,
+                preview,
+            } => {
+                total = total_steps;
+                let progress = Event::Progress(v1::Progress {
+                    stage: stage.clone(),
+                    step: step as u32,
+                    total_steps: total_steps as u32,
+                    clip: 0,
+                });
+                if tx.send(event(progress)).await.is_err() {
+                    break Ok("cancelled");
+                }
+                let Some(x0) = preview else { continue };
+                match Video::from_tensor(&x0, fps) {
+                    Ok(video) => Event::Preview(v1::Preview {
+                        stage: stage.clone(),
+                        step: step as u32,
+                        video: Some(video_to_wire(&video)),
+                        clip: 0,
+                    }),
+                    Err(err) => break Err(StageServiceError::Cascade(err.into())),
+                }
+            }
+            JobEvent::Done { video, run, steps } => {
+                let video = match Video::from_tensor(&video, fps) {
+                    Ok(video) => video,
+                    Err(err) => break Err(StageServiceError::Cascade(err.into())),
+                };
+                let mut gone = false;
+                for chunk in chunk_video(&video_to_wire(&video), DEFAULT_CHUNK_BYTES) {
+                    if tx.send(event(Event::OutputChunk(chunk))).await.is_err() {
+                        gone = true;
+                        break;
+                    }
+                }
+                if gone {
+                    break Ok("cancelled");
+                }
+                let done = Event::Done(v1::StageDone {
+                    queue_ms: queued.as_millis() as u64,
+                    run_ms: run.as_millis() as u64,
+                    steps_run: steps as u32,
+                });
+                let _ = tx.send(event(done)).await;
+                break Ok("completed");
+            }
+            JobEvent::Failed(err) => break Err(err.into()),
+            JobEvent::DeadlineExceeded { completed_steps } => {
+                break Err(StageServiceError::DeadlineExceeded {
+                    stage: stage.clone(),
+                    completed_steps,
+                    total_steps: total,
+                });
+            }
+        };
+        if tx.send(event(message)).await.is_err() {
+            break Ok("cancelled");
+        }
+    };
+    match outcome {
+        Ok(outcome) => {
+            tracing::info!(outcome, "finished");
+            count_outcome(&stage, outcome);
+        }
+        Err(err) => {
+            tracing::info!(error = %err, "failed");
+            count_outcome(&stage, err.outcome());
+            let _ = tx.send(Err(err.into())).await;
+        }
+    }
+}
+
+impl vidcascade_runtime::Service for StageServer {
+    fn label(&self) -> String {
+        format!("vidcascade-stage[{}]", self.stage.name())
+    }
+
+    fn health_names(&self) -> Vec<String> {
+        vec![
+            format!("vidcascade.v1.VideoStage"),
+            format!("vidcascade.v1.VideoStage/{}", self.stage.name()),
+        ]
+    }
+
+    fn routes(&self) -> tonic::service::Routes {
+        tonic::service::Routes::new(
+            VideoStageServer::new(self.clone()).max_decoding_message_size(MAX_STAGE_REQUEST_BYTES),
+        )
+    }
+
+    fn warm_up(&self) -> impl Future<Output = anyhow::Result<()>> + Send {
+        self.warm_up_once()
+    }
+
+    fn drain(&self) {
+        self.engine.drain();
+    }
+}

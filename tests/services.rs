@@ -1,0 +1,638 @@
+//! End to end through the real binaries (`vidcascade-text-encoder`, `vidcascade-stage`,
+//! `vidcascade-gateway`) on 127.0.0.1 with free ports, on the tiny random-weight repository:
+//! event order and shapes (and the same video as the in-process cascade), previews, a client
+//! leaving mid-generation, a full queue, invalid requests, retry on a dead replica, SIGTERM
+//! drain, configuration errors, and a Python grpcio client.
+
+mod support;
+
+use std::collections::HashMap;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use candle_core::Device;
+use support::cluster::{Cluster, GATEWAY_BIN, STAGE_BIN, Service, tiny_model};
+use tonic::Code;
+use vidcascade_core::cascade::{Cascade, CascadeRequest};
+use vidcascade_core::wire::tensor_to_wire;
+use vidcascade_proto::v1::gateway_client::GatewayClient;
+use vidcascade_proto::v1::video_stage_client::VideoStageClient;
+use vidcascade_proto::v1::{self, generate_event::Event, stage_event};
+
+fn request(prompt: &str, seed: u64) -> v1::GenerateRequest {
+    v1::GenerateRequest {
+        prompt: prompt.into(),
+        seed: Some(seed),
+        ..Default::default()
+    }
+}
+
+/// Collects a whole gateway stream (or its error status).
+async fn generate(
+    cluster: &Cluster,
+    request: v1::GenerateRequest,
+) -> Result<Vec<Event>, tonic::Status> {
+    let channel = cluster
+        .gateway
+        .channel()
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let mut stream = GatewayClient::new(channel)
+        .generate(request)
+        .await?
+        .into_inner();
+    let mut events = Vec::new();
+    while let Some(event) = stream.message().await? {
+        events.extend(event.event);
+    }
+    Ok(events)
+}
+
+fn final_video(events: &[Event]) -> anyhow::Result<v1::Video> {
+    let mut assembler = vidcascade_proto::wire::VideoAssembler::new();
+    let mut whole = None;
+    for event in events {
+        if let Event::Completed(completed) = event {
+            whole = assembler.push(completed.video.clone().context("chunk")?)?;
+        }
+    }
+    whole.context("no complete final video")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_generation_streams_every_stage_in_order_and_matches_the_in_process_cascade()
+-> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let model = tiny_model(dir.path())?;
+    let cluster = Cluster::start(&model, &[]).await?;
+    let mut request = request("a red circle moving left", 7);
+    request.preview_every = 1;
+    request.output = Some(v1::OutputOptions {
+        include_stage_videos: true,
+        max_chunk_bytes: 0,
+    });
+    let events = generate(&cluster, request).await?;
+
+    // Order: accepted; per stage started, progress (1..=N, previews between), completed; then
+    // the final video.
+    ensure!(matches!(events.first(), Some(Event::Accepted(a)) if a.seed == 7 && a.clips == 1));
+    let cascade = Cascade::load(&model, &Device::Cpu)?;
+    let mut expected_stages = vec!["text-encoder".to_string()];
+    expected_stages.extend(cascade.stages().iter().map(|s| s.name().to_string()));
+    let mut started = Vec::new();
+    let mut current: Option<String> = None;
+    let mut steps: HashMap<String, Vec<u32>> = HashMap::new();
+    let mut previews: HashMap<String, usize> = HashMap::new();
+    let mut stage_videos: HashMap<String, v1::Video> = HashMap::new();
+    let mut completed_seen = false;
+    for event in &events[1..] {
+        match event {
+            Event::Accepted(_) => bail!("accepted again after the run started"),
+            Event::StageStarted(s) => {
+                ensure!(
+                    current.is_none(),
+                    "stage {} started inside another",
+                    s.stage
+                );
+                started.push(s.stage.clone());
+                current = Some(s.stage.clone());
+            }
+            Event::Progress(p) => {
+                ensure!(
+                    current.as_deref() == Some(p.stage.as_str()),
+                    "progress outside its stage"
+                );
+                steps.entry(p.stage.clone()).or_default().push(p.step);
+            }
+            Event::Preview(p) => {
+                ensure!(
+                    current.as_deref() == Some(p.stage.as_str()),
+                    "preview outside its stage"
+                );
+                *previews.entry(p.stage.clone()).or_default() += 1;
+            }
+            Event::StageCompleted(c) => {
+                ensure!(current.as_deref() == Some(c.stage.as_str()));
+                if let Some(video) = &c.video {
+                    ensure!(
+                        video.first_frame_index == 0
+                            && video.total_frames as usize == video.frames.len()
+                    );
+                    stage_videos.insert(c.stage.clone(), video.clone());
+                }
+                current = None;
+            }
+            Event::Completed(_) => {
+                ensure!(
+                    current.is_none(),
+                    "final video before the last stage completed"
+                );
+                completed_seen = true;
+            }
+        }
+    }
+    ensure!(completed_seen);
+    assert_eq!(started, expected_stages);
+    for stage in cascade.stages() {
+        let total = stage.manifest().defaults.steps as u32;
+        assert_eq!(
+            steps[stage.name()],
+            (1..=total).collect::<Vec<_>>(),
+            "{}",
+            stage.name()
+        );
+        assert_eq!(previews[stage.name()], total as usize, "a preview per step");
+        let shape = stage.manifest().output.context("output")?;
+        let video = &stage_videos[stage.name()];
+        assert_eq!(
+            (
+                video.frames.len(),
+                video.height as usize,
+                video.width as usize
+            ),
+            (shape.frames, shape.height, shape.width)
+        );
+    }
+    let timings = match events.last() {
+        Some(Event::Completed(c)) => c.timings.clone(),
+        other => bail!("last event is {other:?}"),
+    };
+    assert_eq!(timings.len(), expected_stages.len());
+
+    // Same seed, same steps: the services produce the in-process cascade's video exactly.
+    let video = final_video(&events)?;
+    let local = cascade.generate(
+        &CascadeRequest::new("a red circle moving left").with_seed(7),
+        |_| std::ops::ControlFlow::Continue(()),
+    )?;
+    let expected = local.final_video();
+    assert_eq!(
+        (video.width as usize, video.height as usize),
+        (expected.width, expected.height)
+    );
+    assert!(
+        video.frames == expected.frames,
+        "service video differs from the in-process one"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_requests_name_the_field_and_the_service_keeps_serving() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let model = tiny_model(dir.path())?;
+    let cluster = Cluster::start(&model, &[]).await?;
+    let mut zero_steps = request("a red circle", 1);
+    zero_steps.stage_overrides.insert(
+        "base".into(),
+        v1::SamplerSettings {
+            steps: Some(0),
+            ..Default::default()
+        },
+    );
+    let mut unknown_stage = request("a red circle", 1);
+    unknown_stage
+        .stage_overrides
+        .insert("upscaler".into(), v1::SamplerSettings::default());
+    let mut guidance = request("a red circle", 1);
+    guidance.stage_overrides.insert(
+        "tsr".into(),
+        v1::SamplerSettings {
+            guidance: Some(80.0),
+            ..Default::default()
+        },
+    );
+    for (request, field) in [
+        (request("", 1), "prompt"),
+        (request(&"word ".repeat(1000), 1), "prompt"),
+        (zero_steps, "stage_overrides[base].steps"),
+        (unknown_stage, "stage_overrides[upscaler]"),
+        (guidance, "stage_overrides[tsr].guidance"),
+    ] {
+        match generate(&cluster, request).await {
+            Err(status) => {
+                assert_eq!(status.code(), Code::InvalidArgument, "{}", status.message());
+                assert!(
+                    status.message().contains(field),
+                    "{field} not in {:?}",
+                    status.message()
+                );
+            }
+            Ok(events) => bail!(
+                "accepted an invalid request for {field}: {} events",
+                events.len()
+            ),
+        }
+    }
+    // A stage checks its own input too: an embedding of the wrong width.
+    let channel = cluster.stage("base").channel().await?;
+    let bad = tensor_to_wire(
+        &candle_core::Tensor::zeros((2, 3), candle_core::DType::F32, &Device::Cpu)?,
+        v1::DType::F32,
+    )?;
+    let status = VideoStageClient::new(channel)
+        .generate(v1::StageRequest {
+            text_embedding: Some(bad.clone()),
+            uncond_embedding: Some(bad),
+            ..Default::default()
+        })
+        .await
+        .err()
+        .context("a bad embedding was accepted")?;
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status.message().contains("text_embedding"),
+        "{}",
+        status.message()
+    );
+    let events = generate(&cluster, request("a blue square", 2)).await?;
+    final_video(&events)?;
+    Ok(())
+}
+
+/// Waits until `check` passes or `timeout` runs out.
+async fn eventually<F, Fut>(timeout: Duration, mut check: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<bool>>,
+{
+    let until = Instant::now() + timeout;
+    loop {
+        if check().await? {
+            return Ok(());
+        }
+        if Instant::now() > until {
+            bail!("condition not met within {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_stops_the_stage_which_then_serves_the_next_request()
+-> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let model = tiny_model(dir.path())?;
+    let cluster = Cluster::start(&model, &[]).await?;
+    let mut long = request("a red circle", 3);
+    long.stage_overrides.insert(
+        "base".into(),
+        v1::SamplerSettings {
+            steps: Some(1000),
+            ..Default::default()
+        },
+    );
+    let mut stream = GatewayClient::new(cluster.gateway.channel().await?)
+        .generate(long)
+        .await?
+        .into_inner();
+    // Leave once the base stage is a few steps in.
+    while let Some(event) = stream.message().await? {
+        if let Some(Event::Progress(p)) = event.event
+            && p.stage == "base"
+            && p.step >= 3
+        {
+            break;
+        }
+    }
+    drop(stream);
+    let base = cluster.stage("base");
+    eventually(Duration::from_secs(20), || async {
+        let cancelled = base
+            .metric(
+                "vidcascade_stage_requests_total",
+                &[("stage", "base"), ("outcome", "cancelled")],
+            )
+            .await?;
+        let pending = base
+            .metric("vidcascade_stage_pending_steps", &[("stage", "base")])
+            .await?;
+        Ok(cancelled >= 1.0 && pending == 0.0)
+    })
+    .await
+    .context("the base stage did not stop the abandoned request")?;
+    let events = generate(&cluster, request("a green triangle", 4)).await?;
+    final_video(&events)?;
+    let completed = base
+        .metric(
+            "vidcascade_stage_requests_total",
+            &[("stage", "base"), ("outcome", "completed")],
+        )
+        .await?;
+    assert!(completed >= 1.0);
+    Ok(())
+}
+
+async fn stage_request(base: &Service, steps: u32) -> anyhow::Result<v1::StageRequest> {
+    let _ = base;
+    let device = Device::Cpu;
+    let text = candle_core::Tensor::zeros((3, 16), candle_core::DType::F32, &device)?;
+    let text = tensor_to_wire(&text, v1::DType::F32)?;
+    Ok(v1::StageRequest {
+        request_id: "queue-test".into(),
+        text_embedding: Some(text.clone()),
+        uncond_embedding: Some(text),
+        seed: 1,
+        sampler: Some(v1::SamplerSettings {
+            steps: Some(steps),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+}
+
+/// Reads a stage stream to its end; returns the steps it reported.
+async fn drain_stage_stream(
+    mut stream: tonic::Streaming<v1::StageEvent>,
+) -> Result<(u32, bool), tonic::Status> {
+    let mut last_step = 0;
+    let mut done = false;
+    while let Some(event) = stream.message().await? {
+        match event.event {
+            Some(stage_event::Event::Progress(p)) => last_step = p.step,
+            Some(stage_event::Event::Done(_)) => done = true,
+            _ => {}
+        }
+    }
+    Ok((last_step, done))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_answers_resource_exhausted_while_admitted_requests_finish()
+-> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let model = tiny_model(dir.path())?;
+    let model_arg = model.display().to_string();
+    let base = Service::start(
+        STAGE_BIN,
+        "base",
+        &[
+            "--model",
+            &model_arg,
+            "--stage",
+            "base",
+            "--max-batch-size",
+            "1",
+            "--max-queue",
+            "1",
+        ]
+        .map(String::from),
+    )?;
+    base.wait_serving(Duration::from_secs(30)).await?;
+    let dim = {
+        let info = VideoStageClient::new(base.channel().await?)
+            .info(v1::InfoRequest {})
+            .await?
+            .into_inner();
+        info.text_embedding_dim
+    };
+    let mut request = stage_request(&base, 150).await?;
+    let text = tensor_to_wire(
+        &candle_core::Tensor::zeros((3, dim as usize), candle_core::DType::F32, &Device::Cpu)?,
+        v1::DType::F32,
+    )?;
+    request.text_embedding = Some(text.clone());
+    request.uncond_embedding = Some(text);
+
+    let mut client = VideoStageClient::new(base.channel().await?);
+    // The first runs (batch of one), the second waits in the queue of one...
+    let mut first = client.generate(request.clone()).await?.into_inner();
+    loop {
+        match first.message().await?.and_then(|e| e.event) {
+            Some(stage_event::Event::Progress(_)) => break,
+            Some(_) => {}
+            None => bail!("first request ended before running"),
+        }
+    }
+    let second = client.generate(request.clone()).await?.into_inner();
+    // ...and the third finds the queue full.
+    let third = client.generate(request.clone()).await;
+    let status = third
+        .err()
+        .context("the third request was admitted past a full queue")?;
+    assert_eq!(
+        status.code(),
+        Code::ResourceExhausted,
+        "{}",
+        status.message()
+    );
+    assert!(
+        status.message().contains("queue is full"),
+        "{}",
+        status.message()
+    );
+    let (first_steps, first_done) = drain_stage_stream(first).await?;
+    let (second_steps, second_done) = drain_stage_stream(second).await?;
+    assert!(first_done && second_done);
+    assert_eq!((first_steps, second_steps), (150, 150));
+    let rejected = base
+        .metric(
+            "vidcascade_stage_requests_total",
+            &[("stage", "base"), ("outcome", "rejected")],
+        )
+        .await?;
+    assert_eq!(rejected, 1.0);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_in_flight_work_finish_and_refuses_new_work() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let model = tiny_model(dir.path())?;
+    let model_arg = model.display().to_string();
+    let mut base = Service::start(
+        STAGE_BIN,
+        "base",
+        &["--model", &model_arg, "--stage", "base"].map(String::from),
+    )?;
+    base.wait_serving(Duration::from_secs(30)).await?;
+    let info = VideoStageClient::new(base.channel().await?)
+        .info(v1::InfoRequest {})
+        .await?
+        .into_inner();
+    let mut request = stage_request(&base, 200).await?;
+    let text = tensor_to_wire(
+        &candle_core::Tensor::zeros(
+            (3, info.text_embedding_dim as usize),
+            candle_core::DType::F32,
+            &Device::Cpu,
+        )?,
+        v1::DType::F32,
+    )?;
+    request.text_embedding = Some(text.clone());
+    request.uncond_embedding = Some(text);
+    let mut client = VideoStageClient::new(base.channel().await?);
+    let mut running = client.generate(request.clone()).await?.into_inner();
+    loop {
+        match running.message().await?.and_then(|e| e.event) {
+            Some(stage_event::Event::Progress(_)) => break,
+            Some(_) => {}
+            None => bail!("request ended before running"),
+        }
+    }
+    base.terminate()?;
+    // New work is refused: the connection was told GOAWAY, so a new call is refused
+    // (CANCELLED or UNAVAILABLE, both retried on another replica by the gateway)...
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    match client.generate(request.clone()).await {
+        Err(status) => assert!(
+            matches!(status.code(), Code::Unavailable | Code::Cancelled),
+            "{:?}: {}",
+            status.code(),
+            status.message()
+        ),
+        Ok(_) => bail!("a draining stage admitted new work"),
+    }
+    // ...while the admitted request runs to the end, and then the process exits cleanly.
+    let (steps, done) = drain_stage_stream(running).await?;
+    assert!(done, "the in-flight request was cut");
+    assert_eq!(steps, 200);
+    let until = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = base.child.try_wait()? {
+            break status;
+        }
+        ensure!(
+            Instant::now() < until,
+            "the stage did not exit after draining"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "exit status {status}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_replica_is_skipped_by_retrying_on_another() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let model = tiny_model(dir.path())?;
+    let cluster = Cluster::start(&model, &[]).await?;
+    // A second gateway whose base stage has a dead replica listed first.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let mut args = vec![
+        "--model".to_string(),
+        model.display().to_string(),
+        "--encoder".into(),
+        cluster.encoder.grpc.to_string(),
+    ];
+    for stage in &cluster.stages {
+        args.push("--stage".into());
+        if stage.name == "base" {
+            args.push(format!("base={dead},{}", stage.grpc));
+        } else {
+            args.push(format!("{}={}", stage.name, stage.grpc));
+        }
+    }
+    let gateway = Service::start(GATEWAY_BIN, "gateway-2", &args)?;
+    gateway.wait_serving(Duration::from_secs(30)).await?;
+    for seed in 0..3 {
+        let mut stream = GatewayClient::new(gateway.channel().await?)
+            .generate(request("a cyan circle", seed))
+            .await?
+            .into_inner();
+        let mut completed = false;
+        while let Some(event) = stream.message().await? {
+            completed |= matches!(event.event, Some(Event::Completed(_)));
+        }
+        assert!(completed);
+    }
+    Ok(())
+}
+
+#[test]
+fn bad_configuration_exits_64_naming_the_setting() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let model = tiny_model(dir.path())?;
+    let model_arg = model.display().to_string();
+    let cases: [(&str, Vec<&str>, &str); 4] = [
+        (
+            STAGE_BIN,
+            vec!["--model", &model_arg, "--stage", "upscaler"],
+            "--stage",
+        ),
+        (
+            STAGE_BIN,
+            vec![
+                "--model",
+                &model_arg,
+                "--stage",
+                "base",
+                "--max-batch-size",
+                "0",
+            ],
+            "--max-batch-size",
+        ),
+        (
+            STAGE_BIN,
+            vec!["--model", "/nonexistent/model", "--stage", "base"],
+            "--model",
+        ),
+        (
+            GATEWAY_BIN,
+            vec![
+                "--model",
+                &model_arg,
+                "--encoder",
+                "127.0.0.1:1",
+                "--stage",
+                "base=127.0.0.1:2",
+            ],
+            "--stage",
+        ),
+    ];
+    for (binary, args, setting) in cases {
+        let output = Command::new(binary)
+            .args(&args)
+            .args(["--listen", "127.0.0.1:0", "--metrics-listen", "off"])
+            .output()?;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(64), "{args:?}: {stderr}");
+        assert!(stderr.contains(setting), "{args:?}: {stderr}");
+        assert!(
+            output.stdout.is_empty(),
+            "nothing was bound: {}",
+            String::from_utf8_lossy(&output.stdout)
+        );
+    }
+    let output = Command::new(STAGE_BIN)
+        .args([
+            "--model",
+            &model_arg,
+            "--stage",
+            "base",
+            "--listen",
+            "not-an-address",
+        ])
+        .output()?;
+    assert_eq!(output.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--listen"));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_grpcio_client_drives_the_gateway() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let model = tiny_model(dir.path())?;
+    let cluster = Cluster::start(&model, &[]).await?;
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/python/gateway_client.py"
+    );
+    let proto = concat!(env!("CARGO_MANIFEST_DIR"), "/proto");
+    let output = tokio::process::Command::new("python3")
+        .args([script, "--addr", &cluster.gateway.grpc.to_string(), "--proto", proto])
+        .arg("--out")
+        .arg(dir.path().join("python"))
+        .output()
+        .await
+        .context("running python3 (the test needs python3 with grpcio and grpcio-tools; .ci/test installs them)")?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "python client failed:\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("python client: ok"), "{stdout}");
+    Ok(())
+}
