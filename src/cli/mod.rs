@@ -1,8 +1,11 @@
 //! Argument parsing and dispatch of the `vidcascade` command line.
 
+mod client;
+mod files;
 mod generate;
 mod info;
 mod progress;
+mod serve;
 
 use std::path::PathBuf;
 
@@ -28,6 +31,10 @@ enum Command {
     Generate(GenerateArgs),
     /// Show the model repository's stages, shapes and defaults.
     Info(ModelArg),
+    /// Start the text encoder, every stage and the gateway in this process (development).
+    Serve(ServeArgs),
+    /// Generate through a running gateway, streaming progress and previews.
+    Client(ClientArgs),
 }
 
 #[derive(Debug, Args)]
@@ -42,23 +49,69 @@ struct ModelArg {
 pub struct GenerateArgs {
     /// What the video should show, e.g. "a red circle moving left on a black background".
     prompt: String,
-    /// Output: `.gif`, `.mp4` (H.264), or a folder (PNG frames), chosen by the extension.
-    #[arg(short, long, default_value = "out.gif")]
-    output: PathBuf,
+    #[command(flatten)]
+    output: OutputArgs,
     #[command(flatten)]
     model: ModelArg,
     /// Seed of all sampling noise; the same seed gives the same video.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Denoising steps: `N` for every stage, or `STAGE=N` for one (repeatable).
-    #[arg(long, value_name = "[STAGE=]N")]
-    steps: Vec<String>,
-    /// Classifier-free guidance weight: `W` for every stage, or `STAGE=W` for one (repeatable).
-    #[arg(long, value_name = "[STAGE=]W")]
-    guidance: Vec<String>,
-    /// Sampler for every stage.
-    #[arg(long, value_enum)]
-    sampler: Option<SamplerArg>,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+}
+
+/// `vidcascade client`.
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    /// What the video should show, e.g. "a red circle moving left on a black background".
+    prompt: String,
+    /// The gateway (`vidcascade serve` prints it).
+    #[arg(
+        long,
+        env = "VIDCASCADE_GATEWAY",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    addr: String,
+    #[command(flatten)]
+    output: OutputArgs,
+    /// Seed of all sampling noise; unset lets the gateway pick one (printed).
+    #[arg(long)]
+    seed: Option<u64>,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+    /// Give up after this many seconds (the deadline travels to every stage).
+    #[arg(long, default_value_t = 300.0)]
+    timeout: f64,
+}
+
+/// `vidcascade serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    model: ModelArg,
+    /// Address of the gateway (the text encoder and stages get free ports on 127.0.0.1).
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    listen: std::net::SocketAddr,
+    /// Address of the shared Prometheus `/metrics` endpoint, or `off`.
+    #[arg(long, default_value = "127.0.0.1:9090")]
+    metrics_listen: String,
+    /// Most samples a stage denoises together (1 = no batching).
+    #[arg(long, default_value_t = 4)]
+    max_batch_size: usize,
+    /// Most requests waiting per stage.
+    #[arg(long, default_value_t = 32)]
+    max_queue: usize,
+    /// Log filter (`tracing` syntax).
+    #[arg(long, env = "VIDCASCADE_LOG", default_value = "info")]
+    log: String,
+}
+
+/// What gets written, shared by `generate` and `client`.
+#[derive(Debug, Args)]
+struct OutputArgs {
+    /// Output: `.gif`, `.mp4` (H.264), or a folder (PNG frames), chosen by the extension.
+    #[arg(short, long, default_value = "out.gif")]
+    output: PathBuf,
     /// Also write every stage's video into this folder (`<n>-<stage>.<ext>`).
     #[arg(long, value_name = "DIR")]
     save_stages: Option<PathBuf>,
@@ -68,6 +121,60 @@ pub struct GenerateArgs {
     /// Enlarge the written video by this integer factor (nearest neighbour).
     #[arg(long, default_value_t = 4)]
     scale: usize,
+}
+
+impl OutputArgs {
+    /// Checks the cheap things before any work starts.
+    fn check(&self) -> anyhow::Result<()> {
+        vidcascade_core::output::OutputFormat::from_path(&self.output)?;
+        if self.scale == 0 || self.scale > 64 {
+            bail!("--scale must be in 1..=64, got {}", self.scale);
+        }
+        if self.preview_every == Some(0) {
+            bail!("--preview-every must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+/// Sampler settings, shared by `generate` and `client`.
+#[derive(Debug, Args)]
+struct SamplingArgs {
+    /// Denoising steps: `N` for every stage, or `STAGE=N` for one (repeatable).
+    #[arg(long, value_name = "[STAGE=]N")]
+    steps: Vec<String>,
+    /// Classifier-free guidance weight: `W` for every stage, or `STAGE=W` for one (repeatable).
+    #[arg(long, value_name = "[STAGE=]W")]
+    guidance: Vec<String>,
+    /// Sampler for every stage.
+    #[arg(long, value_enum)]
+    sampler: Option<SamplerArg>,
+}
+
+impl SamplingArgs {
+    /// Per-stage overrides for the diffusion `stages`.
+    fn overrides(
+        &self,
+        stages: &[String],
+    ) -> anyhow::Result<std::collections::BTreeMap<String, StageOverrides>> {
+        let mut overrides = std::collections::BTreeMap::new();
+        per_stage::<usize>("steps", &self.steps, stages, &mut overrides, |o, v| {
+            o.steps = Some(v)
+        })?;
+        per_stage::<f64>(
+            "guidance",
+            &self.guidance,
+            stages,
+            &mut overrides,
+            |o, v| o.guidance = Some(v),
+        )?;
+        if let Some(sampler) = self.sampler {
+            for stage in stages {
+                overrides.entry(stage.clone()).or_default().sampler = Some(sampler.into());
+            }
+        }
+        Ok(overrides)
+    }
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -124,6 +231,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Generate(args) => generate::run(args),
         Command::Info(model) => info::run(&model.model),
+        Command::Serve(args) => serve::run(args),
+        Command::Client(args) => client::run(args),
     }
 }
 

@@ -227,24 +227,20 @@ impl DiffusionStage {
         }
         match (self.manifest.input, input.low_res) {
             (None, None) => Ok(()),
-            (None, Some(_)) => {
-                return Err(CascadeError::InvalidRequest {
-                    field: "conditioning".into(),
-                    reason: format!(
-                        "stage `{}` is a base stage and takes no conditioning video",
-                        self.name()
-                    ),
-                });
-            }
-            (Some(expected), None) => {
-                return Err(CascadeError::InvalidRequest {
-                    field: "conditioning".into(),
-                    reason: format!(
-                        "stage `{}` needs a {expected} conditioning video",
-                        self.name()
-                    ),
-                });
-            }
+            (None, Some(_)) => Err(CascadeError::InvalidRequest {
+                field: "conditioning".into(),
+                reason: format!(
+                    "stage `{}` is a base stage and takes no conditioning video",
+                    self.name()
+                ),
+            }),
+            (Some(expected), None) => Err(CascadeError::InvalidRequest {
+                field: "conditioning".into(),
+                reason: format!(
+                    "stage `{}` needs a {expected} conditioning video",
+                    self.name()
+                ),
+            }),
             (Some(expected), Some(low_res)) => {
                 let want = [3, expected.frames, expected.height, expected.width];
                 if low_res.dims() != want {

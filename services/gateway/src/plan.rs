@@ -225,7 +225,7 @@ pub fn plan(
             })
         })
         .collect::<Result<Vec<_>, GatewayError>>()?;
-    let output = request.output.clone().unwrap_or_default();
+    let output = request.output.unwrap_or_default();
     let chunk_bytes = match output.max_chunk_bytes as usize {
         0 => DEFAULT_CHUNK_BYTES,
         n => n.min(MAX_CHUNK_BYTES),

@@ -22,5 +22,6 @@ pub mod telemetry;
 pub use config::exit_config;
 pub use config::{ConfigError, ServerArgs, parse_or_exit};
 pub use server::{
-    Bound, ServeOptions, Service, bind_grpc, run_main, run_service, serve, shutdown_signal,
+    Bound, ServeOptions, Service, bind_grpc, run_main, run_service, serve, serve_service,
+    shutdown_signal,
 };

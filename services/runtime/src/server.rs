@@ -204,12 +204,22 @@ pub async fn run_service<S: Service>(
         grpc: listener.local_addr()?,
         metrics,
     };
-    let label = service.label();
-    println!("{}", bound.announcement(&label));
+    println!("{}", bound.announcement(&service.label()));
+    serve_service(listener, service, config.drain_grace, shutdown).await
+}
+
+/// Serves `service` on an already bound `listener` until `shutdown`, then drains for up to
+/// `drain_grace` (several services in one process: `vidcascade serve`).
+pub async fn serve_service<S: Service>(
+    listener: TcpListener,
+    service: S,
+    drain_grace: Duration,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     let options = ServeOptions {
-        label,
+        label: service.label(),
         health_names: service.health_names(),
-        drain_grace: config.drain_grace,
+        drain_grace,
     };
     serve(
         listener,
