@@ -186,3 +186,80 @@ fn bad_arguments_fail_with_one_clear_line() -> anyhow::Result<()> {
     assert_clean_failure(&vidcascade(&["generate", "--model", m])?, "<PROMPT>");
     Ok(())
 }
+
+#[test]
+fn serve_and_client_generate_through_the_services_and_stop_on_ctrl_c() -> anyhow::Result<()> {
+    use std::io::{BufRead, BufReader};
+    let (dir, model) = tiny_model()?;
+    let mut serve = Command::new(env!("CARGO_BIN_EXE_vidcascade"))
+        .args(["serve", "--model", path(&model), "--listen", "127.0.0.1:0"])
+        .args(["--metrics-listen", "off", "--log", "warn"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let stdout = serve.stdout.take().ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+    let mut lines = BufReader::new(stdout).lines();
+    let gateway = loop {
+        let Some(line) = lines.next() else {
+            let _ = serve.kill();
+            anyhow::bail!("serve exited before printing the gateway address");
+        };
+        if let Some(addr) = line?.strip_prefix("gateway") {
+            break addr.trim().to_string();
+        }
+    };
+    let gif = dir.path().join("client.gif");
+    let stages = dir.path().join("client-stages");
+    let out = vidcascade(&[
+        "client",
+        "a red circle moving left",
+        "--addr",
+        &gateway,
+        "-o",
+        path(&gif),
+        "--save-stages",
+        path(&stages),
+        "--preview-every",
+        "1",
+        "--seed",
+        "3",
+    ]);
+    let bad_steps = vidcascade(&[
+        "client",
+        "a red circle",
+        "--addr",
+        &gateway,
+        "--steps",
+        "base=0",
+        "-o",
+        path(&dir.path().join("never.gif")),
+    ]);
+    // Ctrl-C stops every service cleanly.
+    let interrupted = Command::new("kill")
+        .args(["-INT", &serve.id().to_string()])
+        .status()?;
+    let status = serve.wait()?;
+    let out = out?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let video = read_gif(&gif)?;
+    assert_eq!((video.frames.len(), video.width, video.height), (8, 64, 64));
+    for (n, stage, frames) in [(1, "base", 4), (2, "tsr", 8), (3, "ssr", 8)] {
+        let v = read_gif(&stages.join(format!("{n}-{stage}.gif")))?;
+        assert_eq!(v.frames.len(), frames, "{stage}");
+    }
+    assert!(dir.path().join("client.preview.png").exists());
+    assert_clean_failure(&bad_steps?, "stage_overrides[base].steps");
+    assert!(interrupted.success());
+    assert!(status.success(), "serve exited with {status}");
+
+    // No gateway: one line that says what to do.
+    let out = vidcascade(&[
+        "client",
+        "a red circle",
+        "--addr",
+        "http://127.0.0.1:1",
+        "-o",
+        path(&dir.path().join("x.gif")),
+    ])?;
+    assert_clean_failure(&out, "vidcascade serve");
+    Ok(())
+}
