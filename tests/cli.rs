@@ -196,7 +196,10 @@ fn serve_and_client_generate_through_the_services_and_stop_on_ctrl_c() -> anyhow
         .args(["--metrics-listen", "off", "--log", "warn"])
         .stdout(std::process::Stdio::piped())
         .spawn()?;
-    let stdout = serve.stdout.take().ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+    let stdout = serve
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
     let mut lines = BufReader::new(stdout).lines();
     let gateway = loop {
         let Some(line) = lines.next() else {
@@ -239,7 +242,11 @@ fn serve_and_client_generate_through_the_services_and_stop_on_ctrl_c() -> anyhow
         .status()?;
     let status = serve.wait()?;
     let out = out?;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let video = read_gif(&gif)?;
     assert_eq!((video.frames.len(), video.width, video.height), (8, 64, 64));
     for (n, stage, frames) in [(1, "base", 4), (2, "tsr", 8), (3, "ssr", 8)] {

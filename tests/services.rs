@@ -636,3 +636,62 @@ async fn a_python_grpcio_client_drives_the_gateway() -> anyhow::Result<()> {
     assert!(stdout.contains("python client: ok"), "{stdout}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_deadline_reaches_the_stage_which_stops_at_the_next_step() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let model = tiny_model(dir.path())?;
+    let cluster = Cluster::start(&model, &[]).await?;
+    let mut long = request("a yellow square", 5);
+    long.stage_overrides.insert(
+        "base".into(),
+        v1::SamplerSettings {
+            steps: Some(1000),
+            ..Default::default()
+        },
+    );
+    let mut call = tonic::Request::new(long);
+    call.set_timeout(Duration::from_millis(1500));
+    let started = Instant::now();
+    let result = async {
+        let mut stream = GatewayClient::new(cluster.gateway.channel().await?)
+            .generate(call)
+            .await?
+            .into_inner();
+        while stream.message().await?.is_some() {}
+        Ok::<(), anyhow::Error>(())
+    }
+    .await;
+    let status = match result {
+        Err(err) => err.downcast::<tonic::Status>()?,
+        Ok(()) => bail!("a 1000-step base run finished inside 1.5 s"),
+    };
+    assert_eq!(
+        status.code(),
+        Code::DeadlineExceeded,
+        "{}",
+        status.message()
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let base = cluster.stage("base");
+    eventually(Duration::from_secs(10), || async {
+        // The stage's own deadline normally fires first; under heavy load the gateway's may
+        // win, and the stage then sees its caller leave. Either way it stops.
+        let mut stopped = 0.0;
+        for outcome in ["deadline_exceeded", "cancelled"] {
+            stopped += base
+                .metric(
+                    "vidcascade_stage_requests_total",
+                    &[("stage", "base"), ("outcome", outcome)],
+                )
+                .await?;
+        }
+        let pending = base
+            .metric("vidcascade_stage_pending_steps", &[("stage", "base")])
+            .await?;
+        Ok(stopped >= 1.0 && pending == 0.0)
+    })
+    .await
+    .context("the base stage kept working past the deadline")?;
+    Ok(())
+}

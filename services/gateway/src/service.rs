@@ -39,6 +39,8 @@ use crate::replicas::ReplicaSet;
 const EVENT_BUFFER: usize = 32;
 /// Share of the remaining deadline the text encoder may use.
 const ENCODER_SHARE: f64 = 0.05;
+/// Time kept back from each stage's deadline share for the gateway itself.
+const STAGE_DEADLINE_MARGIN: Duration = Duration::from_millis(100);
 
 struct Inner {
     manifest: Manifest,
@@ -397,6 +399,9 @@ impl Run {
         )
         .await?;
         let remaining = self.remaining(&format!("waiting for stage `{name}`"))?;
+        // Leave the gateway a moment after the stage's own deadline, so a stage that runs out
+        // of time reports where it stopped before the gateway's overall timer fires.
+        let remaining = remaining.saturating_sub(STAGE_DEADLINE_MARGIN.min(remaining / 20));
         let timeout = deadline_share(remaining, &self.remaining_costs(clip, index));
         let request = v1::StageRequest {
             request_id: self.request_id.clone(),
