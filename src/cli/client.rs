@@ -13,7 +13,7 @@ use vidcascade_proto::v1::{self, generate_event::Event};
 use vidcascade_proto::wire::VideoAssembler;
 
 use super::ClientArgs;
-use super::files::{filmstrip, preview_path, stage_path};
+use super::files::{filmstrip, preview_path, stage_path, wrote_line};
 use super::progress::Progress;
 
 /// Largest message the client accepts (stage videos and final chunks stay far below it).
@@ -170,14 +170,13 @@ async fn generate(args: ClientArgs) -> anyhow::Result<()> {
         .map(|t| format!("{} {} ms", t.stage, t.run_ms + t.queue_ms))
         .collect();
     println!(
-        "wrote {} ({} frames, {}x{} @ {} fps, shown at {}x) in {:.1} s [{}]",
-        args.output.output.display(),
-        video.frames.len(),
-        video.width,
-        video.height,
-        video.fps,
-        args.output.scale,
-        started.elapsed().as_secs_f64(),
+        "{} [{}]",
+        wrote_line(
+            &args.output.output,
+            &video,
+            args.output.scale,
+            started.elapsed().as_secs_f64()
+        ),
         summary.join(", ")
     );
     Ok(())

@@ -39,3 +39,17 @@ pub fn filmstrip(video: &Video, scale: usize) -> (usize, usize, Vec<u8>) {
     }
     (width, h, rgb)
 }
+
+/// The line `generate` and `client` print when the video is written.
+pub fn wrote_line(output: &Path, video: &Video, scale: usize, seconds: f64) -> String {
+    format!(
+        "wrote {} ({} frames, {}x{} @ {} fps, shown at {}x) in {:.1} s",
+        output.display(),
+        video.frames.len(),
+        video.width,
+        video.height,
+        video.fps,
+        scale,
+        seconds
+    )
+}

@@ -8,7 +8,7 @@ use vidcascade_core::cascade::{Cascade, CascadeEvent, CascadeRequest};
 use vidcascade_core::output::{WriteOptions, write_png, write_video};
 use vidcascade_core::video::Video;
 
-use super::files::{filmstrip, preview_path, stage_path};
+use super::files::{filmstrip, preview_path, stage_path, wrote_line};
 use super::progress::Progress;
 use super::{GenerateArgs, open_repository};
 
@@ -98,14 +98,8 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
             .map(|s| s.elapsed.as_secs_f64())
             .sum::<f64>();
     println!(
-        "wrote {} ({} frames, {}x{} @ {} fps, shown at {}x) in {:.1} s",
-        args.output.output.display(),
-        video.frames.len(),
-        video.width,
-        video.height,
-        video.fps,
-        args.output.scale,
-        total
+        "{}",
+        wrote_line(&args.output.output, video, args.output.scale, total)
     );
     Ok(())
 }

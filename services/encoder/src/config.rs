@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::Parser;
 use vidcascade_models::ModelRepository;
 use vidcascade_runtime::ConfigError;
+use vidcascade_runtime::config::model_setting_error;
 use vidcascade_runtime::config::{ServerArgs, ServerConfig};
 
 /// `vidcascade-text-encoder`: serves a model repository's text encoder over gRPC.
@@ -54,12 +55,7 @@ impl EncoderCli {
                 format!("{} is outside 1..=10000", self.max_queue),
             ));
         }
-        let repository = ModelRepository::open(&self.model).map_err(|err| {
-            ConfigError::new(
-                "--model / VIDCASCADE_MODEL",
-                format!("{err} (point it at a model repository such as models/shapes)"),
-            )
-        })?;
+        let repository = ModelRepository::open(&self.model).map_err(model_setting_error)?;
         Ok(EncoderConfig {
             repository,
             max_batch_size: self.max_batch_size,

@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::Parser;
 use vidcascade_models::ModelRepository;
 use vidcascade_runtime::ConfigError;
+use vidcascade_runtime::config::model_setting_error;
 use vidcascade_runtime::config::{ServerArgs, ServerConfig};
 
 use crate::discovery::Target;
@@ -101,12 +102,7 @@ impl GatewayCli {
     /// Checks every setting.
     pub fn validate(&self) -> Result<GatewayConfig, ConfigError> {
         let server = self.server.validate()?;
-        let repository = ModelRepository::open(&self.model).map_err(|err| {
-            ConfigError::new(
-                "--model / VIDCASCADE_MODEL",
-                format!("{err} (point it at a model repository such as models/shapes)"),
-            )
-        })?;
+        let repository = ModelRepository::open(&self.model).map_err(model_setting_error)?;
         let encoder = Target::parse(&self.encoder)
             .map_err(|reason| ConfigError::new("--encoder / VIDCASCADE_ENCODER", reason))?;
         let wanted: Vec<String> = repository

@@ -144,6 +144,14 @@ pub fn parse_or_exit<T: Parser>() -> T {
     }
 }
 
+/// The `--model / VIDCASCADE_MODEL` error for a repository that does not open.
+pub fn model_setting_error(err: impl Display) -> ConfigError {
+    ConfigError::new(
+        "--model / VIDCASCADE_MODEL",
+        format!("{err} (point it at a model repository such as models/shapes)"),
+    )
+}
+
 /// Prints a configuration error and exits 64.
 pub fn exit_config(err: &ConfigError) -> ! {
     eprintln!("error: {err}");

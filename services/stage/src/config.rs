@@ -7,6 +7,7 @@ use clap::{Args, Parser};
 use vidcascade_core::engine::EngineConfig;
 use vidcascade_models::ModelRepository;
 use vidcascade_runtime::ConfigError;
+use vidcascade_runtime::config::model_setting_error;
 use vidcascade_runtime::config::{ServerArgs, ServerConfig};
 
 /// Most samples one network call may batch.
@@ -113,10 +114,5 @@ impl StageCli {
 
 /// Opens a model repository, reporting problems as a `--model` setting error.
 pub fn open_repository(path: &std::path::Path) -> Result<ModelRepository, ConfigError> {
-    ModelRepository::open(path).map_err(|err| {
-        ConfigError::new(
-            "--model / VIDCASCADE_MODEL",
-            format!("{err} (point it at a model repository such as models/shapes)"),
-        )
-    })
+    ModelRepository::open(path).map_err(model_setting_error)
 }

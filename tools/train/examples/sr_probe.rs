@@ -174,10 +174,65 @@ fn main() -> anyhow::Result<()> {
             mean_psnr(&clips.cond, &clips.hi)?
         );
 
+        if std::env::var("PROBE_ABLATE").is_ok() {
+            let unet = load_unet(
+                &config,
+                &repo.stage_dir(&stage).join("model.safetensors"),
+                &dev,
+            )?;
+            let zeros = clips.cond.zeros_like()?;
+            let shuffled = Tensor::cat(
+                &[
+                    clips.cond.narrow(0, 1, n_clips - 1)?,
+                    clips.cond.narrow(0, 0, 1)?,
+                ],
+                0,
+            )?;
+            println!(
+                "   t   | x0 true cond | x0 zero cond | x0 shuffled cond | copy-z baseline z/alpha | err~eps coef | corr(err,eps)"
+            );
+            for &t in &[0.05, 0.1, 0.3, 0.5, 0.8] {
+                let (a, s) = CosineSchedule::default().alpha_sigma(t);
+                let eps = GaussianNoise::new(11, 7).tensor(clips.hi.dims(), &dev)?;
+                let (x0, z) = x0_estimate(&unet, &clips, &clips.cond, &clips.hi, t, 0.0, 11)?;
+                let (x0z, _) = x0_estimate(&unet, &clips, &zeros, &clips.hi, t, 0.0, 11)?;
+                let (x0s, _) = x0_estimate(&unet, &clips, &shuffled, &clips.hi, t, 0.0, 11)?;
+                let err = (&x0 - &clips.hi)?;
+                let dot = (&err * &eps)?.sum_all()?.to_scalar::<f32>()? as f64;
+                let ee = eps.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
+                let rr = err.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
+                println!(
+                    "  {t:.2} | {:10.2}   | {:10.2}   | {:10.2}       | {:10.2}              | {:8.4}     | {:6.3}",
+                    mean_psnr(&x0, &clips.hi)?,
+                    mean_psnr(&x0z, &clips.hi)?,
+                    mean_psnr(&x0s, &clips.hi)?,
+                    mean_psnr(&(&z / a)?, &clips.hi)?,
+                    dot / ee,
+                    dot / (ee * rr).sqrt()
+                );
+                let _ = s;
+                if std::env::var("PROBE_DUMP").is_ok() {
+                    for (name, tensor) in [
+                        ("x0", &x0),
+                        ("hi", &clips.hi),
+                        ("cond", &clips.cond),
+                        ("z", &z),
+                    ] {
+                        let v = tensor.flatten_all()?.to_vec1::<f32>()?;
+                        let bytes: Vec<u8> = v.iter().flat_map(|f| f.to_le_bytes()).collect();
+                        std::fs::write(
+                            format!("/tmp/probe_{stage_name}_{name}_t{t:.2}.f32"),
+                            bytes,
+                        )?;
+                    }
+                }
+            }
+            continue;
+        }
         let ema_file = repo.stage_dir(&stage).join("model.safetensors");
         let raw_file = run_dir.join(stage_name).join("raw.safetensors");
         let mut weights = vec![("ema", ema_file)];
-        if raw_file.exists() {
+        if raw_file.exists() && std::env::var("PROBE_RAW").is_ok() {
             weights.push(("raw", raw_file));
         }
         // Training window: 8 frames, 16x16, at offsets multiple of the up-sampling factor.
@@ -197,7 +252,7 @@ fn main() -> anyhow::Result<()> {
                 "   t     aug | PSNR noisy z | x0 full | x0 full on window | x0 window-run | x0=cond (same window)"
             );
             for &aug in &[0.0, 0.15] {
-                for &t in &[0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.8] {
+                for &t in &[0.1, 0.5] {
                     let (x0, z) = x0_estimate(&unet, &clips, &clips.cond, &clips.hi, t, aug, 11)?;
                     let full = mean_psnr(&x0, &clips.hi)?;
                     let noisy = mean_psnr(&z, &clips.hi)?;
@@ -244,8 +299,8 @@ fn main() -> anyhow::Result<()> {
             }
             if do_sample {
                 let ds = DiffusionStage::new(stage.clone(), unet.clone(), dev.clone());
-                for &steps in &[12usize, 48] {
-                    for &aug in &[0.0, 0.15] {
+                for &steps in &[12usize] {
+                    for &aug in &[0.0] {
                         let mut settings = StageOverrides {
                             steps: Some(steps),
                             noise_augmentation: Some(aug),
@@ -277,7 +332,18 @@ fn main() -> anyhow::Result<()> {
                                     seed: 5 + i as u64,
                                     settings,
                                 },
-                                |_| std::ops::ControlFlow::Continue(()),
+                                |ev| {
+                                    if i == 0 {
+                                        let p =
+                                            psnr(&ev.x0.get(0).unwrap(), &clips.hi.get(0).unwrap())
+                                                .unwrap();
+                                        println!(
+                                            "    step {} t {:.3} x0 PSNR {:.2}",
+                                            ev.step, ev.t, p
+                                        );
+                                    }
+                                    std::ops::ControlFlow::Continue(())
+                                },
                             )?;
                             tot += psnr(&x, &clips.hi.get(i)?)?;
                         }
