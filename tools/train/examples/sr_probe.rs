@@ -132,9 +132,14 @@ fn main() -> anyhow::Result<()> {
         {
             continue;
         }
-        let stage = repo.manifest().stage(stage_name).unwrap().clone();
-        let out = stage.output.unwrap();
-        let inp = stage.input.unwrap();
+        let stage = repo
+            .manifest()
+            .stage(stage_name)
+            .cloned()
+            .ok_or_else(|| anyhow::anyhow!("no stage {stage_name}"))?;
+        let (Some(out), Some(inp)) = (stage.output, stage.input) else {
+            anyhow::bail!("{stage_name} is not a super-resolution stage");
+        };
         let config = repo.unet_config(stage_name)?.clone();
 
         let mut his = Vec::new();
@@ -333,10 +338,10 @@ fn main() -> anyhow::Result<()> {
                                     settings,
                                 },
                                 |ev| {
-                                    if i == 0 {
-                                        let p =
-                                            psnr(&ev.x0.get(0).unwrap(), &clips.hi.get(0).unwrap())
-                                                .unwrap();
+                                    if i == 0
+                                        && let (Ok(x0), Ok(hi)) = (ev.x0.get(0), clips.hi.get(0))
+                                        && let Ok(p) = psnr(&x0, &hi)
+                                    {
                                         println!(
                                             "    step {} t {:.3} x0 PSNR {:.2}",
                                             ev.step, ev.t, p
