@@ -202,7 +202,7 @@ mod tests {
                 "--metrics-listen / VIDCASCADE_METRICS_LISTEN",
             ),
             (
-                &["--drain-grace-seconds", "-1"][..],
+                &["--drain-grace-seconds", "4000"][..],
                 "--drain-grace-seconds / VIDCASCADE_DRAIN_GRACE_SECONDS",
             ),
             (
