@@ -365,15 +365,7 @@ impl Run {
         });
         metrics::histogram!("vidcascade_gateway_stage_seconds", "stage" => name.clone())
             .record(elapsed.as_secs_f64());
-        send(
-            &self.tx,
-            Event::StageCompleted(v1::StageCompleted {
-                stage: name,
-                video: None,
-                clip: clip as u32,
-            }),
-        )
-        .await?;
+        self.stage_completed(&name, clip, None).await?;
         Ok((text, uncond))
     }
 
@@ -448,30 +440,35 @@ impl Run {
             run_ms: done.run_ms,
             steps_run: done.steps_run,
         });
-        if self.plan.include_stage_videos {
-            for chunk in chunk_video(&video_to_wire(&video), self.plan.chunk_bytes) {
-                send(
-                    &self.tx,
-                    Event::StageCompleted(v1::StageCompleted {
-                        stage: name.clone(),
-                        video: Some(chunk),
-                        clip: clip as u32,
-                    }),
-                )
-                .await?;
-            }
-        } else {
-            send(
-                &self.tx,
-                Event::StageCompleted(v1::StageCompleted {
-                    stage: name,
-                    video: None,
-                    clip: clip as u32,
-                }),
-            )
-            .await?;
-        }
+        let video_to_send = self.plan.include_stage_videos.then_some(&video);
+        self.stage_completed(&name, clip, video_to_send).await?;
         Ok(video)
+    }
+
+    /// `StageCompleted` for `stage` and `clip`: one event per chunk of `video`, or one event
+    /// without a video.
+    async fn stage_completed(
+        &self,
+        stage: &str,
+        clip: usize,
+        video: Option<&Video>,
+    ) -> Result<(), ClientGone> {
+        let chunks: Vec<Option<v1::Video>> = match video {
+            Some(video) => chunk_video(&video_to_wire(video), self.plan.chunk_bytes)
+                .into_iter()
+                .map(Some)
+                .collect(),
+            None => vec![None],
+        };
+        for chunk in chunks {
+            let event = Event::StageCompleted(v1::StageCompleted {
+                stage: stage.to_string(),
+                video: chunk,
+                clip: clip as u32,
+            });
+            send(&self.tx, event).await?;
+        }
+        Ok(())
     }
 
     /// Forwards a stage's progress and previews and assembles its output.
