@@ -324,10 +324,15 @@ async fn a_client_that_leaves_stops_the_stage_which_then_serves_the_next_request
     Ok(())
 }
 
+/// A direct base-stage request of `steps` steps, with zero embeddings of the width the stage
+/// reports in its `Info`.
 async fn stage_request(base: &Service, steps: u32) -> anyhow::Result<v1::StageRequest> {
-    let _ = base;
-    let device = Device::Cpu;
-    let text = candle_core::Tensor::zeros((3, 16), candle_core::DType::F32, &device)?;
+    let dim = VideoStageClient::new(base.channel().await?)
+        .info(v1::InfoRequest {})
+        .await?
+        .into_inner()
+        .text_embedding_dim as usize;
+    let text = candle_core::Tensor::zeros((3, dim), candle_core::DType::F32, &Device::Cpu)?;
     let text = tensor_to_wire(&text, v1::DType::F32)?;
     Ok(v1::StageRequest {
         request_id: "queue-test".into(),
@@ -380,20 +385,7 @@ async fn a_full_queue_answers_resource_exhausted_while_admitted_requests_finish(
         .map(String::from),
     )?;
     base.wait_serving(Duration::from_secs(30)).await?;
-    let dim = {
-        let info = VideoStageClient::new(base.channel().await?)
-            .info(v1::InfoRequest {})
-            .await?
-            .into_inner();
-        info.text_embedding_dim
-    };
-    let mut request = stage_request(&base, 150).await?;
-    let text = tensor_to_wire(
-        &candle_core::Tensor::zeros((3, dim as usize), candle_core::DType::F32, &Device::Cpu)?,
-        v1::DType::F32,
-    )?;
-    request.text_embedding = Some(text.clone());
-    request.uncond_embedding = Some(text);
+    let request = stage_request(&base, 150).await?;
 
     let mut client = VideoStageClient::new(base.channel().await?);
     // The first runs (batch of one), the second waits in the queue of one...
@@ -447,21 +439,7 @@ async fn sigterm_lets_in_flight_work_finish_and_refuses_new_work() -> anyhow::Re
         &["--model", &model_arg, "--stage", "base"].map(String::from),
     )?;
     base.wait_serving(Duration::from_secs(30)).await?;
-    let info = VideoStageClient::new(base.channel().await?)
-        .info(v1::InfoRequest {})
-        .await?
-        .into_inner();
-    let mut request = stage_request(&base, 200).await?;
-    let text = tensor_to_wire(
-        &candle_core::Tensor::zeros(
-            (3, info.text_embedding_dim as usize),
-            candle_core::DType::F32,
-            &Device::Cpu,
-        )?,
-        v1::DType::F32,
-    )?;
-    request.text_embedding = Some(text.clone());
-    request.uncond_embedding = Some(text);
+    let request = stage_request(&base, 200).await?;
     let mut client = VideoStageClient::new(base.channel().await?);
     let mut running = client.generate(request.clone()).await?.into_inner();
     loop {

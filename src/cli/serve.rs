@@ -11,8 +11,10 @@ use vidcascade_core::engine::EngineConfig;
 use vidcascade_encoder_service::{EncoderConfig, EncoderServer};
 use vidcascade_gateway_service::discovery::Target;
 use vidcascade_gateway_service::{GatewayConfig, GatewayServer};
+use vidcascade_runtime::ServerArgs;
 use vidcascade_runtime::config::ServerConfig;
 use vidcascade_runtime::{bind_grpc, serve_service, shutdown_signal};
+use vidcascade_stage_service::config::{MAX_BATCH_LIMIT, MAX_QUEUE_LIMIT};
 use vidcascade_stage_service::{StageConfig, StageServer};
 
 use super::{ServeArgs, open_repository};
@@ -20,42 +22,46 @@ use super::{ServeArgs, open_repository};
 /// Drain grace period of every service.
 const GRACE: Duration = Duration::from_secs(30);
 
-fn internal_server(log: &str) -> ServerConfig {
+/// Settings of a service behind the gateway: a free port on 127.0.0.1, metrics on the shared
+/// endpoint.
+fn internal_server(gateway: &ServerConfig) -> ServerConfig {
     ServerConfig {
         listen: ([127, 0, 0, 1], 0).into(),
         metrics_listen: None,
-        otlp_endpoint: None,
-        drain_grace: GRACE,
-        log: log.to_string(),
+        ..gateway.clone()
     }
 }
 
 /// Runs `serve`.
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
-    let metrics_listen = match args.metrics_listen.as_str() {
-        "off" => None,
-        text => Some(
-            text.parse()
-                .with_context(|| format!("--metrics-listen `{text}` is not an address or `off`"))?,
-        ),
-    };
-    if !(1..=64).contains(&args.max_batch_size) {
+    // The same validation as the service binaries' flags.
+    let server = ServerArgs {
+        listen: args.listen,
+        metrics_listen: args.metrics_listen.clone(),
+        otlp_endpoint: None,
+        drain_grace_seconds: GRACE.as_secs_f64(),
+        log: args.log.clone(),
+    }
+    .validate()?;
+    if !(1..=MAX_BATCH_LIMIT).contains(&args.max_batch_size) {
         anyhow::bail!(
-            "--max-batch-size must be in 1..=64, got {}",
+            "--max-batch-size must be in 1..={MAX_BATCH_LIMIT}, got {}",
             args.max_batch_size
         );
     }
-    if !(1..=10_000).contains(&args.max_queue) {
-        anyhow::bail!("--max-queue must be in 1..=10000, got {}", args.max_queue);
+    if !(1..=MAX_QUEUE_LIMIT).contains(&args.max_queue) {
+        anyhow::bail!(
+            "--max-queue must be in 1..={MAX_QUEUE_LIMIT}, got {}",
+            args.max_queue
+        );
     }
-    tracing_subscriber_check(&args.log)?;
-    let model = args.model.model.clone();
-    let repository = open_repository(&model)?;
+    let repository = open_repository(&args.model.model)?;
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
         .block_on(async move {
-            let _telemetry = vidcascade_runtime::telemetry::init("vidcascade-serve", &args.log, None)?;
+            let _telemetry =
+                vidcascade_runtime::telemetry::init("vidcascade-serve", &server.log, None)?;
             let (stop_tx, stop_rx) = watch::channel(false);
             let stopped = move || {
                 let mut rx = stop_rx.clone();
@@ -64,7 +70,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
                 }
             };
             let mut tasks = tokio::task::JoinSet::new();
-            if let Some(addr) = metrics_listen {
+            if let Some(addr) = server.metrics_listen {
                 let handle = vidcascade_runtime::metrics::install()?;
                 let (bound, serve) = vidcascade_runtime::metrics::bind(addr, handle).await?;
                 tokio::spawn(serve);
@@ -72,10 +78,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             }
 
             let encoder = EncoderServer::load(&EncoderConfig {
-                repository: open_repository(&model)?,
+                repository: repository.clone(),
                 max_batch_size: 16,
                 max_queue: 64,
-                server: internal_server(&args.log),
+                server: internal_server(&server),
             })?;
             let listener = bind_grpc(([127, 0, 0, 1], 0).into()).await?;
             let encoder_addr = listener.local_addr()?;
@@ -84,25 +90,25 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
 
             let mut stages = BTreeMap::new();
             for stage in repository.manifest().diffusion_stages() {
-                let server = StageServer::load(&StageConfig {
-                    repository: open_repository(&model)?,
+                let stage_server = StageServer::load(&StageConfig {
+                    repository: repository.clone(),
                     stage: stage.name.clone(),
                     engine: EngineConfig {
                         max_batch_size: args.max_batch_size,
                         max_queue: args.max_queue,
                         ..EngineConfig::default()
                     },
-                    server: internal_server(&args.log),
+                    server: internal_server(&server),
                 })?;
                 let listener = bind_grpc(([127, 0, 0, 1], 0).into()).await?;
                 let addr = listener.local_addr()?;
                 println!("{:<13} {addr}", stage.name);
                 stages.insert(stage.name.clone(), Target::Static(vec![addr.to_string()]));
-                tasks.spawn(serve_service(listener, server, GRACE, stopped()));
+                tasks.spawn(serve_service(listener, stage_server, GRACE, stopped()));
             }
 
             let gateway = GatewayServer::new(&GatewayConfig {
-                repository: open_repository(&model)?,
+                repository: repository.clone(),
                 encoder: Target::Static(vec![encoder_addr.to_string()]),
                 stages,
                 max_concurrent: 16,
@@ -110,9 +116,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
                 stage_attempts: 3,
                 dns_refresh: Duration::from_secs(10),
                 default_timeout: Duration::from_secs(600),
-                server: internal_server(&args.log),
+                server: internal_server(&server),
             });
-            let listener = bind_grpc(args.listen).await?;
+            let listener = bind_grpc(server.listen).await?;
             let gateway_addr = listener.local_addr()?;
             tasks.spawn(serve_service(listener, gateway, GRACE, stopped()));
             println!("gateway  http://{gateway_addr}");
@@ -143,17 +149,4 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             eprintln!("stopped");
             Ok(())
         })
-}
-
-/// Rejects an invalid log filter with the flag's name.
-fn tracing_subscriber_check(filter: &str) -> anyhow::Result<()> {
-    let args = vidcascade_runtime::ServerArgs {
-        listen: ([127, 0, 0, 1], 0).into(),
-        metrics_listen: "off".into(),
-        otlp_endpoint: None,
-        drain_grace_seconds: 1.0,
-        log: filter.to_string(),
-    };
-    args.validate()?;
-    Ok(())
 }

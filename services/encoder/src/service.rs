@@ -13,6 +13,7 @@ use vidcascade_core::wire::tensor_to_wire;
 use vidcascade_models::text_encoder::TextEncoder;
 use vidcascade_proto::v1;
 use vidcascade_proto::v1::text_encoder_server::{TextEncoder as TextEncoderRpc, TextEncoderServer};
+use vidcascade_runtime::info::{build_info, model_info};
 use vidcascade_runtime::telemetry::set_parent_from;
 
 use crate::config::EncoderConfig;
@@ -48,22 +49,13 @@ impl EncoderServer {
         let encoder = config.repository.load_text_encoder(&Device::Cpu)?;
         let encoder_config = config.repository.text_encoder_config();
         let info = v1::TextEncoderInfo {
-            model: Some(v1::ModelInfo {
-                name: config.repository.manifest().name.clone(),
-                revision: String::new(),
-                parameter_count: 0,
-                dtype: v1::DType::F32 as i32,
-                device: "cpu".into(),
-            }),
+            model: Some(model_info(&config.repository.manifest().name, 0)),
             embedding_dim: encoder.embedding_dim() as u32,
             max_tokens: encoder.max_tokens() as u32,
             vocab_size: encoder_config.vocab_size as u32,
             dtype: v1::DType::F32 as i32,
             max_batch_size: config.max_batch_size as u32,
-            build: Some(v1::BuildInfo {
-                version: env!("CARGO_PKG_VERSION").into(),
-                git_sha: option_env!("VIDCASCADE_GIT_SHA").unwrap_or("").into(),
-            }),
+            build: Some(build_info()),
         };
         let (jobs, receiver) = sync_channel::<Job>(config.max_queue);
         let queued = Arc::new(AtomicU64::new(0));

@@ -25,6 +25,7 @@ use vidcascade_proto::v1::video_stage_client::VideoStageClient;
 use vidcascade_proto::v1::{self, generate_event::Event, stage_event};
 use vidcascade_proto::wire::{VideoAssembler, chunk_video};
 use vidcascade_runtime::deadline::timeout_from_metadata;
+use vidcascade_runtime::info::{build_info, model_info};
 use vidcascade_runtime::telemetry::{inject_context, set_parent_from};
 
 use crate::config::GatewayConfig;
@@ -93,17 +94,8 @@ impl GatewayServer {
             .collect();
         let clip_shape = manifest.final_output();
         let info = v1::GatewayInfo {
-            model: Some(v1::ModelInfo {
-                name: manifest.name.clone(),
-                revision: String::new(),
-                parameter_count: 0,
-                dtype: v1::DType::F32 as i32,
-                device: "cpu".into(),
-            }),
-            build: Some(v1::BuildInfo {
-                version: env!("CARGO_PKG_VERSION").into(),
-                git_sha: option_env!("VIDCASCADE_GIT_SHA").unwrap_or("").into(),
-            }),
+            model: Some(model_info(&manifest.name, 0)),
+            build: Some(build_info()),
             stages: manifest
                 .stages
                 .iter()

@@ -9,12 +9,14 @@
 //! - [`telemetry`]: `tracing` logs, OpenTelemetry export over OTLP when configured, and the W3C
 //!   trace context carried in gRPC metadata from one service to the next;
 //! - [`metrics`]: a Prometheus recorder and its `/metrics` HTTP endpoint;
+//! - [`info`]: the build and model descriptions every `Info` answer carries;
 //! - [`deadline`]: the caller's `grpc-timeout`;
 //! - [`server`]: grpc.health.v1 (NOT_SERVING until warmed up and again while draining), server
 //!   reflection, and graceful drain on SIGTERM/SIGINT with a grace period.
 
 pub mod config;
 pub mod deadline;
+pub mod info;
 pub mod metrics;
 pub mod server;
 pub mod telemetry;

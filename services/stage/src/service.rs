@@ -23,6 +23,7 @@ use vidcascade_proto::v1::video_stage_server::{VideoStage, VideoStageServer};
 use vidcascade_proto::v1::{self, stage_event::Event};
 use vidcascade_proto::wire::{DEFAULT_CHUNK_BYTES, chunk_video};
 use vidcascade_runtime::deadline::timeout_from_metadata;
+use vidcascade_runtime::info::{build_info, model_info};
 use vidcascade_runtime::telemetry::set_parent_from;
 
 use crate::config::StageConfig;
@@ -68,13 +69,10 @@ impl StageServer {
             max_text_tokens: config.repository.text_encoder_config().max_tokens as u32,
             max_context_frames: 0,
             max_request_bytes: MAX_STAGE_REQUEST_BYTES as u64,
-            model: Some(v1::ModelInfo {
-                name: config.repository.manifest().name.clone(),
-                revision: String::new(),
-                parameter_count: config.repository.unet_parameter_count(&config.stage)? as u64,
-                dtype: v1::DType::F32 as i32,
-                device: "cpu".into(),
-            }),
+            model: Some(model_info(
+                &config.repository.manifest().name,
+                config.repository.unet_parameter_count(&config.stage)? as u64,
+            )),
             build: Some(build_info()),
         };
         let engine = StageEngine::start(stage.clone(), config.engine);
@@ -179,13 +177,6 @@ impl StageServer {
             }
         }
         anyhow::bail!("the stage worker stopped during warm-up")
-    }
-}
-
-fn build_info() -> v1::BuildInfo {
-    v1::BuildInfo {
-        version: env!("CARGO_PKG_VERSION").into(),
-        git_sha: option_env!("VIDCASCADE_GIT_SHA").unwrap_or("").into(),
     }
 }
 
@@ -360,7 +351,7 @@ impl vidcascade_runtime::Service for StageServer {
 
     fn health_names(&self) -> Vec<String> {
         vec![
-            format!("vidcascade.v1.VideoStage"),
+            "vidcascade.v1.VideoStage".into(),
             format!("vidcascade.v1.VideoStage/{}", self.stage.name()),
         ]
     }
