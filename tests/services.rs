@@ -306,9 +306,9 @@ async fn a_client_that_leaves_stops_the_stage_which_then_serves_the_next_request
             )
             .await?;
         let pending = base
-            .metric("vidcascade_stage_pending_steps", &[("stage", "base")])
+            .gauge("vidcascade_stage_pending_steps", &[("stage", "base")])
             .await?;
-        Ok(cancelled >= 1.0 && pending == 0.0)
+        Ok(cancelled >= 1.0 && pending == Some(0.0))
     })
     .await
     .context("the base stage did not stop the abandoned request")?;
@@ -665,9 +665,9 @@ async fn the_deadline_reaches_the_stage_which_stops_at_the_next_step() -> anyhow
                 .await?;
         }
         let pending = base
-            .metric("vidcascade_stage_pending_steps", &[("stage", "base")])
+            .gauge("vidcascade_stage_pending_steps", &[("stage", "base")])
             .await?;
-        Ok(stopped >= 1.0 && pending == 0.0)
+        Ok(stopped >= 1.0 && pending == Some(0.0))
     })
     .await
     .context("the base stage kept working past the deadline")?;

@@ -112,10 +112,21 @@ impl Service {
         Ok(output)
     }
 
-    /// The value of the first sample of `metric` whose labels contain every `labels` pair.
+    /// The value of the first sample of `metric` whose labels contain every `labels` pair; a
+    /// counter not exported yet counts as 0.
     pub async fn metric(&self, metric: &str, labels: &[(&str, &str)]) -> anyhow::Result<f64> {
+        Ok(self.gauge(metric, labels).await?.unwrap_or(0.0))
+    }
+
+    /// Like [`Self::metric`], but `None` when the service does not export the sample (for a
+    /// gauge that must be present).
+    pub async fn gauge(
+        &self,
+        metric: &str,
+        labels: &[(&str, &str)],
+    ) -> anyhow::Result<Option<f64>> {
         let text = self.metrics_text().await?;
-        Ok(metric_value(&text, metric, labels).unwrap_or(0.0))
+        Ok(metric_value(&text, metric, labels))
     }
 
     /// Sends SIGTERM.

@@ -261,6 +261,11 @@ where
             runtime.block_on(async {
                 let _telemetry =
                     crate::telemetry::init(service, &config.log, config.otlp_endpoint.as_deref())?;
+                // Before `body` loads the model: metric handles taken while loading (a stage's
+                // gauges) would otherwise bind to the no-op recorder for good.
+                if config.metrics_listen.is_some() {
+                    crate::metrics::install()?;
+                }
                 body().await
             })
         });
