@@ -254,3 +254,53 @@ fn invalid_requests_name_the_field_and_run_nothing() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn an_untrained_residual_super_resolution_stage_returns_its_upsampled_input() -> anyhow::Result<()>
+{
+    // Training initialisation: the output convolution is zero, so an `x0_residual` stage's
+    // estimate is exactly the upsampled conditioning at every step, whatever the noise.
+    let dir = tempfile::tempdir()?;
+    let root = dir.path().join("tiny");
+    Scaffold::tiny().write(&root, WeightInit::Training)?;
+    let repository = vidcascade_models::ModelRepository::open(&root)?;
+    let encoder = repository.load_text_encoder(&Device::Cpu)?;
+    let mut texts = encoder.encode(&["a red circle moving left", ""])?;
+    let unconditional = texts.pop().expect("two embeddings");
+    let text = texts.pop().expect("two embeddings");
+    for name in ["tsr", "ssr"] {
+        let stage = vidcascade_core::stage::DiffusionStage::load(&repository, name, &Device::Cpu)?;
+        assert_eq!(
+            stage.unet().config().prediction,
+            vidcascade_models::unet::Prediction::X0Residual
+        );
+        let input = stage.manifest().input.expect("an SR stage has an input");
+        let output = stage.output_shape()?;
+        let low_res = candle_core::Tensor::rand(
+            -1f32,
+            1f32,
+            (3, input.frames, input.height, input.width),
+            &Device::Cpu,
+        )?;
+        let settings = StageOverrides {
+            noise_augmentation: Some(0.3),
+            ..Default::default()
+        }
+        .resolve(stage.manifest())?;
+        let video = stage.run(
+            &vidcascade_core::stage::StageInput {
+                text: &text,
+                unconditional: &unconditional,
+                low_res: Some(&low_res),
+                seed: 3,
+                settings,
+            },
+            |_| ControlFlow::Continue(()),
+        )?;
+        let upsampled =
+            vidcascade_core::video::resample(&low_res, output.frames, output.height, output.width)?;
+        let error = (video - upsampled)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(error < 1e-3, "{name}: largest difference {error}");
+    }
+    Ok(())
+}

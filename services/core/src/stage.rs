@@ -20,6 +20,7 @@ use vidcascade_diffusion::{
     VelocityModel, sample,
 };
 use vidcascade_models::repository::{StageKind, StageManifest, VideoShape};
+use vidcascade_models::unet::Prediction;
 use vidcascade_models::{ModelError, ModelRepository, UNetInputs, VideoUNet};
 
 use crate::CascadeError;
@@ -118,6 +119,9 @@ pub struct Conditioning {
     pub unconditional: Tensor,
     /// SR stages: the resampled, noise-augmented lower-resolution video `[3, F, H, W]`.
     pub video: Option<Tensor>,
+    /// SR stages: the same resampled video before augmentation, the base of an `x0_residual`
+    /// stage's estimate.
+    pub upsampled: Option<Tensor>,
     /// SR stages: its augmentation time.
     pub aug_level: f64,
 }
@@ -268,11 +272,12 @@ impl DiffusionStage {
     ) -> Result<(SampleState, Conditioning), CascadeError> {
         self.check_input(input)?;
         let out = self.output_shape()?;
-        let video = match input.low_res {
-            None => None,
+        let (video, upsampled) = match input.low_res {
+            None => (None, None),
             Some(low_res) => {
                 let up = resample(low_res, out.frames, out.height, out.width)?;
-                Some(augment(&up, input.settings.noise_augmentation, input.seed)?)
+                let augmented = augment(&up, input.settings.noise_augmentation, input.seed)?;
+                (Some(augmented), Some(up))
             }
         };
         let state = SampleState::new(
@@ -287,6 +292,7 @@ impl DiffusionStage {
             text: input.text.clone(),
             unconditional: input.unconditional.clone(),
             video,
+            upsampled,
             aug_level: input.settings.noise_augmentation,
         };
         Ok((state, conditioning))
@@ -398,6 +404,7 @@ impl VelocityModel for UNetVelocity<'_> {
             })
             .collect();
         let (context, mask) = pad_embeddings(&texts)?;
+        let t_values = t;
         let times: Vec<f32> = t.iter().map(|&v| v as f32).collect();
         let t = Tensor::from_vec(times, rows.len(), z.device())?;
         let (cond, aug) = if self.unet.config().is_super_resolution() {
@@ -426,9 +433,43 @@ impl VelocityModel for UNetVelocity<'_> {
             cond: cond.as_ref(),
             aug_level: aug.as_ref(),
         };
-        self.unet.forward(&inputs).map_err(|e| match e {
+        let output = self.unet.forward(&inputs).map_err(|e| match e {
             ModelError::Tensor(t) => DiffusionError::Tensor(t),
             other => DiffusionError::Model(Box::new(other)),
-        })
+        })?;
+        match self.unet.config().prediction {
+            Prediction::V => Ok(output),
+            Prediction::X0Residual => {
+                let upsampled = conditionings
+                    .iter()
+                    .map(|c| {
+                        c.upsampled.clone().ok_or(DiffusionError::InvalidSetting {
+                            field: "conditioning",
+                            reason: "an x0_residual stage's sample has no upsampled video".into(),
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                let x0 = (Tensor::stack(&upsampled, 0)? + output)?;
+                Ok(velocity_from_x0(z, &x0, t_values)?)
+            }
+        }
     }
+}
+
+/// `v = (alpha z - x0) / sigma` per row (`z = alpha x0 + sigma eps` and `v = alpha eps - sigma x0`),
+/// on the schedule every sampler uses; `sigma` never reaches 0 on its clipped log-SNR range.
+pub fn velocity_from_x0(z: &Tensor, x0: &Tensor, t: &[f64]) -> Result<Tensor, candle_core::Error> {
+    let schedule = CosineSchedule::default();
+    let (alphas, inverse_sigmas): (Vec<f32>, Vec<f32>) = t
+        .iter()
+        .map(|&ti| {
+            let (alpha, sigma) = schedule.alpha_sigma(ti);
+            (alpha as f32, (1.0 / sigma) as f32)
+        })
+        .unzip();
+    let mut per_row = vec![1usize; z.rank()];
+    per_row[0] = t.len();
+    let alpha = Tensor::from_vec(alphas, per_row.as_slice(), z.device())?;
+    let inverse_sigma = Tensor::from_vec(inverse_sigmas, per_row.as_slice(), z.device())?;
+    (z.broadcast_mul(&alpha)? - x0)?.broadcast_mul(&inverse_sigma)
 }

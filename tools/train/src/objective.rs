@@ -19,8 +19,11 @@ pub struct NoisedBatch {
     pub z: Tensor,
     /// The target `v`.
     pub v: Tensor,
-    /// Per-sample loss weights `[B]`.
+    /// Per-sample loss weights of a `v` prediction `[B]`.
     pub weights: Tensor,
+    /// Per-sample loss weights of an `x0` prediction `[B]`: `max(min(SNR, gamma), 1)`, the same
+    /// objective expressed in x-space.
+    pub x0_weights: Tensor,
 }
 
 /// Noises `x` `[B, ...]` at times `t` with noise `eps`, returning inputs, targets and weights.
@@ -30,13 +33,16 @@ pub fn noise_batch(x: &Tensor, eps: &Tensor, t: &[f64], gamma: f64) -> Result<No
     let b = t.len();
     let mut broadcast = vec![1usize; x.rank()];
     broadcast[0] = b;
-    let (mut alphas, mut sigmas, mut weights) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut alphas, mut sigmas, mut weights, mut x0_weights) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for &ti in t {
         let (a, s) = schedule.alpha_sigma(ti);
         let snr = (a * a) / (s * s).max(1e-12);
         alphas.push(a as f32);
         sigmas.push(s as f32);
-        weights.push((snr.min(gamma).max(1.0) / (snr + 1.0)) as f32);
+        let x0_weight = snr.min(gamma).max(1.0);
+        weights.push((x0_weight / (snr + 1.0)) as f32);
+        x0_weights.push(x0_weight as f32);
     }
     let alpha = Tensor::from_vec(alphas, broadcast.as_slice(), device)?;
     let sigma = Tensor::from_vec(sigmas, broadcast.as_slice(), device)?;
@@ -46,6 +52,7 @@ pub fn noise_batch(x: &Tensor, eps: &Tensor, t: &[f64], gamma: f64) -> Result<No
         z,
         v,
         weights: Tensor::from_vec(weights, b, device)?,
+        x0_weights: Tensor::from_vec(x0_weights, b, device)?,
     })
 }
 

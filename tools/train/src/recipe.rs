@@ -6,7 +6,7 @@
 use vidcascade_models::repository::scaffold::{Scaffold, ScaffoldStage};
 use vidcascade_models::repository::{StageDefaults, StageKind, StageManifest, VideoShape};
 use vidcascade_models::text_encoder::T5Config;
-use vidcascade_models::unet::{TemporalMixing, VideoUNetConfig};
+use vidcascade_models::unet::{Prediction, TemporalMixing, VideoUNetConfig};
 use vidcascade_shapes::world::vocabulary;
 
 fn shape(frames: usize, side: usize, fps: f32) -> VideoShape {
@@ -50,6 +50,12 @@ pub fn shapes_scaffold() -> Scaffold {
                 max_frames: 16,
                 context_dim: 64,
                 norm_groups: 8,
+                frame_embedding: cond_channels == 0,
+                prediction: if cond_channels == 0 {
+                    Prediction::V
+                } else {
+                    Prediction::X0Residual
+                },
             }
         };
     let stage = |name: &str, kind, input, output, defaults| StageManifest {

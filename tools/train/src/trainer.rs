@@ -3,8 +3,9 @@
 //! The text encoder is frozen (as in Imagen): prompts are encoded once and cached. Each step draws
 //! a batch from the shapes world, noises it at uniform random times, conditions SR stages on the
 //! low-resolution rendering resampled exactly as at inference and noised to a random augmentation
-//! level, and takes an AdamW step on the min-SNR-weighted v-prediction loss with global-norm
-//! gradient clipping. The EMA of the weights is what ships: it is written into the model repository
+//! level, and takes an AdamW step on the min-SNR-weighted loss (v-prediction, or the same
+//! objective in x-space for SR stages that predict a residual over their upsampled input) with
+//! global-norm gradient clipping. The EMA of the weights is what ships: it is written into the model repository
 //! at every checkpoint, with the raw weights and the step count kept in the run folder to resume.
 
 use std::collections::HashMap;
@@ -22,6 +23,7 @@ use vidcascade_core::stage::{augment, pad_embeddings};
 use vidcascade_core::video::resample;
 use vidcascade_diffusion::noise::GaussianNoise;
 use vidcascade_models::repository::{ModelRepository, files};
+use vidcascade_models::unet::Prediction;
 use vidcascade_models::{TextEncoder, UNetInputs, VideoUNet};
 
 use crate::data::{BatchSampler, Crop};
@@ -248,9 +250,10 @@ pub fn train(model_dir: &Path, run_dir: &Path, config: TrainConfig) -> anyhow::R
             &device,
         )?;
 
-        let (cond, aug) = match &batch.low_res {
+        let (cond, upsampled, aug) = match &batch.low_res {
             Some(low) => {
                 let mut conds = Vec::with_capacity(config.batch);
+                let mut ups = Vec::with_capacity(config.batch);
                 let mut levels = Vec::with_capacity(config.batch);
                 for i in 0..config.batch {
                     let level = rng.random_range(0.0..config.max_augmentation);
@@ -260,14 +263,16 @@ pub fn train(model_dir: &Path, run_dir: &Path, config: TrainConfig) -> anyhow::R
                         level,
                         config.seed ^ ((step * 131 + i) as u64),
                     )?);
+                    ups.push(up);
                     levels.push(level as f32);
                 }
                 (
                     Some(Tensor::stack(&conds, 0)?),
+                    Some(Tensor::stack(&ups, 0)?),
                     Some(Tensor::from_vec(levels, config.batch, &device)?),
                 )
             }
-            None => (None, None),
+            None => (None, None, None),
         };
         let inputs = UNetInputs {
             z: &noised.z,
@@ -278,7 +283,18 @@ pub fn train(model_dir: &Path, run_dir: &Path, config: TrainConfig) -> anyhow::R
             aug_level: aug.as_ref(),
         };
         let prediction = unet.forward(&inputs)?;
-        let loss = weighted_mse(&prediction, &noised.v, &noised.weights)?;
+        let loss = match (unet_config.prediction, &upsampled) {
+            (Prediction::V, _) => weighted_mse(&prediction, &noised.v, &noised.weights)?,
+            (Prediction::X0Residual, Some(up)) => {
+                weighted_mse(&(up + prediction)?, &batch.videos, &noised.x0_weights)?
+            }
+            (Prediction::X0Residual, None) => {
+                bail!(
+                    "stage {} predicts an x0 residual but has no conditioning video",
+                    stage.name
+                )
+            }
+        };
         let loss_value = loss.to_scalar::<f32>()? as f64;
         if !loss_value.is_finite() {
             bail!(

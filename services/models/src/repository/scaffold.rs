@@ -12,7 +12,7 @@ use super::manifest::{Manifest, StageDefaults, StageKind, StageManifest, VideoSh
 use crate::ModelError;
 use crate::text_encoder::tokenizer::word_level_tokenizer_json;
 use crate::text_encoder::{T5Config, T5Encoder};
-use crate::unet::{TemporalMixing, VideoUNet, VideoUNetConfig};
+use crate::unet::{Prediction, TemporalMixing, VideoUNet, VideoUNetConfig};
 
 /// How new weights are filled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -223,6 +223,12 @@ impl Scaffold {
             max_frames: 8,
             context_dim: 16,
             norm_groups: 4,
+            frame_embedding: cond_channels == 0,
+            prediction: if cond_channels == 0 {
+                Prediction::V
+            } else {
+                Prediction::X0Residual
+            },
         };
         let shape = |frames, side, fps| VideoShape {
             frames,

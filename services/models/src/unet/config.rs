@@ -17,6 +17,20 @@ pub enum TemporalMixing {
     Conv,
 }
 
+/// What the network's output means.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Prediction {
+    /// The velocity `v = alpha eps - sigma x` (Salimans & Ho 2022), as Imagen Video's models.
+    #[default]
+    V,
+    /// Super-resolution stages: the clean video minus the (un-augmented) upsampled conditioning
+    /// video. With a zero-initialised output layer an untrained stage reproduces its upsampled
+    /// input and training only learns the correction; the stage converts the estimate to `v`
+    /// for the sampler, so sampling, guidance and thresholding are unchanged.
+    X0Residual,
+}
+
 fn default_groups() -> usize {
     8
 }
@@ -58,6 +72,15 @@ pub struct VideoUNetConfig {
     /// Groups of every group norm; must divide every level's width.
     #[serde(default = "default_groups")]
     pub norm_groups: usize,
+    /// Adds an embedding of each frame's position in the clip (0 for the first frame, 1 for the
+    /// last) to that frame's conditioning vector, so spatial layers know *when* they are: motion
+    /// defined over a clip's progress needs it, and relative temporal attention alone only infers
+    /// it from the clip's edges. Absent in older configs (false).
+    #[serde(default)]
+    pub frame_embedding: bool,
+    /// What the output predicts (absent in older configs: `v`).
+    #[serde(default)]
+    pub prediction: Prediction,
 }
 
 impl VideoUNetConfig {
@@ -153,6 +176,17 @@ impl VideoUNetConfig {
                     ),
                 );
             }
+        }
+        if self.prediction == Prediction::X0Residual
+            && (!self.is_super_resolution() || self.cond_channels != self.out_channels)
+        {
+            return invalid(
+                "prediction",
+                format!(
+                    "x0_residual needs a super-resolution stage whose conditioning video has the output's {} channels, got cond_channels {}",
+                    self.out_channels, self.cond_channels
+                ),
+            );
         }
         if !self.model_channels.is_multiple_of(self.norm_groups) {
             return invalid(

@@ -20,7 +20,7 @@ pub mod temporal;
 use candle_core::{Module, Result as CandleResult, Tensor};
 use candle_nn::{GroupNorm, VarBuilder, group_norm};
 
-pub use config::{TemporalMixing, VideoUNetConfig};
+pub use config::{Prediction, TemporalMixing, VideoUNetConfig};
 use embeddings::{PooledText, ScalarEmbedding};
 use resnet::ResBlock;
 use spatial_attention::SpatialAttention;
@@ -83,6 +83,7 @@ pub struct VideoUNet {
     config: VideoUNetConfig,
     time_embed: ScalarEmbedding,
     aug_embed: Option<ScalarEmbedding>,
+    frame_embed: Option<ScalarEmbedding>,
     text_pool: PooledText,
     conv_in: SameConv,
     down: Vec<Level>,
@@ -215,6 +216,15 @@ impl VideoUNet {
             } else {
                 None
             },
+            frame_embed: if cfg.frame_embedding {
+                Some(ScalarEmbedding::new(
+                    cfg.model_channels,
+                    emb_dim,
+                    vb.pp("frame_embed"),
+                )?)
+            } else {
+                None
+            },
             text_pool: PooledText::new(cfg.context_dim, emb_dim, vb.pp("text_pool"))?,
             conv_in: conv2d_same(
                 cfg.in_channels + cfg.cond_channels,
@@ -320,7 +330,8 @@ impl VideoUNet {
         Ok((b, f, h, w))
     }
 
-    /// Predicts `v` `[B, out_channels, F, H, W]`.
+    /// The network output `[B, out_channels, F, H, W]`: `v`, or the residual over the upsampled
+    /// conditioning video (see [`Prediction`]), as the config says.
     pub fn forward(&self, inputs: &UNetInputs<'_>) -> Result<Tensor, ModelError> {
         let (b, frames, h, w) = self.check_inputs(inputs)?;
         Ok(self.forward_unchecked(inputs, b, frames, h, w)?)
@@ -354,7 +365,16 @@ impl VideoUNet {
                 .contiguous()?
                 .reshape(flat)
         };
-        let emb = per_frame(&emb)?;
+        let mut emb = per_frame(&emb)?;
+        if let Some(frame_embed) = &self.frame_embed {
+            // Progress through the clip, 0 for the first frame and 1 for the last, per frame.
+            let last = frames.saturating_sub(1).max(1) as f32;
+            let progress: Vec<f32> = (0..b * frames)
+                .map(|i| (i % frames) as f32 / last)
+                .collect();
+            let progress = Tensor::from_vec(progress, b * frames, emb.device())?;
+            emb = (emb + frame_embed.forward(&progress)?)?;
+        }
         let ctx = per_frame(inputs.context)?;
         let mask = per_frame(inputs.context_mask)?;
 
@@ -498,6 +518,62 @@ mod tests {
             assert_eq!(v.dims(), &[2, 3, frames, side, side], "stage {name}");
             assert!(crate::repository::scaffold::all_finite(&v)?, "stage {name}");
         }
+        Ok(())
+    }
+
+    #[test]
+    fn the_frame_embedding_tells_identical_frames_apart() -> anyhow::Result<()> {
+        // Temporal attention averages identical frames into identical frames; only the frame's
+        // position in the clip can make their predictions differ.
+        let (_, config, frames, side) = stage_configs().remove(0);
+        assert!(
+            config.frame_embedding,
+            "the tiny base stage embeds frame positions"
+        );
+        let spread_across_frames = |config: &VideoUNetConfig| -> anyhow::Result<f32> {
+            let unet = random_unet(config)?;
+            let mut batch = Batch::new(config, 1, frames, side, &[0.5])?;
+            let frame = Tensor::randn(0f32, 1.0, (1, 3, 1, side, side), &Device::Cpu)?;
+            batch.z = frame.repeat((1, 1, frames, 1, 1))?;
+            let v = unet.forward(&batch.inputs())?;
+            let first = v.narrow(2, 0, 1)?;
+            Ok(v.broadcast_sub(&first)?
+                .abs()?
+                .max_all()?
+                .to_scalar::<f32>()?)
+        };
+        assert!(spread_across_frames(&config)? > 1e-3);
+        let without = VideoUNetConfig {
+            frame_embedding: false,
+            ..config
+        };
+        assert!(spread_across_frames(&without)? < 1e-5);
+        Ok(())
+    }
+
+    #[test]
+    fn a_residual_prediction_needs_a_matching_conditioning_video() {
+        let (_, base, _, _) = stage_configs().remove(0);
+        let config = VideoUNetConfig {
+            prediction: Prediction::X0Residual,
+            ..base
+        };
+        match config.validate() {
+            Err(ModelError::InvalidConfig { field, .. }) => assert_eq!(field, "prediction"),
+            other => panic!("expected an invalid prediction, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn configs_written_before_frame_embedding_and_prediction_still_load() -> anyhow::Result<()> {
+        let (_, config, _, _) = stage_configs().remove(1);
+        let mut json = serde_json::to_value(&config)?;
+        let fields = json.as_object_mut().expect("a JSON object");
+        fields.remove("frame_embedding");
+        fields.remove("prediction");
+        let old: VideoUNetConfig = serde_json::from_value(json)?;
+        assert!(!old.frame_embedding);
+        assert_eq!(old.prediction, Prediction::V);
         Ok(())
     }
 
