@@ -280,8 +280,17 @@ fn configs_that_disagree_with_the_cascade_name_the_config_file() -> anyhow::Resu
         ),
         (
             "tsr",
-            Box::new(|c| c["cond_channels"] = json!(0)),
+            // A v-prediction TSR without a conditioning video: the cascade check names the field.
+            Box::new(|c| {
+                c["cond_channels"] = json!(0);
+                c["prediction"] = json!("v");
+            }),
             "cond_channels must be 3",
+        ),
+        (
+            "tsr",
+            Box::new(|c| c["cond_channels"] = json!(0)),
+            "invalid config `prediction`",
         ),
         (
             "base",
