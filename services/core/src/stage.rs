@@ -404,22 +404,13 @@ impl VelocityModel for UNetVelocity<'_> {
             })
             .collect();
         let (context, mask) = pad_embeddings(&texts)?;
-        let t_values = t;
         let times: Vec<f32> = t.iter().map(|&v| v as f32).collect();
-        let t = Tensor::from_vec(times, rows.len(), z.device())?;
+        let times = Tensor::from_vec(times, rows.len(), z.device())?;
         let (cond, aug) = if self.unet.config().is_super_resolution() {
-            let videos = conditionings
-                .iter()
-                .map(|c| {
-                    c.video.clone().ok_or(DiffusionError::InvalidSetting {
-                        field: "conditioning",
-                        reason: "a super-resolution sample has no conditioning video".into(),
-                    })
-                })
-                .collect::<Result<Vec<_>, _>>()?;
+            let videos = stack_videos(&conditionings, |c| c.video.as_ref(), "conditioning video")?;
             let levels: Vec<f32> = conditionings.iter().map(|c| c.aug_level as f32).collect();
             (
-                Some(Tensor::stack(&videos, 0)?),
+                Some(videos),
                 Some(Tensor::from_vec(levels, rows.len(), z.device())?),
             )
         } else {
@@ -427,7 +418,7 @@ impl VelocityModel for UNetVelocity<'_> {
         };
         let inputs = UNetInputs {
             z,
-            t: &t,
+            t: &times,
             context: &context.to_dtype(DType::F32)?,
             context_mask: &mask,
             cond: cond.as_ref(),
@@ -440,20 +431,31 @@ impl VelocityModel for UNetVelocity<'_> {
         match self.unet.config().prediction {
             Prediction::V => Ok(output),
             Prediction::X0Residual => {
-                let upsampled = conditionings
-                    .iter()
-                    .map(|c| {
-                        c.upsampled.clone().ok_or(DiffusionError::InvalidSetting {
-                            field: "conditioning",
-                            reason: "an x0_residual stage's sample has no upsampled video".into(),
-                        })
-                    })
-                    .collect::<Result<Vec<_>, _>>()?;
-                let x0 = (Tensor::stack(&upsampled, 0)? + output)?;
-                Ok(velocity_from_x0(z, &x0, t_values)?)
+                let upsampled =
+                    stack_videos(&conditionings, |c| c.upsampled.as_ref(), "upsampled video")?;
+                Ok(velocity_from_x0(z, &(upsampled + output)?, t)?)
             }
         }
     }
+}
+
+/// Stacks one video per row, `[B, ...]`; a super-resolution row without it is an error naming
+/// `what`.
+fn stack_videos(
+    conditionings: &[&Conditioning],
+    pick: impl Fn(&Conditioning) -> Option<&Tensor>,
+    what: &str,
+) -> Result<Tensor, DiffusionError> {
+    let videos = conditionings
+        .iter()
+        .map(|c| {
+            pick(c).ok_or_else(|| DiffusionError::InvalidSetting {
+                field: "conditioning",
+                reason: format!("a super-resolution sample has no {what}"),
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Tensor::stack(&videos, 0)?)
 }
 
 /// `v = (alpha z - x0) / sigma` per row (`z = alpha x0 + sigma eps` and `v = alpha eps - sigma x0`),

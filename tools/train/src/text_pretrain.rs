@@ -23,6 +23,8 @@ use vidcascade_models::repository::files;
 use vidcascade_models::text_encoder::T5Encoder;
 use vidcascade_models::text_encoder::t5::EMBEDDING_NAMES;
 use vidcascade_models::{ModelRepository, TextEncoder};
+
+use crate::trainer::write_atomically;
 use vidcascade_shapes::world::{
     Colour, Motion, Scene, ShapeKind, held_out_scenes, training_scenes,
 };
@@ -206,13 +208,12 @@ pub fn pretrain_text_encoder(
         .stage_dir(&repo.manifest().stages[0])
         .join(files::WEIGHTS);
 
-    let encoder_vars = VarMap::new();
+    let mut encoder_vars = VarMap::new();
     let encoder = T5Encoder::new(
         VarBuilder::from_varmap(&encoder_vars, DType::F32, &device),
         &encoder_config,
         EMBEDDING_NAMES[0],
     )?;
-    let mut encoder_vars = encoder_vars;
     encoder_vars
         .load(&weights_path)
         .with_context(|| format!("loading {}", weights_path.display()))?;
@@ -265,12 +266,11 @@ pub fn pretrain_text_encoder(
             );
         }
     }
-    let tmp = weights_path.with_extension("tmp");
-    encoder_vars
-        .save(&tmp)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, &weights_path)
-        .with_context(|| format!("replacing {}", weights_path.display()))?;
+    write_atomically(&weights_path, |tmp| {
+        encoder_vars
+            .save(tmp)
+            .with_context(|| format!("writing {}", tmp.display()))
+    })?;
     Ok((
         accuracy(&encoder, &heads, &train_eval)?,
         accuracy(&encoder, &heads, &held_out_eval)?,

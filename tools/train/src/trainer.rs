@@ -89,7 +89,9 @@ fn read_state(path: &Path) -> anyhow::Result<Option<TrainState>> {
     ))
 }
 
-fn write_atomically(
+/// Writes through a temporary file and renames it over `path`, so a stopped run never leaves a
+/// half-written file.
+pub(crate) fn write_atomically(
     path: &Path,
     write: impl FnOnce(&Path) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
