@@ -224,6 +224,7 @@ impl Scaffold {
             context_dim: 16,
             norm_groups: 4,
             frame_embedding: cond_channels == 0,
+            position_channels: cond_channels == 0,
             prediction: if cond_channels == 0 {
                 Prediction::V
             } else {

@@ -81,6 +81,13 @@ pub struct VideoUNetConfig {
     /// What the output predicts (absent in older configs: `v`).
     #[serde(default)]
     pub prediction: Prediction,
+    /// Concatenates two coordinate maps (x and y, -1 at the first pixel to 1 at the last) to the
+    /// input (CoordConv, Liu et al. 2018). Convolutions are translation-equivariant and the
+    /// spatial attention has no position encoding, so without them the network only learns
+    /// *where* it is from the zero padding at the borders, and a base stage cannot reliably put a
+    /// shape on the side its motion starts from. Absent in older configs (false).
+    #[serde(default)]
+    pub position_channels: bool,
 }
 
 impl VideoUNetConfig {
@@ -97,6 +104,11 @@ impl VideoUNetConfig {
     /// How much each spatial side shrinks at the bottom of the U: `2^(levels - 1)`.
     pub fn spatial_divisor(&self) -> usize {
         1 << self.channel_mult.len().saturating_sub(1)
+    }
+
+    /// Channels of the coordinate maps added to the input (0 or 2).
+    pub fn position_channel_count(&self) -> usize {
+        if self.position_channels { 2 } else { 0 }
     }
 
     /// Whether this model takes a conditioning video (a super-resolution stage).

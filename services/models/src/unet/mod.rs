@@ -46,6 +46,23 @@ pub struct UNetInputs<'a> {
     pub aug_level: Option<&'a Tensor>,
 }
 
+/// `[n, 2, h, w]`: the x and y coordinate of every pixel, from -1 at the first row or column to 1
+/// at the last.
+fn coordinate_maps(
+    n: usize,
+    h: usize,
+    w: usize,
+    device: &candle_core::Device,
+) -> CandleResult<Tensor> {
+    let ramp = |len: usize| -> Vec<f32> {
+        let last = len.saturating_sub(1).max(1) as f32;
+        (0..len).map(|i| 2.0 * i as f32 / last - 1.0).collect()
+    };
+    let xs = Tensor::from_vec(ramp(w), (1, 1, 1, w), device)?.broadcast_as((n, 1, h, w))?;
+    let ys = Tensor::from_vec(ramp(h), (1, 1, h, 1), device)?.broadcast_as((n, 1, h, w))?;
+    Tensor::cat(&[xs, ys], 1)
+}
+
 #[derive(Debug, Clone)]
 struct Layer {
     res: ResBlock,
@@ -227,7 +244,7 @@ impl VideoUNet {
             },
             text_pool: PooledText::new(cfg.context_dim, emb_dim, vb.pp("text_pool"))?,
             conv_in: conv2d_same(
-                cfg.in_channels + cfg.cond_channels,
+                cfg.in_channels + cfg.cond_channels + cfg.position_channel_count(),
                 cfg.model_channels,
                 3,
                 false,
@@ -388,6 +405,10 @@ impl VideoUNet {
         let mut x = fold(inputs.z)?;
         if let Some(cond) = inputs.cond {
             x = Tensor::cat(&[x, fold(cond)?], 1)?;
+        }
+        if self.config.position_channels {
+            let coordinates = coordinate_maps(b * frames, h, w, x.device())?;
+            x = Tensor::cat(&[x, coordinates], 1)?;
         }
 
         let mut h_ = self.conv_in.forward(&x)?;
@@ -565,14 +586,44 @@ mod tests {
     }
 
     #[test]
+    fn position_channels_tell_interior_pixels_of_a_uniform_frame_apart() -> anyhow::Result<()> {
+        // Far from the borders a translation-equivariant network maps a uniform input to a
+        // uniform output; only the coordinate maps tell it where a pixel is.
+        let (_, config, frames, _) = stage_configs().remove(0);
+        assert!(config.position_channels, "the tiny base stage has them");
+        let side = 64;
+        let interior_spread = |config: &VideoUNetConfig| -> anyhow::Result<f32> {
+            let unet = random_unet(config)?;
+            let mut batch = Batch::new(config, 1, frames, side, &[0.5])?;
+            batch.z = Tensor::full(0.3f32, (1, 3, frames, side, side), &Device::Cpu)?;
+            let v = unet.forward(&batch.inputs())?;
+            let pixel = |y: usize, x: usize| -> anyhow::Result<Tensor> {
+                Ok(v.narrow(3, y, 1)?.narrow(4, x, 1)?)
+            };
+            Ok((pixel(32, 28)? - pixel(32, 36)?)?
+                .abs()?
+                .max_all()?
+                .to_scalar::<f32>()?)
+        };
+        assert!(interior_spread(&config)? > 1e-3);
+        let without = VideoUNetConfig {
+            position_channels: false,
+            ..config
+        };
+        assert!(interior_spread(&without)? < 1e-4);
+        Ok(())
+    }
+
+    #[test]
     fn configs_written_before_frame_embedding_and_prediction_still_load() -> anyhow::Result<()> {
         let (_, config, _, _) = stage_configs().remove(1);
         let mut json = serde_json::to_value(&config)?;
         let fields = json.as_object_mut().expect("a JSON object");
         fields.remove("frame_embedding");
         fields.remove("prediction");
+        fields.remove("position_channels");
         let old: VideoUNetConfig = serde_json::from_value(json)?;
-        assert!(!old.frame_embedding);
+        assert!(!old.frame_embedding && !old.position_channels);
         assert_eq!(old.prediction, Prediction::V);
         Ok(())
     }

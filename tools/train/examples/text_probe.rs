@@ -1,0 +1,200 @@
+//! Diagnostic probe for the base stage's use of the text (not part of training): the v-loss of
+//! one set of ground-truth clips with their true captions, shuffled captions and the empty prompt
+//! at fixed times, and the background colour of the one-shot x0 estimate at high noise.
+//!
+//! `cargo run --release -p vidcascade-train --example text_probe [model_dir] [weights]`
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use vidcascade_core::stage::{DiffusionStage, StageInput, StageOverrides, pad_embeddings};
+use vidcascade_diffusion::CosineSchedule;
+use vidcascade_diffusion::noise::GaussianNoise;
+use vidcascade_models::repository::ModelRepository;
+use vidcascade_models::{TextEncoder, UNetInputs, VideoUNet};
+use vidcascade_shapes::render::{Placement, render_chw};
+use vidcascade_shapes::world::{Scene, held_out_scenes, training_scenes};
+
+fn context(encoder: &TextEncoder, captions: &[String]) -> anyhow::Result<(Tensor, Tensor)> {
+    let refs: Vec<&str> = captions.iter().map(String::as_str).collect();
+    let texts = encoder.encode(&refs)?;
+    let trefs: Vec<&Tensor> = texts.iter().collect();
+    Ok(pad_embeddings(&trefs)?)
+}
+
+/// Mean colour of the one-pixel border of every frame, per clip: `[B, 3]`.
+fn border_colour(x: &Tensor) -> anyhow::Result<Vec<[f32; 3]>> {
+    let (b, _, f, h, w) = x.dims5()?;
+    let mut out = Vec::new();
+    for i in 0..b {
+        let clip = x.get(i)?; // [3, F, H, W]
+        let mut c = [0f32; 3];
+        for (ch, slot) in c.iter_mut().enumerate() {
+            let plane = clip.get(ch)?.to_vec3::<f32>()?;
+            let mut s = 0f32;
+            let mut n = 0f32;
+            for frame in plane.iter().take(f) {
+                for (y, row) in frame.iter().enumerate().take(h) {
+                    for (xx, v) in row.iter().enumerate().take(w) {
+                        if y == 0 || y == h - 1 || xx == 0 || xx == w - 1 {
+                            s += v;
+                            n += 1.0;
+                        }
+                    }
+                }
+            }
+            *slot = s / n;
+        }
+        out.push(c);
+    }
+    Ok(out)
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let model_dir = PathBuf::from(args.get(1).cloned().unwrap_or("models/shapes".into()));
+    let dev = Device::Cpu;
+    let repo = ModelRepository::open(&model_dir)?;
+    let encoder = repo.load_text_encoder(&dev)?;
+    let stage = repo
+        .manifest()
+        .stage("base")
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("no base stage"))?;
+    let out = stage.output.ok_or_else(|| anyhow::anyhow!("no output"))?;
+    let weights = args
+        .get(2)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo.stage_dir(&stage).join("model.safetensors"));
+    let config = repo.unet_config("base")?.clone();
+    let tensors: HashMap<String, Tensor> = candle_core::safetensors::load(&weights, &dev)?;
+    let unet = VideoUNet::new(VarBuilder::from_tensors(tensors, DType::F32, &dev), &config)?;
+
+    let mut rng = ChaCha8Rng::seed_from_u64(42);
+    let scenes = training_scenes();
+    let n = 16;
+    let picked: Vec<(Scene, Placement)> = (0..n)
+        .map(|i| {
+            (
+                scenes[(i * 97 + 13) % scenes.len()],
+                Placement::sample(&mut rng),
+            )
+        })
+        .collect();
+    let clips: Vec<Tensor> = picked
+        .iter()
+        .map(|(sc, pl)| {
+            Tensor::from_vec(
+                render_chw(sc, pl, out.frames, out.height, out.width),
+                (3, out.frames, out.height, out.width),
+                &dev,
+            )
+        })
+        .collect::<Result<_, _>>()?;
+    let x = Tensor::stack(&clips, 0)?;
+    let truth: Vec<String> = picked.iter().map(|(s, _)| s.caption()).collect();
+    let mut shuffled = truth.clone();
+    shuffled.rotate_left(5);
+    let empty = vec![String::new(); n];
+    let variants = [
+        ("true", context(&encoder, &truth)?),
+        ("shuffled", context(&encoder, &shuffled)?),
+        ("empty", context(&encoder, &empty)?),
+    ];
+    let true_bg = border_colour(&x)?;
+
+    println!("v-MSE per caption variant (16 clips, same noise):");
+    println!("   t   | true    | shuffled | empty   | x0 border err true | shuffled | empty");
+    for &t in &[0.2, 0.5, 0.8, 0.95, 0.999] {
+        let (a, s) = CosineSchedule::default().alpha_sigma(t);
+        let eps = GaussianNoise::new(7, 3).tensor(x.dims(), &dev)?;
+        let z = ((&x * a)? + (&eps * s)?)?;
+        let v_target = ((&eps * a)? - (&x * s)?)?;
+        let tt = Tensor::full(t as f32, n, &dev)?;
+        let mut losses = Vec::new();
+        let mut border_errs = Vec::new();
+        for (_, (ctx, mask)) in &variants {
+            let v = unet.forward(&UNetInputs {
+                z: &z,
+                t: &tt,
+                context: ctx,
+                context_mask: mask,
+                cond: None,
+                aug_level: None,
+            })?;
+            losses.push((&v - &v_target)?.sqr()?.mean_all()?.to_scalar::<f32>()?);
+            let x0 = ((&z * a)? - (&v * s)?)?;
+            let bg = border_colour(&x0)?;
+            let err: f32 = bg
+                .iter()
+                .zip(&true_bg)
+                .map(|(p, q)| (0..3).map(|c| (p[c] - q[c]).abs()).sum::<f32>() / 3.0)
+                .sum::<f32>()
+                / n as f32;
+            border_errs.push(err);
+        }
+        println!(
+            "  {t:.3} | {:.5} | {:.5}  | {:.5} | {:.3}              | {:.3}    | {:.3}",
+            losses[0], losses[1], losses[2], border_errs[0], border_errs[1], border_errs[2]
+        );
+    }
+
+    // Full sampling runs through the serving stage, border colour error vs the caption's background.
+    let base = DiffusionStage::load(&repo, "base", &dev)?;
+    let uncond = encoder.encode(&[""])?.remove(0);
+    let held = held_out_scenes();
+    println!("\nsampled border error (mean abs, [-1,1] units) and gray fraction:");
+    for (label, guidance, quantile) in [
+        ("w=3 thr", 3.0, Some(0.995)),
+        ("w=1 thr", 1.0, Some(0.995)),
+        ("w=3 none", 3.0, None),
+        ("w=1 none", 1.0, None),
+    ] {
+        for (set, list) in [("train", &scenes), ("held", &held)] {
+            let mut err = 0f32;
+            let mut gray = 0usize;
+            let runs = 8;
+            for i in 0..runs {
+                let sc = list[(i * 37 + 5) % list.len()];
+                let text = encoder.encode(&[sc.caption().as_str()])?.remove(0);
+                let overrides = StageOverrides {
+                    guidance: Some(guidance),
+                    threshold_quantile: quantile,
+                    ..Default::default()
+                };
+                let mut settings = overrides.resolve(base.manifest())?;
+                if quantile.is_none() {
+                    settings.sampler.threshold_quantile = None;
+                }
+                let video = base.run(
+                    &StageInput {
+                        text: &text,
+                        unconditional: &uncond,
+                        low_res: None,
+                        seed: i as u64 + 1,
+                        settings,
+                    },
+                    |_| std::ops::ControlFlow::Continue(()),
+                )?;
+                let got = border_colour(&video.unsqueeze(0)?)?[0];
+                let want = sc.background.rgb().map(|v| v as f32 / 127.5 - 1.0);
+                err += (0..3).map(|c| (got[c] - want[c]).abs()).sum::<f32>() / 3.0;
+                if got.iter().all(|v| v.abs() < 0.35) {
+                    gray += 1;
+                }
+                if i < 2 {
+                    println!("    {label} {set} `{}` border {:?}", sc.caption(), got);
+                }
+            }
+            println!(
+                "  {label} {set}: err {:.3} gray {gray}/{runs}",
+                err / runs as f32
+            );
+        }
+    }
+    Ok(())
+}
