@@ -54,6 +54,28 @@ fn border_colour(x: &Tensor) -> anyhow::Result<Vec<[f32; 3]>> {
     Ok(out)
 }
 
+/// Per frame, the centroid of each pixel's distance from `background`, `[3, F, H, W]` in.
+fn centroid_track(x0: &Tensor, background: [f32; 3]) -> anyhow::Result<Vec<(f32, f32)>> {
+    let (_, f, h, w) = x0.dims4()?;
+    let bg = Tensor::new(&background, x0.device())?.reshape((3, 1, 1, 1))?;
+    let weight = x0.broadcast_sub(&bg)?.abs()?.sum(0)?.to_vec3::<f32>()?;
+    Ok((0..f)
+        .map(|k| {
+            let (mut sx, mut sy, mut sw) = (0f32, 0f32, 0f32);
+            for (y, row) in weight[k].iter().enumerate().take(h) {
+                for (x, wt) in row.iter().enumerate().take(w) {
+                    // Only pixels clearly off the background count.
+                    let wt = (wt - 1.0).max(0.0);
+                    sx += wt * x as f32;
+                    sy += wt * y as f32;
+                    sw += wt;
+                }
+            }
+            (sx / sw.max(1e-6), sy / sw.max(1e-6))
+        })
+        .collect())
+}
+
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let model_dir = PathBuf::from(args.get(1).cloned().unwrap_or("models/shapes".into()));
@@ -100,16 +122,83 @@ fn main() -> anyhow::Result<()> {
     let mut shuffled = truth.clone();
     shuffled.rotate_left(5);
     let empty = vec![String::new(); n];
+    // The true caption with the opposite motion word.
+    let reversed: Vec<String> = truth
+        .iter()
+        .map(|c| {
+            let swaps = [
+                ("moving left", "moving right"),
+                ("moving right", "moving left"),
+                ("moving up", "moving down"),
+                ("moving down", "moving up"),
+            ];
+            swaps
+                .iter()
+                .find(|(from, _)| c.contains(from))
+                .map(|(from, to)| c.replace(from, to))
+                .unwrap_or_else(|| c.clone())
+        })
+        .collect();
     let variants = [
         ("true", context(&encoder, &truth)?),
         ("shuffled", context(&encoder, &shuffled)?),
         ("empty", context(&encoder, &empty)?),
+        ("reversed", context(&encoder, &reversed)?),
     ];
     let true_bg = border_colour(&x)?;
 
+    let only_centroids = std::env::var("PROBE_CENTROIDS").is_ok();
+    {
+        // How far apart the encoder puts captions that differ in one word.
+        let base_caption = "a red circle moving left on a blue background";
+        let a = encoder.encode(&[base_caption])?.remove(0);
+        let pooled = |t: &Tensor| -> anyhow::Result<Tensor> { Ok(t.mean(0)?) };
+        let norm = |t: &Tensor| -> anyhow::Result<f32> {
+            Ok(t.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()?)
+        };
+        println!(
+            "text: tokens {:?}, |pooled| {:.3}, |tokens| {:.3}",
+            a.dims(),
+            norm(&pooled(&a)?)?,
+            norm(&a)?
+        );
+        for other in [
+            "a red circle moving right on a blue background",
+            "a red circle moving up on a blue background",
+            "a green circle moving left on a blue background",
+            "a red circle moving left on a white background",
+            "a red square moving left on a blue background",
+        ] {
+            let b = encoder.encode(&[other])?.remove(0);
+            println!(
+                "  vs `{other}`: |pooled diff| {:.4}, |token diff| {:.4}",
+                norm(&(pooled(&a)? - pooled(&b)?)?)?,
+                norm(&(&a - &b)?)?
+            );
+        }
+    }
+    for (i, (sc, _)) in picked.iter().enumerate().take(4) {
+        let bg = sc.background.rgb().map(|v| v as f32 / 127.5 - 1.0);
+        let track = centroid_track(&x.get(i)?, bg)?;
+        println!(
+            "  truth `{}`: frame 0 ({:.1}, {:.1}) -> last ({:.1}, {:.1})",
+            sc.caption(),
+            track[0].0,
+            track[0].1,
+            track[track.len() - 1].0,
+            track[track.len() - 1].1
+        );
+    }
     println!("v-MSE per caption variant (16 clips, same noise):");
-    println!("   t   | true    | shuffled | empty   | x0 border err true | shuffled | empty");
-    for &t in &[0.2, 0.5, 0.8, 0.95, 0.999] {
+    println!(
+        "   t   | true    | shuffled | empty   | reversed motion | x0 border err true | shuffled | empty"
+    );
+    let times: &[f64] = if only_centroids {
+        &[]
+    } else {
+        &[0.2, 0.5, 0.8, 0.95, 0.999]
+    };
+    for &t in times {
         let (a, s) = CosineSchedule::default().alpha_sigma(t);
         let eps = GaussianNoise::new(7, 3).tensor(x.dims(), &dev)?;
         let z = ((&x * a)? + (&eps * s)?)?;
@@ -138,11 +227,61 @@ fn main() -> anyhow::Result<()> {
             border_errs.push(err);
         }
         println!(
-            "  {t:.3} | {:.5} | {:.5}  | {:.5} | {:.3}              | {:.3}    | {:.3}",
-            losses[0], losses[1], losses[2], border_errs[0], border_errs[1], border_errs[2]
+            "  {t:.3} | {:.5} | {:.5}  | {:.5} | {:.5}         | {:.3}              | {:.3}    | {:.3}",
+            losses[0],
+            losses[1],
+            losses[2],
+            losses[3],
+            border_errs[0],
+            border_errs[1],
+            border_errs[2]
         );
     }
 
+    // The conditional mean at t ~ 1 (x0 from pure noise): does it move the right way?
+    println!("\ncentroid (x, y) of the t=0.999 x0 estimate, first -> last frame, per caption:");
+    for motion in ["left", "right", "up", "down"] {
+        let caption = format!("a red circle moving {motion} on a blue background");
+        let (ctx, mask) = context(&encoder, std::slice::from_ref(&caption))?;
+        let shape = [1, 3, out.frames, out.height, out.width];
+        let z = GaussianNoise::new(3, 1).tensor(&shape, &dev)?;
+        let (a, s) = CosineSchedule::default().alpha_sigma(0.999);
+        let v = unet.forward(&UNetInputs {
+            z: &z,
+            t: &Tensor::full(0.999f32, 1, &dev)?,
+            context: &ctx,
+            context_mask: &mask,
+            cond: None,
+            aug_level: None,
+        })?;
+        let x0 = ((&z * a)? - (&v * s)?)?.get(0)?;
+        let track = centroid_track(&x0, [-1.0, -1.0, 1.0])?;
+        if std::env::var("PROBE_MAPS").is_ok() {
+            let red = x0.get(0)?.to_vec3::<f32>()?;
+            for k in [0, out.frames - 1] {
+                println!("  {motion} frame {k}, red channel x0 (0-9 = -1..1):");
+                for row in &red[k] {
+                    let line: String = row
+                        .iter()
+                        .map(|v| char::from(b'0' + ((v + 1.0) * 4.5).clamp(0.0, 9.0) as u8))
+                        .collect();
+                    println!("    {line}");
+                }
+            }
+        }
+        println!(
+            "  {motion:5}: {}",
+            track
+                .iter()
+                .map(|(x, y)| format!("({x:4.1},{y:4.1})"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+    }
+
+    if only_centroids || std::env::var("PROBE_NO_SAMPLING").is_ok() {
+        return Ok(());
+    }
     // Full sampling runs through the serving stage, border colour error vs the caption's background.
     let base = DiffusionStage::load(&repo, "base", &dev)?;
     let uncond = encoder.encode(&[""])?.remove(0);

@@ -56,6 +56,14 @@ pub fn noise_batch(x: &Tensor, eps: &Tensor, t: &[f64], gamma: f64) -> Result<No
     })
 }
 
+/// Maps a uniform draw `u` in [0, 1) to a training time, shifted towards high noise by `shift`:
+/// `shift u / (1 + (shift - 1) u)` (the timestep shift of Esser et al. 2024, "Scaling rectified
+/// flow transformers"). `shift = 1` is the identity; larger values spend more steps where the
+/// noisy input says little and the model must draw layout and motion from the text alone.
+pub fn shift_time(u: f64, shift: f64) -> f64 {
+    shift * u / (1.0 + (shift - 1.0) * u)
+}
+
 /// Weighted MSE: mean over each sample's elements, times its weight, mean over the batch.
 pub fn weighted_mse(prediction: &Tensor, target: &Tensor, weights: &Tensor) -> Result<Tensor> {
     let per_sample = (prediction - target)?.sqr()?.flatten_from(1)?.mean(1)?;
@@ -92,6 +100,23 @@ mod tests {
             snr(0.8) < 1.0 && (w[1] as f64 - 1.0 / (snr(0.8) + 1.0)).abs() < 1e-6 && w[1] > 0.5
         );
         Ok(())
+    }
+
+    #[test]
+    fn the_time_shift_keeps_the_ends_and_moves_mass_to_high_noise() {
+        for shift in [1.0, 3.0] {
+            assert_eq!(shift_time(0.0, shift), 0.0);
+            assert!((shift_time(1.0, shift) - 1.0).abs() < 1e-12);
+        }
+        assert!((shift_time(0.37, 1.0) - 0.37).abs() < 1e-12);
+        // With shift 3, P(t > 0.8) = P(u > 0.8 / (3 - 2 * 0.8)) = 1 - 4 / 7.
+        let draws = 10_000;
+        let high = (0..draws)
+            .map(|i| shift_time((i as f64 + 0.5) / draws as f64, 3.0))
+            .filter(|&t| t > 0.8)
+            .count() as f64
+            / draws as f64;
+        assert!((high - 3.0 / 7.0).abs() < 1e-3, "{high}");
     }
 
     #[test]

@@ -28,7 +28,7 @@ use vidcascade_models::{TextEncoder, UNetInputs, VideoUNet};
 
 use crate::data::{BatchSampler, Crop};
 use crate::ema::Ema;
-use crate::objective::{noise_batch, weighted_mse};
+use crate::objective::{noise_batch, shift_time, weighted_mse};
 
 /// Hyper-parameters of a run.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -53,6 +53,10 @@ pub struct TrainConfig {
     pub min_snr_gamma: f64,
     /// SR stages: augmentation times are drawn from U(0, max_augmentation).
     pub max_augmentation: f64,
+    /// Training times are `shift_time(u, time_shift)` for `u ~ U(0, 1)` (1: uniform). Absent in
+    /// the state of older runs.
+    #[serde(default = "no_time_shift")]
+    pub time_shift: f64,
     /// Global gradient-norm clip.
     pub grad_clip: f64,
     /// Steps between checkpoints.
@@ -63,6 +67,10 @@ pub struct TrainConfig {
     pub seed: u64,
     /// SR stages: train on windows of this many output frames and this side.
     pub crop: Option<Crop>,
+}
+
+fn no_time_shift() -> f64 {
+    1.0
 }
 
 /// What is kept between runs.
@@ -241,7 +249,7 @@ pub fn train(model_dir: &Path, run_dir: &Path, config: TrainConfig) -> anyhow::R
         let (context, mask) = pad_embeddings(&refs)?;
 
         let times: Vec<f64> = (0..config.batch)
-            .map(|_| rng.random_range(0.0..1.0))
+            .map(|_| shift_time(rng.random_range(0.0..1.0), config.time_shift))
             .collect();
         let eps =
             GaussianNoise::new(config.seed, step as u64).tensor(batch.videos.dims(), &device)?;
