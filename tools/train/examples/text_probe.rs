@@ -146,6 +146,28 @@ fn main() -> anyhow::Result<()> {
         ("reversed", context(&encoder, &reversed)?),
     ];
     let true_bg = border_colour(&x)?;
+    {
+        // Reference: the x0 error of predicting the background everywhere, per frame.
+        let bg = Tensor::from_vec(
+            true_bg
+                .iter()
+                .flat_map(|c| c.iter().copied())
+                .collect::<Vec<f32>>(),
+            (n, 3, 1, 1, 1),
+            &dev,
+        )?;
+        let err = x.broadcast_sub(&bg)?.sqr()?;
+        let per_frame: Vec<f32> = (0..out.frames)
+            .map(|k| -> anyhow::Result<f32> {
+                Ok(err.narrow(2, k, 1)?.mean_all()?.to_scalar::<f32>()?)
+            })
+            .collect::<Result<_, _>>()?;
+        println!(
+            "background-only x0 MSE: {:.4} (per frame {:?})",
+            err.mean_all()?.to_scalar::<f32>()?,
+            per_frame
+        );
+    }
 
     let only_centroids = std::env::var("PROBE_CENTROIDS").is_ok();
     {

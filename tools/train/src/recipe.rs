@@ -52,6 +52,8 @@ pub fn shapes_scaffold() -> Scaffold {
                 norm_groups: 8,
                 frame_embedding: cond_channels == 0,
                 position_channels: cond_channels == 0,
+                layout_channels: if cond_channels == 0 { 4 } else { 0 },
+                layout_grid: 8,
                 prediction: if cond_channels == 0 {
                     Prediction::V
                 } else {

@@ -225,6 +225,8 @@ impl Scaffold {
             norm_groups: 4,
             frame_embedding: cond_channels == 0,
             position_channels: cond_channels == 0,
+            layout_channels: if cond_channels == 0 { 4 } else { 0 },
+            layout_grid: 8,
             prediction: if cond_channels == 0 {
                 Prediction::V
             } else {

@@ -37,6 +37,9 @@ fn default_groups() -> usize {
 fn default_temporal_kernel() -> usize {
     3
 }
+fn default_layout_grid() -> usize {
+    8
+}
 
 /// Video U-Net hyper-parameters.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -88,6 +91,18 @@ pub struct VideoUNetConfig {
     /// shape on the side its motion starts from. Absent in older configs (false).
     #[serde(default)]
     pub position_channels: bool,
+    /// Channels of a coarse spatial map computed from each frame's conditioning vector (time,
+    /// pooled text, the frame's place in the clip) and concatenated to the input. It is a direct
+    /// path from the caption and the frame's position in the clip to *where* things go: FiLM is
+    /// per channel and blind to position, and cross-attention queries carry no position until the
+    /// network has learnt to compute it, which a small network trained briefly does not. 0 (absent
+    /// in older configs) turns it off.
+    #[serde(default)]
+    pub layout_channels: usize,
+    /// Side of the layout map's grid; it is upsampled (nearest) to the frame, whose height and
+    /// width must be multiples of it.
+    #[serde(default = "default_layout_grid")]
+    pub layout_grid: usize,
 }
 
 impl VideoUNetConfig {
@@ -109,6 +124,12 @@ impl VideoUNetConfig {
     /// Channels of the coordinate maps added to the input (0 or 2).
     pub fn position_channel_count(&self) -> usize {
         if self.position_channels { 2 } else { 0 }
+    }
+
+    /// Channels the first convolution takes: the noisy video, the conditioning video, the
+    /// coordinate maps and the layout map.
+    pub fn input_channels(&self) -> usize {
+        self.in_channels + self.cond_channels + self.position_channel_count() + self.layout_channels
     }
 
     /// Whether this model takes a conditioning video (a super-resolution stage).
@@ -188,6 +209,12 @@ impl VideoUNetConfig {
                     ),
                 );
             }
+        }
+        if self.layout_channels > 0 && self.layout_grid == 0 {
+            return invalid(
+                "layout_grid",
+                "must be at least 1 when layout_channels is set".into(),
+            );
         }
         if self.prediction == Prediction::X0Residual
             && (!self.is_super_resolution() || self.cond_channels != self.out_channels)

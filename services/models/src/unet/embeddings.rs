@@ -53,3 +53,32 @@ impl PooledText {
         self.proj.forward(&pooled)
     }
 }
+
+/// A coarse spatial map per frame from that frame's conditioning vector:
+/// `SiLU -> linear -> [channels, grid, grid] -> nearest upsampling to the frame`.
+#[derive(Debug, Clone)]
+pub struct LayoutMap {
+    proj: Linear,
+    channels: usize,
+    grid: usize,
+}
+
+impl LayoutMap {
+    /// `emb_dim` in, `channels` maps of `grid x grid` out.
+    pub fn new(emb_dim: usize, channels: usize, grid: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            proj: linear(emb_dim, channels * grid * grid, vb.pp("proj"))?,
+            channels,
+            grid,
+        })
+    }
+
+    /// `[N, emb_dim]` to `[N, channels, height, width]`; height and width are multiples of the grid.
+    pub fn forward(&self, emb: &Tensor, height: usize, width: usize) -> Result<Tensor> {
+        let n = emb.dim(0)?;
+        self.proj
+            .forward(&emb.silu()?)?
+            .reshape((n, self.channels, self.grid, self.grid))?
+            .upsample_nearest2d(height, width)
+    }
+}

@@ -21,7 +21,7 @@ use candle_core::{Module, Result as CandleResult, Tensor};
 use candle_nn::{GroupNorm, VarBuilder, group_norm};
 
 pub use config::{Prediction, TemporalMixing, VideoUNetConfig};
-use embeddings::{PooledText, ScalarEmbedding};
+use embeddings::{LayoutMap, PooledText, ScalarEmbedding};
 use resnet::ResBlock;
 use spatial_attention::SpatialAttention;
 use temporal::TemporalBlock;
@@ -101,6 +101,7 @@ pub struct VideoUNet {
     time_embed: ScalarEmbedding,
     aug_embed: Option<ScalarEmbedding>,
     frame_embed: Option<ScalarEmbedding>,
+    layout: Option<LayoutMap>,
     text_pool: PooledText,
     conv_in: SameConv,
     down: Vec<Level>,
@@ -242,9 +243,19 @@ impl VideoUNet {
             } else {
                 None
             },
+            layout: if cfg.layout_channels > 0 {
+                Some(LayoutMap::new(
+                    emb_dim,
+                    cfg.layout_channels,
+                    cfg.layout_grid,
+                    vb.pp("layout"),
+                )?)
+            } else {
+                None
+            },
             text_pool: PooledText::new(cfg.context_dim, emb_dim, vb.pp("text_pool"))?,
             conv_in: conv2d_same(
-                cfg.in_channels + cfg.cond_channels + cfg.position_channel_count(),
+                cfg.input_channels(),
                 cfg.model_channels,
                 3,
                 false,
@@ -291,6 +302,15 @@ impl VideoUNet {
                 "z",
                 format!(
                     "height {h} and width {w} must be positive multiples of {divisor} for this U-Net's depth"
+                ),
+            );
+        }
+        if cfg.layout_channels > 0 && (h % cfg.layout_grid != 0 || w % cfg.layout_grid != 0) {
+            return invalid(
+                "z",
+                format!(
+                    "height {h} and width {w} must be multiples of the layout grid {}",
+                    cfg.layout_grid
                 ),
             );
         }
@@ -409,6 +429,10 @@ impl VideoUNet {
         if self.config.position_channels {
             let coordinates = coordinate_maps(b * frames, h, w, x.device())?;
             x = Tensor::cat(&[x, coordinates], 1)?;
+        }
+        if let Some(layout) = &self.layout {
+            let map = layout.forward(&emb, h, w)?;
+            x = Tensor::cat(&[x, map], 1)?;
         }
 
         let mut h_ = self.conv_in.forward(&x)?;
@@ -586,7 +610,8 @@ mod tests {
     }
 
     #[test]
-    fn position_channels_tell_interior_pixels_of_a_uniform_frame_apart() -> anyhow::Result<()> {
+    fn position_and_layout_maps_tell_interior_pixels_of_a_uniform_frame_apart() -> anyhow::Result<()>
+    {
         // Far from the borders a translation-equivariant network maps a uniform input to a
         // uniform output; only the coordinate maps tell it where a pixel is.
         let (_, config, frames, _) = stage_configs().remove(0);
@@ -606,11 +631,19 @@ mod tests {
                 .to_scalar::<f32>()?)
         };
         assert!(interior_spread(&config)? > 1e-3);
-        let without = VideoUNetConfig {
+        // The layout map, computed from the conditioning vector, also varies across the frame.
+        let layout_only = VideoUNetConfig {
             position_channels: false,
+            ..config.clone()
+        };
+        assert!(layout_only.layout_channels > 0);
+        assert!(interior_spread(&layout_only)? > 1e-3);
+        let neither = VideoUNetConfig {
+            position_channels: false,
+            layout_channels: 0,
             ..config
         };
-        assert!(interior_spread(&without)? < 1e-4);
+        assert!(interior_spread(&neither)? < 1e-4);
         Ok(())
     }
 
@@ -622,8 +655,11 @@ mod tests {
         fields.remove("frame_embedding");
         fields.remove("prediction");
         fields.remove("position_channels");
+        fields.remove("layout_channels");
+        fields.remove("layout_grid");
         let old: VideoUNetConfig = serde_json::from_value(json)?;
         assert!(!old.frame_embedding && !old.position_channels);
+        assert_eq!(old.layout_channels, 0);
         assert_eq!(old.prediction, Prediction::V);
         Ok(())
     }
