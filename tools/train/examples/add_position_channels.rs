@@ -2,10 +2,10 @@
 //! them (`position_channels`, `layout_channels`), so training can go on from its weights instead
 //! of from scratch.
 //!
-//! The first convolution gains input channels whose weights are zero, so the migrated network
-//! computes exactly what it computed before and training learns how much to use the new maps. A
-//! new layout projection gets a random initialisation (its input weights in the first
-//! convolution are zero, so it changes nothing until they grow). Rewrites the stage's
+//! The migrated network computes exactly what it computed before: the first convolution's weights
+//! for new coordinate channels are zero, and a new layout projection is zero (so the map is empty)
+//! while the first convolution's weights that read it are random, as at training initialisation
+//! (see `LayoutMap` for why that order). Rewrites the stage's
 //! `config.json` and `model.safetensors` in the repository and, when present, the run folder's
 //! `raw.safetensors` and `ema.safetensors`.
 //!
@@ -16,19 +16,25 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use vidcascade_models::repository::ModelRepository;
 use vidcascade_models::unet::VideoUNetConfig;
 
 const FIRST_CONV: &str = "conv_in.weight";
 
-/// Rewrites one weights file for `to`, given it was written for `from`; `layout_init` holds the
-/// new layout projection (the same values in every file, so EMA and raw weights agree).
+/// A new layout map's parameters: its projection and the first convolution's weights that read it
+/// (the same values go into every file, so EMA and raw weights agree).
+struct NewLayout {
+    projection: HashMap<String, Tensor>,
+    first_conv_columns: Tensor,
+}
+
+/// Rewrites one weights file for `to`, given it was written for `from`.
 fn migrate(
     path: &Path,
     from: &VideoUNetConfig,
     to: &VideoUNetConfig,
-    layout_init: &HashMap<String, Tensor>,
+    new_layout: Option<&NewLayout>,
 ) -> anyhow::Result<()> {
     let mut tensors: HashMap<String, Tensor> =
         candle_core::safetensors::load(path, &Device::Cpu)
@@ -54,16 +60,19 @@ fn migrate(
     } else {
         zeros(to.position_channel_count())?
     });
-    let old_layout = from.layout_channels;
-    parts.push(if old_layout > 0 {
-        weight.narrow(1, keep + old_position, old_layout)?
-    } else {
-        zeros(to.layout_channels)?
-    });
+    match new_layout {
+        Some(layout) => parts.push(layout.first_conv_columns.clone()),
+        None if from.layout_channels > 0 => {
+            parts.push(weight.narrow(1, keep + old_position, from.layout_channels)?)
+        }
+        None => {}
+    }
     let widened = Tensor::cat(&parts, 1)?;
     tensors.insert(FIRST_CONV.to_string(), widened);
-    for (name, tensor) in layout_init {
-        tensors.insert(name.clone(), tensor.clone());
+    if let Some(layout) = new_layout {
+        for (name, tensor) in &layout.projection {
+            tensors.insert(name.clone(), tensor.clone());
+        }
     }
     let tmp = path.with_extension("tmp");
     candle_core::safetensors::save(&tensors, &tmp)?;
@@ -99,20 +108,29 @@ fn main() -> anyhow::Result<()> {
     {
         bail!("this migration only adds maps; it cannot remove or resize them");
     }
-    let mut layout_init = HashMap::new();
-    if from.layout_channels == 0 && to.layout_channels > 0 {
+    let new_layout = if from.layout_channels == 0 && to.layout_channels > 0 {
         let emb_dim = to.embedding_dim();
         let outputs = to.layout_channels * to.layout_grid * to.layout_grid;
-        let scale = 1.0 / (emb_dim as f64).sqrt();
-        layout_init.insert(
-            "layout.proj.weight".to_string(),
-            Tensor::randn(0f32, scale as f32, (outputs, emb_dim), &Device::Cpu)?,
-        );
-        layout_init.insert(
-            "layout.proj.bias".to_string(),
-            Tensor::zeros(outputs, candle_core::DType::F32, &Device::Cpu)?,
-        );
-    }
+        let zeros = |shape: &[usize]| Tensor::zeros(shape, DType::F32, &Device::Cpu);
+        let fan_in = (to.input_channels() * 9) as f64;
+        Some(NewLayout {
+            projection: HashMap::from([
+                (
+                    "layout.proj.weight".to_string(),
+                    zeros(&[outputs, emb_dim])?,
+                ),
+                ("layout.proj.bias".to_string(), zeros(&[outputs])?),
+            ]),
+            first_conv_columns: Tensor::randn(
+                0f32,
+                (1.0 / fan_in.sqrt()) as f32,
+                (to.model_channels, to.layout_channels, 3, 3),
+                &Device::Cpu,
+            )?,
+        })
+    } else {
+        None
+    };
     let stage_dir = repo.stage_dir(&stage);
     let run = PathBuf::from(run_dir).join(stage_name);
     for path in [
@@ -121,7 +139,7 @@ fn main() -> anyhow::Result<()> {
         run.join("ema.safetensors"),
     ] {
         if path.exists() {
-            migrate(&path, &from, &to, &layout_init)?;
+            migrate(&path, &from, &to, new_layout.as_ref())?;
         }
     }
     let config_path = stage_dir.join("config.json");

@@ -6,7 +6,7 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Linear, VarBuilder, linear};
 
-use crate::layers::sinusoidal_embedding;
+use crate::layers::{sinusoidal_embedding, zero_linear};
 
 /// `sinusoid -> linear -> SiLU -> linear`, the usual diffusion time MLP.
 #[derive(Debug, Clone)]
@@ -56,6 +56,12 @@ impl PooledText {
 
 /// A coarse spatial map per frame from that frame's conditioning vector:
 /// `SiLU -> linear -> [channels, grid, grid] -> nearest upsampling to the frame`.
+///
+/// The projection starts at zero and the first convolution's weights for these channels do not:
+/// the map then starts empty, and its gradient is the first convolution's input gradient, a
+/// direct regression of where things go on the conditioning. (The other way round — a random
+/// map read by zero weights — is a saddle: each factor's gradient is proportional to the other,
+/// and a caption-independent weight averages the opposite placements of opposite motions away.)
 #[derive(Debug, Clone)]
 pub struct LayoutMap {
     proj: Linear,
@@ -67,7 +73,7 @@ impl LayoutMap {
     /// `emb_dim` in, `channels` maps of `grid x grid` out.
     pub fn new(emb_dim: usize, channels: usize, grid: usize, vb: VarBuilder) -> Result<Self> {
         Ok(Self {
-            proj: linear(emb_dim, channels * grid * grid, vb.pp("proj"))?,
+            proj: zero_linear(emb_dim, channels * grid * grid, vb.pp("proj"))?,
             channels,
             grid,
         })
