@@ -145,6 +145,12 @@ fn clip_gradients(grads: &mut GradStore, vars: &[Var], max_norm: f64) -> anyhow:
 
 /// Trains `config.stage` of the repository at `model_dir`, keeping resume state in `run_dir`.
 pub fn train(model_dir: &Path, run_dir: &Path, config: TrainConfig) -> anyhow::Result<TrainState> {
+    if !(config.time_shift.is_finite() && config.time_shift > 0.0) {
+        bail!(
+            "--time-shift must be a positive number (1 = uniform times), got {}",
+            config.time_shift
+        );
+    }
     let device = Device::Cpu;
     let repo = ModelRepository::open(model_dir)?;
     let stage = repo
@@ -405,4 +411,42 @@ fn embed_cached(
                 .context("caption missing from the cache")
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(time_shift: f64) -> TrainConfig {
+        TrainConfig {
+            stage: "base".into(),
+            steps: 1,
+            batch: 1,
+            lr: 1e-3,
+            warmup: 1,
+            weight_decay: 0.0,
+            ema_decay: 0.9,
+            text_dropout: 0.1,
+            min_snr_gamma: 5.0,
+            max_augmentation: 0.5,
+            time_shift,
+            grad_clip: 1.0,
+            checkpoint_every: 1,
+            log_every: 1,
+            seed: 1,
+            crop: None,
+        }
+    }
+
+    #[test]
+    fn a_time_shift_that_is_not_positive_is_rejected_before_anything_loads() {
+        let missing = Path::new("/nonexistent/vidcascade-model");
+        for bad in [0.0, -2.0, f64::NAN, f64::INFINITY] {
+            let err = train(missing, missing, config(bad)).expect_err("bad time shift");
+            assert!(err.to_string().contains("--time-shift"), "{err}");
+        }
+        // A valid shift gets as far as the (missing) model repository.
+        let err = train(missing, missing, config(3.0)).expect_err("missing model");
+        assert!(!err.to_string().contains("--time-shift"), "{err}");
+    }
 }
