@@ -9,7 +9,7 @@
 //! `config.json` and `model.safetensors` in the repository and, when present, the run folder's
 //! `raw.safetensors` and `ema.safetensors`.
 //!
-//! `cargo run --release -p vidcascade-train --example add_position_channels <model_dir> <run_dir>
+//! `cargo run --release -p vidcascade-train --example add_input_maps <model_dir> <run_dir>
 //! <stage> <position_channels: true|false> <layout_channels>`
 
 use std::collections::HashMap;
@@ -85,7 +85,7 @@ fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let [_, model_dir, run_dir, stage_name, position, layout] = args.as_slice() else {
         bail!(
-            "usage: add_position_channels <model_dir> <run_dir> <stage> <position_channels: true|false> <layout_channels>"
+            "usage: add_input_maps <model_dir> <run_dir> <stage> <position_channels: true|false> <layout_channels>"
         );
     };
     let repo = ModelRepository::open(Path::new(model_dir))?;
