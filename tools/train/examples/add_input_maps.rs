@@ -9,8 +9,11 @@
 //! `config.json` and `model.safetensors` in the repository and, when present, the run folder's
 //! `raw.safetensors` and `ema.safetensors`.
 //!
+//! A storyboard term (`layout_storyboard_knots`) is added the same way: its projection starts at
+//! zero, so the map does not change.
+//!
 //! `cargo run --release -p vidcascade-train --example add_input_maps <model_dir> <run_dir>
-//! <stage> <position_channels: true|false> <layout_channels>`
+//! <stage> <position_channels: true|false> <layout_channels> [storyboard_knots]`
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -22,11 +25,12 @@ use vidcascade_models::unet::VideoUNetConfig;
 
 const FIRST_CONV: &str = "conv_in.weight";
 
-/// A new layout map's parameters: its projection and the first convolution's weights that read it
-/// (the same values go into every file, so EMA and raw weights agree).
-struct NewLayout {
-    projection: HashMap<String, Tensor>,
-    first_conv_columns: Tensor,
+/// New parameters: tensors added by name (a new layout projection, a new storyboard term), and
+/// for a new layout map the first convolution's weights that read it (the same values go into
+/// every file, so EMA and raw weights agree).
+struct NewParameters {
+    tensors: HashMap<String, Tensor>,
+    first_conv_columns: Option<Tensor>,
 }
 
 /// Rewrites one weights file for `to`, given it was written for `from`.
@@ -34,7 +38,7 @@ fn migrate(
     path: &Path,
     from: &VideoUNetConfig,
     to: &VideoUNetConfig,
-    new_layout: Option<&NewLayout>,
+    new: &NewParameters,
 ) -> anyhow::Result<()> {
     let mut tensors: HashMap<String, Tensor> =
         candle_core::safetensors::load(path, &Device::Cpu)
@@ -60,8 +64,8 @@ fn migrate(
     } else {
         zeros(to.position_channel_count())?
     });
-    match new_layout {
-        Some(layout) => parts.push(layout.first_conv_columns.clone()),
+    match &new.first_conv_columns {
+        Some(columns) => parts.push(columns.clone()),
         None if from.layout_channels > 0 => {
             parts.push(weight.narrow(1, keep + old_position, from.layout_channels)?)
         }
@@ -69,10 +73,8 @@ fn migrate(
     }
     let widened = Tensor::cat(&parts, 1)?;
     tensors.insert(FIRST_CONV.to_string(), widened);
-    if let Some(layout) = new_layout {
-        for (name, tensor) in &layout.projection {
-            tensors.insert(name.clone(), tensor.clone());
-        }
+    for (name, tensor) in &new.tensors {
+        tensors.insert(name.clone(), tensor.clone());
     }
     let tmp = path.with_extension("tmp");
     candle_core::safetensors::save(&tensors, &tmp)?;
@@ -83,10 +85,12 @@ fn migrate(
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let [_, model_dir, run_dir, stage_name, position, layout] = args.as_slice() else {
-        bail!(
-            "usage: add_input_maps <model_dir> <run_dir> <stage> <position_channels: true|false> <layout_channels>"
-        );
+    let (model_dir, run_dir, stage_name, position, layout, knots) = match args.as_slice() {
+        [_, m, r, s, p, l] => (m, r, s, p, l, None),
+        [_, m, r, s, p, l, k] => (m, r, s, p, l, Some(k)),
+        _ => bail!(
+            "usage: add_input_maps <model_dir> <run_dir> <stage> <position_channels: true|false> <layout_channels> [storyboard_knots]"
+        ),
     };
     let repo = ModelRepository::open(Path::new(model_dir))?;
     let stage = repo
@@ -100,37 +104,49 @@ fn main() -> anyhow::Result<()> {
             .parse()
             .context("position_channels: true or false")?,
         layout_channels: layout.parse().context("layout_channels: a count")?,
+        layout_storyboard_knots: match knots {
+            Some(k) => k.parse().context("storyboard_knots: a count")?,
+            None => from.layout_storyboard_knots,
+        },
         ..from.clone()
     };
     to.validate()?;
     if (from.position_channels && !to.position_channels)
         || (from.layout_channels > 0 && to.layout_channels != from.layout_channels)
+        || (from.layout_storyboard_knots > 0
+            && to.layout_storyboard_knots != from.layout_storyboard_knots)
     {
         bail!("this migration only adds maps; it cannot remove or resize them");
     }
-    let new_layout = if from.layout_channels == 0 && to.layout_channels > 0 {
-        let emb_dim = to.embedding_dim();
-        let outputs = to.layout_channels * to.layout_grid * to.layout_grid;
-        let zeros = |shape: &[usize]| Tensor::zeros(shape, DType::F32, &Device::Cpu);
-        let fan_in = (to.input_channels() * 9) as f64;
-        Some(NewLayout {
-            projection: HashMap::from([
-                (
-                    "layout.proj.weight".to_string(),
-                    zeros(&[outputs, emb_dim])?,
-                ),
-                ("layout.proj.bias".to_string(), zeros(&[outputs])?),
-            ]),
-            first_conv_columns: Tensor::randn(
-                0f32,
-                (1.0 / fan_in.sqrt()) as f32,
-                (to.model_channels, to.layout_channels, 3, 3),
-                &Device::Cpu,
-            )?,
-        })
-    } else {
-        None
+    let zeros = |shape: &[usize]| Tensor::zeros(shape, DType::F32, &Device::Cpu);
+    let outputs = to.layout_channels * to.layout_grid * to.layout_grid;
+    let mut new = NewParameters {
+        tensors: HashMap::new(),
+        first_conv_columns: None,
     };
+    if from.layout_channels == 0 && to.layout_channels > 0 {
+        let fan_in = (to.input_channels() * 9) as f64;
+        new.tensors.insert(
+            "layout.proj.weight".to_string(),
+            zeros(&[outputs, to.embedding_dim()])?,
+        );
+        new.tensors
+            .insert("layout.proj.bias".to_string(), zeros(&[outputs])?);
+        new.first_conv_columns = Some(Tensor::randn(
+            0f32,
+            (1.0 / fan_in.sqrt()) as f32,
+            (to.model_channels, to.layout_channels, 3, 3),
+            &Device::Cpu,
+        )?);
+    }
+    if from.layout_storyboard_knots == 0 && to.layout_storyboard_knots > 0 {
+        new.tensors.insert(
+            "layout.storyboard.weight".to_string(),
+            zeros(&[outputs, to.context_dim * to.layout_storyboard_knots])?,
+        );
+        new.tensors
+            .insert("layout.storyboard.bias".to_string(), zeros(&[outputs])?);
+    }
     let stage_dir = repo.stage_dir(&stage);
     let run = PathBuf::from(run_dir).join(stage_name);
     for path in [
@@ -139,7 +155,7 @@ fn main() -> anyhow::Result<()> {
         run.join("ema.safetensors"),
     ] {
         if path.exists() {
-            migrate(&path, &from, &to, new_layout.as_ref())?;
+            migrate(&path, &from, &to, &new)?;
         }
     }
     let config_path = stage_dir.join("config.json");

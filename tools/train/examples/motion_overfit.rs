@@ -8,13 +8,16 @@ use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
+use rand::SeedableRng;
+use rand::seq::IndexedRandom;
+use rand_chacha::ChaCha8Rng;
 use vidcascade_core::stage::pad_embeddings;
 use vidcascade_diffusion::CosineSchedule;
 use vidcascade_diffusion::noise::GaussianNoise;
 use vidcascade_models::repository::ModelRepository;
 use vidcascade_models::{UNetInputs, VideoUNet};
 use vidcascade_shapes::render::{Placement, render_chw};
-use vidcascade_shapes::world::{Colour, Motion, Scene, ShapeKind};
+use vidcascade_shapes::world::{Colour, Motion, Scene, ShapeKind, training_scenes};
 
 fn centroid_x(frame: &[Vec<f32>]) -> f32 {
     // Red channel above the blue background's -1.
@@ -48,7 +51,7 @@ fn main() -> anyhow::Result<()> {
     let mut varmap = VarMap::new();
     let unet = VideoUNet::new(VarBuilder::from_varmap(&varmap, DType::F32, &dev), &config)?;
     varmap.load(repo.stage_dir(&stage).join("model.safetensors"))?;
-    let scenes: Vec<Scene> = [Motion::Left, Motion::Right]
+    let probe_scenes: Vec<Scene> = [Motion::Left, Motion::Right]
         .into_iter()
         .map(|motion| Scene {
             colour: Colour::Red,
@@ -57,27 +60,49 @@ fn main() -> anyhow::Result<()> {
             background: Colour::Blue,
         })
         .collect();
-    let clips: Vec<Tensor> = scenes
-        .iter()
-        .map(|s| {
-            Tensor::from_vec(
-                render_chw(s, &Placement::CENTRED, out.frames, out.height, out.width),
+    // Knobs: MO_SCENES=all trains on every training scene (default: the two probe scenes),
+    // MO_PLACEMENT=random draws placements (default: fixed), MO_TLO is the lowest training time.
+    let knob = |name: &str| std::env::var(name).ok();
+    let pool: Vec<Scene> = if knob("MO_SCENES").as_deref() == Some("all") {
+        training_scenes()
+    } else {
+        probe_scenes.clone()
+    };
+    let random_placement = knob("MO_PLACEMENT").as_deref() == Some("random");
+    let t_lo: f32 = knob("MO_TLO")
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(0.9);
+    let probe_captions: Vec<String> = probe_scenes.iter().map(|s| s.caption()).collect();
+    let probe_refs: Vec<&str> = probe_captions.iter().map(String::as_str).collect();
+    let probe_texts = encoder.encode(&probe_refs)?;
+    let probe_trefs: Vec<&Tensor> = probe_texts.iter().collect();
+    let (ctx, mask) = pad_embeddings(&probe_trefs)?;
+    let b = 8;
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let draw_batch = |rng: &mut ChaCha8Rng| -> anyhow::Result<(Tensor, Tensor, Tensor)> {
+        let mut clips = Vec::with_capacity(b);
+        let mut texts = Vec::with_capacity(b);
+        for _ in 0..b {
+            let scene = *pool
+                .choose(rng)
+                .ok_or_else(|| anyhow::anyhow!("no scenes"))?;
+            let placement = if random_placement {
+                Placement::sample(rng)
+            } else {
+                Placement::CENTRED
+            };
+            clips.push(Tensor::from_vec(
+                render_chw(&scene, &placement, out.frames, out.height, out.width),
                 (3, out.frames, out.height, out.width),
                 &dev,
-            )
-        })
-        .collect::<Result<_, _>>()?;
-    let captions: Vec<String> = scenes.iter().map(|s| s.caption()).collect();
-    let refs: Vec<&str> = captions.iter().map(String::as_str).collect();
-    let texts = encoder.encode(&refs)?;
-    let b = 8;
-    let idx: Vec<usize> = (0..b).map(|i| i % 2).collect();
-    let x = Tensor::stack(
-        &idx.iter().map(|&i| clips[i].clone()).collect::<Vec<_>>(),
-        0,
-    )?;
-    let trefs: Vec<&Tensor> = idx.iter().map(|&i| &texts[i]).collect();
-    let (ctx, mask) = pad_embeddings(&trefs)?;
+            )?);
+            texts.push(encoder.encode(&[scene.caption().as_str()])?.remove(0));
+        }
+        let trefs: Vec<&Tensor> = texts.iter().collect();
+        let (c, m) = pad_embeddings(&trefs)?;
+        Ok((Tensor::stack(&clips, 0)?, c, m))
+    };
     let report = |unet: &VideoUNet, label: &str| -> anyhow::Result<()> {
         let z =
             GaussianNoise::new(3, 1).tensor(&[2, 3, out.frames, out.height, out.width], &dev)?;
@@ -91,7 +116,7 @@ fn main() -> anyhow::Result<()> {
             aug_level: None,
         })?;
         let x0 = ((&z * a)? - (&v * s)?)?;
-        for (i, cap) in captions.iter().enumerate() {
+        for (i, cap) in probe_captions.iter().enumerate() {
             let red = x0.get(i)?.get(0)?.to_vec3::<f32>()?;
             println!(
                 "{label} `{cap}`: frame 0 x {:.1} -> last x {:.1}",
@@ -112,8 +137,9 @@ fn main() -> anyhow::Result<()> {
     )?;
     for step in 1..=steps {
         let times: Vec<f32> = (0..b)
-            .map(|i| 0.9 + 0.1 * ((step * 7 + i * 13) % 97) as f32 / 97.0)
+            .map(|i| t_lo + (1.0 - t_lo) * ((step * 7 + i * 13) % 97) as f32 / 97.0)
             .collect();
+        let (x, ctx, mask) = draw_batch(&mut rng)?;
         let eps = GaussianNoise::new(11, step as u64).tensor(x.dims(), &dev)?;
         let sched = CosineSchedule::default();
         let (al, si): (Vec<f32>, Vec<f32>) = times

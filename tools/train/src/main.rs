@@ -100,6 +100,9 @@ enum Command {
         /// t > 0.8 instead of 20 %), where a base stage learns layout and motion.
         #[arg(long, default_value_t = 1.0)]
         time_shift: f64,
+        /// Learning-rate multiplier of the layout map (`layout.*` parameters).
+        #[arg(long, default_value_t = 1.0)]
+        layout_lr_scale: f64,
         /// Steps between checkpoints.
         #[arg(long, default_value_t = 100)]
         checkpoint_every: usize,
@@ -169,6 +172,7 @@ fn main() -> anyhow::Result<()> {
             text_dropout,
             max_augmentation,
             time_shift,
+            layout_lr_scale,
             checkpoint_every,
             log_every,
             run_dir,
@@ -195,6 +199,7 @@ fn main() -> anyhow::Result<()> {
                 min_snr_gamma: 5.0,
                 max_augmentation,
                 time_shift,
+                layout_lr_scale,
                 grad_clip: 1.0,
                 checkpoint_every,
                 log_every,

@@ -54,6 +54,7 @@ pub fn shapes_scaffold() -> Scaffold {
                 position_channels: cond_channels == 0,
                 layout_channels: if cond_channels == 0 { 4 } else { 0 },
                 layout_grid: 8,
+                layout_storyboard_knots: if cond_channels == 0 { 8 } else { 0 },
                 prediction: if cond_channels == 0 {
                     Prediction::V
                 } else {

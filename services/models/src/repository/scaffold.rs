@@ -227,6 +227,7 @@ impl Scaffold {
             position_channels: cond_channels == 0,
             layout_channels: if cond_channels == 0 { 4 } else { 0 },
             layout_grid: 8,
+            layout_storyboard_knots: if cond_channels == 0 { 4 } else { 0 },
             prediction: if cond_channels == 0 {
                 Prediction::V
             } else {

@@ -103,6 +103,16 @@ pub struct VideoUNetConfig {
     /// width must be multiples of it.
     #[serde(default = "default_layout_grid")]
     pub layout_grid: usize,
+    /// Knots of the layout map's storyboard term (0, absent in older configs, turns it off): a
+    /// zero-initialised linear map from the pooled text tokens times hat functions of the frame's
+    /// place in the clip (`knots` of them, evenly spaced over the clip) to the layout grid, added
+    /// to the map. The conditioning-vector term has to learn *which frame* and *which caption*
+    /// as an interaction of a sum through one SiLU; the storyboard term is a linear regression of
+    /// the layout on caption x frame features, so a base stage can learn where a motion word puts
+    /// the shape in each frame from the noisy gradient of a varied training set. Needs
+    /// `layout_channels`.
+    #[serde(default)]
+    pub layout_storyboard_knots: usize,
 }
 
 impl VideoUNetConfig {
@@ -214,6 +224,18 @@ impl VideoUNetConfig {
             return invalid(
                 "layout_grid",
                 "must be at least 1 when layout_channels is set".into(),
+            );
+        }
+        if self.layout_storyboard_knots > 0 && self.layout_channels == 0 {
+            return invalid(
+                "layout_storyboard_knots",
+                "needs layout_channels > 0 (the storyboard adds to the layout map)".into(),
+            );
+        }
+        if self.layout_storyboard_knots == 1 {
+            return invalid(
+                "layout_storyboard_knots",
+                "must be 0 (off) or at least 2 (one knot cannot tell frames apart)".into(),
             );
         }
         if self.prediction == Prediction::X0Residual

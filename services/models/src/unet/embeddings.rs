@@ -49,8 +49,17 @@ impl PooledText {
 
     /// `[B, L, D]` tokens with `[B, L]` mask to `[B, out_dim]`.
     pub fn forward(&self, context: &Tensor, mask: &Tensor) -> Result<Tensor> {
-        let pooled = crate::text_encoder::T5Encoder::masked_mean(context, mask)?;
-        self.proj.forward(&pooled)
+        self.project(&Self::pool(context, mask)?)
+    }
+
+    /// Projects already pooled text, `[B, D]` to `[B, out_dim]`.
+    pub fn project(&self, pooled: &Tensor) -> Result<Tensor> {
+        self.proj.forward(pooled)
+    }
+
+    /// The masked mean of the tokens, `[B, D]`, before the projection.
+    pub fn pool(context: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        crate::text_encoder::T5Encoder::masked_mean(context, mask)
     }
 }
 
@@ -65,26 +74,95 @@ impl PooledText {
 #[derive(Debug, Clone)]
 pub struct LayoutMap {
     proj: Linear,
+    storyboard: Option<Storyboard>,
     channels: usize,
     grid: usize,
 }
 
+/// The layout map's caption x frame term: `W (pooled_text (x) hats(progress))`, zero-initialised,
+/// so its gradient is a linear regression of the first convolution's input gradient on fixed
+/// features (see `VideoUNetConfig::layout_storyboard_knots`).
+#[derive(Debug, Clone)]
+struct Storyboard {
+    proj: Linear,
+    knots: usize,
+}
+
+impl Storyboard {
+    /// `[B, text_dim]` pooled text for `frames` frames per clip to `[B * frames, outputs]`.
+    fn forward(&self, pooled_text: &Tensor, frames: usize) -> Result<Tensor> {
+        let (b, text_dim) = pooled_text.dims2()?;
+        let hats = Tensor::from_vec(
+            frame_hats(frames, self.knots),
+            (1, frames, 1, self.knots),
+            pooled_text.device(),
+        )?;
+        let features = pooled_text
+            .reshape((b, 1, text_dim, 1))?
+            .broadcast_mul(&hats)?
+            .reshape((b * frames, text_dim * self.knots))?;
+        self.proj.forward(&features)
+    }
+}
+
+/// `knots` hat functions of each frame's place in the clip (0 at the first frame, 1 at the last),
+/// row-major `[frames, knots]`: knot `k` sits at `k / (knots - 1)` and falls to zero at its
+/// neighbours, so every row sums to one and frame counts other than `knots` interpolate.
+pub fn frame_hats(frames: usize, knots: usize) -> Vec<f32> {
+    let last = frames.saturating_sub(1).max(1) as f32;
+    let span = knots.saturating_sub(1) as f32;
+    (0..frames)
+        .flat_map(|f| {
+            let at = f as f32 / last * span;
+            (0..knots).map(move |k| (1.0 - (at - k as f32).abs()).max(0.0))
+        })
+        .collect()
+}
+
 impl LayoutMap {
-    /// `emb_dim` in, `channels` maps of `grid x grid` out.
-    pub fn new(emb_dim: usize, channels: usize, grid: usize, vb: VarBuilder) -> Result<Self> {
+    /// `emb_dim` in, `channels` maps of `grid x grid` out; with `storyboard_knots > 0`, also the
+    /// storyboard term over `text_dim`-wide pooled text.
+    pub fn new(
+        emb_dim: usize,
+        text_dim: usize,
+        channels: usize,
+        grid: usize,
+        storyboard_knots: usize,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let outputs = channels * grid * grid;
         Ok(Self {
-            proj: zero_linear(emb_dim, channels * grid * grid, vb.pp("proj"))?,
+            proj: zero_linear(emb_dim, outputs, vb.pp("proj"))?,
+            storyboard: if storyboard_knots > 0 {
+                Some(Storyboard {
+                    proj: zero_linear(text_dim * storyboard_knots, outputs, vb.pp("storyboard"))?,
+                    knots: storyboard_knots,
+                })
+            } else {
+                None
+            },
             channels,
             grid,
         })
     }
 
     /// `[N, emb_dim]` to `[N, channels, height, width]`; height and width are multiples of the grid.
-    pub fn forward(&self, emb: &Tensor, height: usize, width: usize) -> Result<Tensor> {
+    /// `pooled_text` is `[B, text_dim]` (the masked mean of the text tokens) and `emb` holds
+    /// `frames` rows per clip.
+    pub fn forward(
+        &self,
+        emb: &Tensor,
+        pooled_text: &Tensor,
+        frames: usize,
+        height: usize,
+        width: usize,
+    ) -> Result<Tensor> {
         let n = emb.dim(0)?;
-        self.proj
-            .forward(&emb.silu()?)?
-            .reshape((n, self.channels, self.grid, self.grid))?
+        let mut map = self.proj.forward(&emb.silu()?)?;
+        if let Some(storyboard) = &self.storyboard {
+            map = (map + storyboard.forward(pooled_text, frames)?)?;
+        }
+        map.reshape((n, self.channels, self.grid, self.grid))?
             .upsample_nearest2d(height, width)
     }
 }

@@ -246,8 +246,10 @@ impl VideoUNet {
             layout: if cfg.layout_channels > 0 {
                 Some(LayoutMap::new(
                     emb_dim,
+                    cfg.context_dim,
                     cfg.layout_channels,
                     cfg.layout_grid,
+                    cfg.layout_storyboard_knots,
                     vb.pp("layout"),
                 )?)
             } else {
@@ -383,10 +385,9 @@ impl VideoUNet {
         w: usize,
     ) -> CandleResult<Tensor> {
         // Global embedding per video, then repeated per frame: [B*F, emb].
-        let mut emb = (self.time_embed.forward(inputs.t)?
-            + self
-                .text_pool
-                .forward(inputs.context, inputs.context_mask)?)?;
+        let pooled_text = PooledText::pool(inputs.context, inputs.context_mask)?;
+        let mut emb =
+            (self.time_embed.forward(inputs.t)? + self.text_pool.project(&pooled_text)?)?;
         if let (Some(aug_embed), Some(aug)) = (&self.aug_embed, inputs.aug_level) {
             emb = (emb + aug_embed.forward(aug)?)?;
         }
@@ -431,7 +432,7 @@ impl VideoUNet {
             x = Tensor::cat(&[x, coordinates], 1)?;
         }
         if let Some(layout) = &self.layout {
-            let map = layout.forward(&emb, h, w)?;
+            let map = layout.forward(&emb, &pooled_text, frames, h, w)?;
             x = Tensor::cat(&[x, map], 1)?;
         }
 
@@ -588,8 +589,10 @@ mod tests {
                 .to_scalar::<f32>()?)
         };
         assert!(spread_across_frames(&config)? > 1e-3);
+        // The storyboard also tells frames apart (by their place in the clip); drop it too.
         let without = VideoUNetConfig {
             frame_embedding: false,
+            layout_storyboard_knots: 0,
             ..config
         };
         assert!(spread_across_frames(&without)? < 1e-5);
@@ -641,10 +644,102 @@ mod tests {
         let neither = VideoUNetConfig {
             position_channels: false,
             layout_channels: 0,
+            layout_storyboard_knots: 0,
             ..config
         };
         assert!(interior_spread(&neither)? < 1e-4);
         Ok(())
+    }
+
+    #[test]
+    fn a_zero_storyboard_changes_nothing_and_a_trained_one_depends_on_the_caption()
+    -> anyhow::Result<()> {
+        let (_, config, frames, side) = stage_configs().remove(0);
+        assert!(config.layout_storyboard_knots > 0, "the tiny base has one");
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+        let with = VideoUNet::new(vb.clone(), &config)?;
+        let without = VideoUNet::new(
+            vb,
+            &VideoUNetConfig {
+                layout_storyboard_knots: 0,
+                ..config.clone()
+            },
+        )?;
+        let storyboard = |name: &str| name.starts_with("layout.storyboard.");
+        let vars = varmap.data().lock().expect("varmap lock").clone();
+        for (name, var) in &vars {
+            let value = if storyboard(name) {
+                Tensor::zeros(var.dims(), DType::F32, &Device::Cpu)?
+            } else {
+                Tensor::randn(0f32, 0.2, var.dims(), &Device::Cpu)?
+            };
+            var.set(&value)?;
+        }
+        let batch = Batch::new(&config, 2, frames, side, &[0.9, 0.9])?;
+        let gap = |a: &Tensor, b: &Tensor| -> anyhow::Result<f32> {
+            Ok((a - b)?.abs()?.max_all()?.to_scalar::<f32>()?)
+        };
+        // Zero storyboard (a migration's starting point): the same function as without it.
+        let v_with = with.forward(&batch.inputs())?;
+        assert!(gap(&v_with, &without.forward(&batch.inputs())?)? < 1e-6);
+        // Trained: two clips with the same noise and time but different captions come apart more.
+        let same_noise = Batch {
+            z: batch.z.narrow(0, 0, 1)?.repeat((2, 1, 1, 1, 1))?,
+            ..batch
+        };
+        let caption_gap = |unet: &VideoUNet| -> anyhow::Result<f32> {
+            let v = unet.forward(&same_noise.inputs())?;
+            gap(&v.narrow(0, 0, 1)?, &v.narrow(0, 1, 1)?)
+        };
+        let before = caption_gap(&with)?;
+        for (name, var) in &vars {
+            if storyboard(name) {
+                var.set(&Tensor::randn(0f32, 1.0, var.dims(), &Device::Cpu)?)?;
+            }
+        }
+        assert!(caption_gap(&with)? > before + 1e-3);
+        Ok(())
+    }
+
+    #[test]
+    fn frame_hats_cover_the_clip_and_interpolate_other_frame_counts() {
+        // As many frames as knots: one knot per frame.
+        let exact = embeddings::frame_hats(4, 4);
+        for f in 0..4 {
+            for k in 0..4 {
+                assert_eq!(exact[f * 4 + k], if f == k { 1.0 } else { 0.0 });
+            }
+        }
+        // More frames: every row sums to one and the middle frame of 3 sits between knots.
+        let finer = embeddings::frame_hats(7, 4);
+        for row in finer.chunks(4) {
+            assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        }
+        let middle = embeddings::frame_hats(3, 4);
+        assert_eq!(&middle[4..8], &[0.0, 0.5, 0.5, 0.0]);
+    }
+
+    #[test]
+    fn a_storyboard_needs_a_layout_map_and_two_knots() {
+        let (_, base, _, _) = stage_configs().remove(0);
+        for bad in [
+            VideoUNetConfig {
+                layout_channels: 0,
+                ..base.clone()
+            },
+            VideoUNetConfig {
+                layout_storyboard_knots: 1,
+                ..base.clone()
+            },
+        ] {
+            match bad.validate() {
+                Err(ModelError::InvalidConfig { field, .. }) => {
+                    assert_eq!(field, "layout_storyboard_knots")
+                }
+                other => panic!("expected an invalid storyboard, got {other:?}"),
+            }
+        }
     }
 
     #[test]
@@ -657,9 +752,11 @@ mod tests {
         fields.remove("position_channels");
         fields.remove("layout_channels");
         fields.remove("layout_grid");
+        fields.remove("layout_storyboard_knots");
         let old: VideoUNetConfig = serde_json::from_value(json)?;
         assert!(!old.frame_embedding && !old.position_channels);
         assert_eq!(old.layout_channels, 0);
+        assert_eq!(old.layout_storyboard_knots, 0);
         assert_eq!(old.prediction, Prediction::V);
         Ok(())
     }
