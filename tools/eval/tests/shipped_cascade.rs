@@ -1,6 +1,6 @@
-//! Regression tests of the shipped cascade: a short evaluation on held-out prompts must produce
-//! the asked-for colours (and, once the base stage has learnt motion, the asked-for direction), so
-//! a regression in any stage (or in the sampler, the conditioning, the loaders) fails CI. The
+//! Regression test of the shipped cascade: a short evaluation on held-out prompts must produce
+//! the asked-for colours and direction of motion, so a regression in any stage (or in the
+//! sampler, the conditioning, the loaders) fails CI. The
 //! full evaluation is `vidcascade-eval` (docs/eval).
 
 use std::path::PathBuf;
@@ -37,22 +37,12 @@ fn failures(results: &[PromptResult], ok: impl Fn(&PromptResult) -> bool) -> Vec
         .collect()
 }
 
+/// One short evaluation checks both (a second would double the test's ~1 minute).
 #[test]
-fn held_out_prompts_get_their_colours() -> anyhow::Result<()> {
-    let (results, summary) = short_evaluation()?;
-    let failures = failures(&results, |r| r.colour_ok && r.background_ok);
-    // Allow one miss in seven (the full evaluation's bar is 90 % colour).
-    assert!(failures.len() <= 1, "{summary:?}\n{}", failures.join("\n"));
-    Ok(())
-}
-
-#[test]
-#[ignore = "the shipped base stage has not learnt motion yet (issue 4, docs/training.md)"]
 fn held_out_prompts_get_their_colours_and_motion() -> anyhow::Result<()> {
     let (results, summary) = short_evaluation()?;
     let failures = failures(&results, |r| r.colour_ok && r.background_ok && r.motion_ok);
-    // Allow one miss in seven (the full evaluation's bar is 90 % colour and 80 % motion).
+    // Allow one miss in seven (the full evaluation's bars are 90 % colour and 80 % motion).
     assert!(failures.len() <= 1, "{summary:?}\n{}", failures.join("\n"));
-    assert!(summary.motion_accuracy >= 0.8, "{summary:?}");
     Ok(())
 }
