@@ -241,12 +241,17 @@ pub fn train(model_dir: &Path, run_dir: &Path, config: TrainConfig) -> anyhow::R
     );
 
     let vars = varmap.all_vars();
-    let (layout_vars, network_vars): (Vec<(&String, &Var)>, Vec<(&String, &Var)>) = vars_by_name
-        .iter()
-        .partition(|(name, _)| name.starts_with(LAYOUT_PREFIX));
-    let adamw = |group: Vec<(&String, &Var)>| {
+    let (mut layout_vars, mut network_vars) = (Vec::new(), Vec::new());
+    for (name, var) in &vars_by_name {
+        if name.starts_with(LAYOUT_PREFIX) {
+            layout_vars.push(var.clone());
+        } else {
+            network_vars.push(var.clone());
+        }
+    }
+    let adamw = |group: Vec<Var>| {
         AdamW::new(
-            group.into_iter().map(|(_, v)| v.clone()).collect(),
+            group,
             ParamsAdamW {
                 lr: config.lr,
                 weight_decay: config.weight_decay,
