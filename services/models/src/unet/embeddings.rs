@@ -47,11 +47,6 @@ impl PooledText {
         })
     }
 
-    /// `[B, L, D]` tokens with `[B, L]` mask to `[B, out_dim]`.
-    pub fn forward(&self, context: &Tensor, mask: &Tensor) -> Result<Tensor> {
-        self.project(&Self::pool(context, mask)?)
-    }
-
     /// Projects already pooled text, `[B, D]` to `[B, out_dim]`.
     pub fn project(&self, pooled: &Tensor) -> Result<Tensor> {
         self.proj.forward(pooled)
@@ -105,15 +100,20 @@ impl Storyboard {
     }
 }
 
+/// Frame `frame`'s place in a clip of `frames`: 0 for the first frame, 1 for the last (0 for a
+/// single frame). What the frame embedding and the storyboard both read.
+pub fn clip_progress(frame: usize, frames: usize) -> f32 {
+    frame as f32 / frames.saturating_sub(1).max(1) as f32
+}
+
 /// `knots` hat functions of each frame's place in the clip (0 at the first frame, 1 at the last),
 /// row-major `[frames, knots]`: knot `k` sits at `k / (knots - 1)` and falls to zero at its
 /// neighbours, so every row sums to one and frame counts other than `knots` interpolate.
 pub fn frame_hats(frames: usize, knots: usize) -> Vec<f32> {
-    let last = frames.saturating_sub(1).max(1) as f32;
     let span = knots.saturating_sub(1) as f32;
     (0..frames)
         .flat_map(|f| {
-            let at = f as f32 / last * span;
+            let at = clip_progress(f, frames) * span;
             (0..knots).map(move |k| (1.0 - (at - k as f32).abs()).max(0.0))
         })
         .collect()

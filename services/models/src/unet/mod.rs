@@ -21,7 +21,7 @@ use candle_core::{Module, Result as CandleResult, Tensor};
 use candle_nn::{GroupNorm, VarBuilder, group_norm};
 
 pub use config::{Prediction, TemporalMixing, VideoUNetConfig};
-use embeddings::{LayoutMap, PooledText, ScalarEmbedding};
+use embeddings::{LayoutMap, PooledText, ScalarEmbedding, clip_progress};
 use resnet::ResBlock;
 use spatial_attention::SpatialAttention;
 use temporal::TemporalBlock;
@@ -405,10 +405,8 @@ impl VideoUNet {
         };
         let mut emb = per_frame(&emb)?;
         if let Some(frame_embed) = &self.frame_embed {
-            // Progress through the clip, 0 for the first frame and 1 for the last, per frame.
-            let last = frames.saturating_sub(1).max(1) as f32;
             let progress: Vec<f32> = (0..b * frames)
-                .map(|i| (i % frames) as f32 / last)
+                .map(|i| clip_progress(i % frames, frames))
                 .collect();
             let progress = Tensor::from_vec(progress, b * frames, emb.device())?;
             emb = (emb + frame_embed.forward(&progress)?)?;
