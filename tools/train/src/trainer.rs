@@ -55,7 +55,7 @@ pub struct TrainConfig {
     pub max_augmentation: f64,
     /// Training times are `shift_time(u, time_shift)` for `u ~ U(0, 1)` (1: uniform). Absent in
     /// the state of older runs.
-    #[serde(default = "no_time_shift")]
+    #[serde(default = "unscaled")]
     pub time_shift: f64,
     /// Learning-rate multiplier of the layout map's parameters (`layout.*`). They are a direct,
     /// nearly linear path whose useful gradient (where a caption puts the shape) is a small,
@@ -75,12 +75,17 @@ pub struct TrainConfig {
     pub crop: Option<Crop>,
 }
 
-fn no_time_shift() -> f64 {
+/// The serde default of the settings older run states lack: 1, which leaves training as it was.
+fn unscaled() -> f64 {
     1.0
 }
 
-fn unscaled() -> f64 {
-    1.0
+/// Rejects a setting that must be a positive finite number, naming its flag.
+fn require_positive(flag: &str, value: f64, hint: &str) -> anyhow::Result<()> {
+    if !(value.is_finite() && value > 0.0) {
+        bail!("{flag} must be a positive number ({hint}), got {value}");
+    }
+    Ok(())
 }
 
 /// Parameters trained at `TrainConfig::layout_lr_scale` times the learning rate.
@@ -158,18 +163,12 @@ fn clip_gradients(grads: &mut GradStore, vars: &[Var], max_norm: f64) -> anyhow:
 
 /// Trains `config.stage` of the repository at `model_dir`, keeping resume state in `run_dir`.
 pub fn train(model_dir: &Path, run_dir: &Path, config: TrainConfig) -> anyhow::Result<TrainState> {
-    if !(config.time_shift.is_finite() && config.time_shift > 0.0) {
-        bail!(
-            "--time-shift must be a positive number (1 = uniform times), got {}",
-            config.time_shift
-        );
-    }
-    if !(config.layout_lr_scale.is_finite() && config.layout_lr_scale > 0.0) {
-        bail!(
-            "--layout-lr-scale must be a positive number (1 = the network's rate), got {}",
-            config.layout_lr_scale
-        );
-    }
+    require_positive("--time-shift", config.time_shift, "1 = uniform times")?;
+    require_positive(
+        "--layout-lr-scale",
+        config.layout_lr_scale,
+        "1 = the network's rate",
+    )?;
     let device = Device::Cpu;
     let repo = ModelRepository::open(model_dir)?;
     let stage = repo
