@@ -14,16 +14,18 @@ use std::path::PathBuf;
 
 use candle_core::Device;
 use criterion::{Criterion, criterion_group, criterion_main};
-use vidcascade_core::cascade::Cascade;
-use vidcascade_core::stage::{StageInput, StageOverrides, UNetVelocity};
 use vidcascade_diffusion::step_batch;
-use vidcascade_models::repository::scaffold::{Scaffold, WeightInit};
+use vidcascade_engine::DiffusionStage;
+use vidcascade_engine::stage::{StageInput, UNetVelocity};
+use vidcascade_models::ModelRepository;
+use vidcascade_models::repository::scaffold::WeightInit;
+use vidcascade_spec::StageOverrides;
 
 fn repositories() -> Vec<(String, PathBuf, Option<tempfile::TempDir>)> {
     let mut repos = Vec::new();
     if let Ok(dir) = tempfile::tempdir() {
         let root = dir.path().join("tiny");
-        if Scaffold::tiny()
+        if vidcascade_test_support::tiny_scaffold()
             .write(&root, WeightInit::Random { seed: 1 })
             .is_ok()
         {
@@ -43,23 +45,37 @@ fn repositories() -> Vec<(String, PathBuf, Option<tempfile::TempDir>)> {
     repos
 }
 
+/// The repository at `root` and its diffusion stages.
+fn load(
+    root: &std::path::Path,
+    device: &Device,
+) -> Result<(ModelRepository, Vec<DiffusionStage>), vidcascade_engine::EngineError> {
+    let repository = ModelRepository::open(root)?;
+    let stages = repository
+        .manifest()
+        .diffusion_stages()
+        .map(|stage| DiffusionStage::load(&repository, &stage.name, device))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((repository, stages))
+}
+
 fn denoise_step(c: &mut Criterion) {
     let device = Device::Cpu;
     for (repo_name, root, _keep) in repositories() {
-        let cascade = match Cascade::load(&root, &device) {
-            Ok(cascade) => cascade,
+        let (repository, stages) = match load(&root, &device) {
+            Ok(loaded) => loaded,
             Err(err) => panic!("cannot load {}: {err}", root.display()),
         };
-        let texts = match cascade
-            .encoder()
-            .encode(&["a red circle moving left on a black background", ""])
+        let texts = match repository
+            .load_text_encoder(&device)
+            .and_then(|e| e.encode(&["a red circle moving left on a black background", ""]))
         {
             Ok(texts) => texts,
             Err(err) => panic!("cannot encode: {err}"),
         };
         let mut previous = None;
-        for stage in cascade.stages() {
-            let settings = match StageOverrides::default().resolve(stage.manifest()) {
+        for stage in &stages {
+            let settings = match StageOverrides::default().resolve(stage.manifest(), "sampler") {
                 Ok(settings) => settings,
                 Err(err) => panic!("{err}"),
             };
@@ -86,7 +102,7 @@ fn denoise_step(c: &mut Criterion) {
             let label = format!(
                 "{repo_name}/{} ({shape}, guidance {})",
                 stage.name(),
-                settings.sampler.guidance
+                settings.guidance
             );
             c.bench_function(&label, |b| {
                 b.iter(|| {

@@ -4,13 +4,11 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use vidcascade_core::output::{read_gif, read_mp4, read_png_frames};
-use vidcascade_models::repository::scaffold::{Scaffold, WeightInit};
+use vidcascade_test_support::{read_gif, read_mp4, read_png_frames};
 
 fn tiny_model() -> anyhow::Result<(tempfile::TempDir, PathBuf)> {
     let dir = tempfile::tempdir()?;
-    let root = dir.path().join("tiny");
-    Scaffold::tiny().write(&root, WeightInit::Random { seed: 9 })?;
+    let root = vidcascade_test_support::tiny_model(dir.path())?;
     Ok((dir, root))
 }
 
@@ -181,7 +179,7 @@ fn bad_arguments_fail_with_one_clear_line() -> anyhow::Result<()> {
     );
     assert_clean_failure(
         &vidcascade(&["generate", "red", "--model", m, "--guidance", "99"])?,
-        "stages.base.guidance",
+        "stage_overrides[base].guidance",
     );
     assert_clean_failure(&vidcascade(&["generate", "--model", m])?, "<PROMPT>");
     Ok(())

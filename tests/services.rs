@@ -14,11 +14,11 @@ use anyhow::{Context, bail, ensure};
 use candle_core::Device;
 use support::cluster::{Cluster, GATEWAY_BIN, STAGE_BIN, Service, tiny_model};
 use tonic::Code;
-use vidcascade_core::cascade::{Cascade, CascadeRequest};
-use vidcascade_core::wire::tensor_to_wire;
+use vidcascade_engine::EmbeddedCascade;
 use vidcascade_proto::v1::gateway_client::GatewayClient;
 use vidcascade_proto::v1::video_stage_client::VideoStageClient;
 use vidcascade_proto::v1::{self, generate_event::Event, stage_event};
+use vidcascade_spec::GenerateRequest;
 
 fn request(prompt: &str, seed: u64) -> v1::GenerateRequest {
     v1::GenerateRequest {
@@ -77,9 +77,14 @@ async fn a_generation_streams_every_stage_in_order_and_matches_the_in_process_ca
     // Order: accepted; per stage started, progress (1..=N, previews between), completed; then
     // the final video.
     ensure!(matches!(events.first(), Some(Event::Accepted(a)) if a.seed == 7 && a.clips == 1));
-    let cascade = Cascade::load(&model, &Device::Cpu)?;
+    let cascade = EmbeddedCascade::load(&model, &Device::Cpu)?;
     let mut expected_stages = vec!["text-encoder".to_string()];
-    expected_stages.extend(cascade.stages().iter().map(|s| s.name().to_string()));
+    expected_stages.extend(
+        cascade
+            .manifest()
+            .diffusion_stages()
+            .map(|s| s.name.clone()),
+    );
     let mut started = Vec::new();
     let mut current: Option<String> = None;
     let mut steps: HashMap<String, Vec<u32>> = HashMap::new();
@@ -134,17 +139,17 @@ async fn a_generation_streams_every_stage_in_order_and_matches_the_in_process_ca
     }
     ensure!(completed_seen);
     assert_eq!(started, expected_stages);
-    for stage in cascade.stages() {
-        let total = stage.manifest().defaults.steps as u32;
+    for stage in cascade.manifest().diffusion_stages() {
+        let total = stage.defaults.steps as u32;
         assert_eq!(
-            steps[stage.name()],
+            steps[&stage.name],
             (1..=total).collect::<Vec<_>>(),
             "{}",
-            stage.name()
+            stage.name
         );
-        assert_eq!(previews[stage.name()], total as usize, "a preview per step");
-        let shape = stage.manifest().output.context("output")?;
-        let video = &stage_videos[stage.name()];
+        assert_eq!(previews[&stage.name], total as usize, "a preview per step");
+        let shape = stage.output.context("output")?;
+        let video = &stage_videos[&stage.name];
         assert_eq!(
             (
                 video.frames.len(),
@@ -163,10 +168,11 @@ async fn a_generation_streams_every_stage_in_order_and_matches_the_in_process_ca
     // Same seed, same steps: the services produce the in-process cascade's video exactly.
     let video = final_video(&events)?;
     let local = cascade.generate(
-        &CascadeRequest::new("a red circle moving left").with_seed(7),
+        &GenerateRequest::new("a red circle moving left").with_seed(7),
+        None,
         |_| std::ops::ControlFlow::Continue(()),
     )?;
-    let expected = local.final_video();
+    let expected = &local.final_video;
     assert_eq!(
         (video.width as usize, video.height as usize),
         (expected.width, expected.height)
@@ -227,10 +233,7 @@ async fn invalid_requests_name_the_field_and_the_service_keeps_serving() -> anyh
     }
     // A stage checks its own input too: an embedding of the wrong width.
     let channel = cluster.stage("base").channel().await?;
-    let bad = tensor_to_wire(
-        &candle_core::Tensor::zeros((2, 3), candle_core::DType::F32, &Device::Cpu)?,
-        v1::DType::F32,
-    )?;
+    let bad = v1::Tensor::from_f32(&[2, 3], &[0.0; 6], v1::DType::F32)?;
     let status = VideoStageClient::new(channel)
         .generate(v1::StageRequest {
             text_embedding: Some(bad.clone()),
@@ -332,8 +335,7 @@ async fn stage_request(base: &Service, steps: u32) -> anyhow::Result<v1::StageRe
         .await?
         .into_inner()
         .text_embedding_dim as usize;
-    let text = candle_core::Tensor::zeros((3, dim), candle_core::DType::F32, &Device::Cpu)?;
-    let text = tensor_to_wire(&text, v1::DType::F32)?;
+    let text = v1::Tensor::from_f32(&[3, dim], &vec![0.0; 3 * dim], v1::DType::F32)?;
     Ok(v1::StageRequest {
         request_id: "queue-test".into(),
         text_embedding: Some(text.clone()),

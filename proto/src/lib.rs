@@ -5,8 +5,12 @@
 //!   (the `.proto` comments are the reference documentation).
 //! - [`wire`]: how tensors and videos are encoded into those messages, chunked and
 //!   reassembled, and the checks a receiver runs on them.
+//! - [`convert`]: the contract's messages to and from the cascade's own types
+//!   (`vidcascade-spec`): videos, shapes, sampler settings, requests, and the status code of
+//!   each outcome — written once, used by every service and client.
 //! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors, for gRPC server reflection.
 
+pub mod convert;
 pub mod wire;
 
 /// Generated messages, clients (`*_client`) and servers (`*_server`) of package

@@ -108,22 +108,6 @@ impl WireError {
             | Self::Inconsistent { field, .. } => field,
         }
     }
-
-    /// Short label of the error kind, for metrics.
-    pub fn error_type(&self) -> &'static str {
-        match self {
-            Self::Invalid { .. } => "invalid_field",
-            Self::OutOfOrder { .. } => "chunk_out_of_order",
-            Self::Inconsistent { .. } => "chunk_inconsistent",
-        }
-    }
-
-    /// The gRPC status for a request that broke the contract: INVALID_ARGUMENT
-    /// with this error as the message. A client that finds a broken *response*
-    /// should report its own error (the server is at fault), not this status.
-    pub fn to_status(&self) -> tonic::Status {
-        tonic::Status::invalid_argument(self.to_string())
-    }
 }
 
 impl v1::DType {
@@ -609,8 +593,7 @@ mod tests {
         tensor.dtype = 7;
         let err = tensor.to_f32().expect_err("unknown");
         assert!(err.to_string().ends_with("found unknown value 7"), "{err}");
-        assert_eq!(err.error_type(), "invalid_field");
-        assert_eq!(err.to_status().code(), tonic::Code::InvalidArgument);
+        assert!(matches!(err, WireError::Invalid { .. }), "{err}");
     }
 
     #[test]
@@ -722,7 +705,7 @@ mod tests {
             err.to_string(),
             "first_frame_index: expected 0, found 2 (video chunks must arrive in order)"
         );
-        assert_eq!(err.error_type(), "chunk_out_of_order");
+        assert!(matches!(err, WireError::OutOfOrder { .. }), "{err}");
 
         let err = assemble(vec![chunks[0].clone(), chunks[2].clone()]).expect_err("skips");
         assert_eq!(err.field(), "first_frame_index");
@@ -747,7 +730,7 @@ mod tests {
             assembler.push(chunks[0].clone()).expect("first chunk");
             let err = assembler.push(second).expect_err(field);
             assert_eq!(err.field(), field);
-            assert_eq!(err.error_type(), "chunk_inconsistent");
+            assert!(matches!(err, WireError::Inconsistent { .. }), "{err}");
             assert!(!assembler.is_assembling(), "an error discards the video");
         }
     }

@@ -4,7 +4,7 @@
 
 use std::process::ExitCode;
 
-use vidcascade_gateway_service::{GatewayCli, GatewayServer};
+use vidcascade_gateway::{GatewayCli, GatewayServer};
 use vidcascade_runtime::{exit_config, parse_or_exit, run_main, run_service, shutdown_signal};
 
 fn main() -> ExitCode {

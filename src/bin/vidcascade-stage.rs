@@ -5,8 +5,8 @@
 use std::process::ExitCode;
 
 use vidcascade_runtime::{exit_config, parse_or_exit, run_main, run_service, shutdown_signal};
-use vidcascade_stage_service::StageServer;
-use vidcascade_stage_service::config::StageCli;
+use vidcascade_stage::StageServer;
+use vidcascade_stage::config::StageCli;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -4,8 +4,8 @@
 
 use std::process::ExitCode;
 
-use vidcascade_encoder_service::{EncoderCli, EncoderServer};
 use vidcascade_runtime::{exit_config, parse_or_exit, run_main, run_service, shutdown_signal};
+use vidcascade_text_encoder::{EncoderCli, EncoderServer};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

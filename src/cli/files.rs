@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use vidcascade_core::video::Video;
+use vidcascade_spec::Video;
 
 /// Where stage videos go: `<dir>/<n>-<stage>.<ext of the main output>`.
 pub fn stage_path(dir: &Path, index: usize, stage: &str, output: &Path) -> PathBuf {

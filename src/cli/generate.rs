@@ -1,12 +1,14 @@
-//! `vidcascade generate`: the main job — a prompt in, a video file out, every stage in process.
+//! `vidcascade generate`: the main job — a prompt in, a video file out, every stage in process
+//! through the same pipeline the services run (embedded mode).
 
 use std::ops::ControlFlow;
 
 use anyhow::Context;
 use candle_core::Device;
-use vidcascade_core::cascade::{Cascade, CascadeEvent, CascadeRequest};
-use vidcascade_core::output::{WriteOptions, write_png, write_video};
-use vidcascade_core::video::Video;
+use vidcascade_engine::EmbeddedCascade;
+use vidcascade_media::{WriteOptions, write_png, write_video};
+use vidcascade_pipeline::{Event, plan};
+use vidcascade_spec::{GenerateRequest, Video};
 
 use super::files::{filmstrip, preview_path, stage_path, wrote_line};
 use super::progress::Progress;
@@ -22,74 +24,24 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         .diffusion_stages()
         .map(|s| s.name.clone())
         .collect();
-    let request = CascadeRequest {
+    let request = GenerateRequest {
         prompt: args.prompt.clone(),
-        seed: args.seed,
+        seed: Some(args.seed),
         overrides: args.sampling.overrides(&stages)?,
+        preview_every: args.output.preview_every.unwrap_or(0) as u32,
+        ..GenerateRequest::default()
     };
+    plan(&request, repo.manifest(), args.seed)?;
 
-    let cascade = Cascade::from_repository(repo, &Device::Cpu)?;
-    cascade.validate(&request)?;
-    let options = WriteOptions {
-        scale: args.output.scale,
-    };
-    let preview = preview_path(&args.output.output);
-    let mut progress = Progress::new();
-    let mut stage_index = 0;
-    let mut write_error: Option<anyhow::Error> = None;
-
-    let output = cascade.generate(&request, |event| {
-        match event {
-            CascadeEvent::StageStarted { stage, total_steps } => {
-                let shape = stage.output.map(|s| s.to_string()).unwrap_or_default();
-                progress.stage_started(&stage.name, &shape, total_steps);
-            }
-            CascadeEvent::Step {
-                stage,
-                step,
-                total_steps,
-                x0,
-            } => {
-                progress.step(stage, step, total_steps);
-                if let Some(every) = args.output.preview_every
-                    && (step % every == 0 || step == total_steps)
-                {
-                    let written = Video::from_tensor(x0, 0.0)
-                        .map_err(anyhow::Error::from)
-                        .and_then(|v| {
-                            let (w, h, rgb) = filmstrip(&v, args.output.scale);
-                            write_png(&preview, w, h, &rgb).map_err(anyhow::Error::from)
-                        });
-                    if let Err(e) = written {
-                        write_error = Some(e);
-                        return ControlFlow::Break(());
-                    }
-                }
-            }
-            CascadeEvent::StageCompleted {
-                stage,
-                video,
-                elapsed,
-            } => {
-                progress.stage_completed(stage, elapsed);
-                stage_index += 1;
-                if let Some(dir) = &args.output.save_stages {
-                    let path = stage_path(dir, stage_index, stage, &args.output.output);
-                    if let Err(e) = write_video(video, &path, &options) {
-                        write_error = Some(e.into());
-                        return ControlFlow::Break(());
-                    }
-                }
-            }
-        }
-        ControlFlow::Continue(())
-    });
-    if let Some(e) = write_error {
+    let cascade = EmbeddedCascade::from_repository(repo, &Device::Cpu)?;
+    let mut writer = EventWriter::new(&args);
+    let output = cascade.generate(&request, None, |event| writer.see(event));
+    if let Some(e) = writer.error {
         return Err(e);
     }
     let output = output?;
-    let video = output.final_video();
-    write_video(video, &args.output.output, &options)
+    let video = &output.final_video;
+    write_video(video, &args.output.output, &writer.options)
         .with_context(|| format!("writing {}", args.output.output.display()))?;
     let total: f64 = output.encode_elapsed.as_secs_f64()
         + output
@@ -102,4 +54,83 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         wrote_line(&args.output.output, video, args.output.scale, total)
     );
     Ok(())
+}
+
+/// Shows progress and writes previews and stage videos as the run's events arrive; the first
+/// write that fails stops the run.
+struct EventWriter<'a> {
+    args: &'a GenerateArgs,
+    options: WriteOptions,
+    progress: Progress,
+    stage_index: usize,
+    error: Option<anyhow::Error>,
+}
+
+impl<'a> EventWriter<'a> {
+    fn new(args: &'a GenerateArgs) -> Self {
+        Self {
+            args,
+            options: WriteOptions {
+                scale: args.output.scale,
+            },
+            progress: Progress::new(),
+            stage_index: 0,
+            error: None,
+        }
+    }
+
+    fn see(&mut self, event: &Event) -> ControlFlow<()> {
+        match self.write(event) {
+            Ok(()) => ControlFlow::Continue(()),
+            Err(e) => {
+                self.error = Some(e);
+                ControlFlow::Break(())
+            }
+        }
+    }
+
+    fn write(&mut self, event: &Event) -> anyhow::Result<()> {
+        let output = &self.args.output;
+        match event {
+            Event::StageStarted {
+                stage,
+                output_shape: Some(shape),
+                total_steps,
+                ..
+            } => self
+                .progress
+                .stage_started(stage, &shape.to_string(), *total_steps),
+            Event::Progress {
+                stage,
+                step,
+                total_steps,
+                ..
+            } => self.progress.step(stage, *step, *total_steps),
+            Event::Preview { video, .. } => {
+                let (w, h, rgb) = filmstrip(video, output.scale);
+                write_png(&preview_path(&output.output), w, h, &rgb)?;
+            }
+            Event::StageCompleted {
+                stage,
+                video: Some(video),
+                elapsed,
+                ..
+            } => {
+                self.progress.stage_completed(stage, *elapsed);
+                self.stage_index += 1;
+                self.save_stage(stage, video)?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn save_stage(&self, stage: &str, video: &Video) -> anyhow::Result<()> {
+        let output = &self.args.output;
+        if let Some(dir) = &output.save_stages {
+            let path = stage_path(dir, self.stage_index, stage, &output.output);
+            write_video(video, &path, &self.options)?;
+        }
+        Ok(())
+    }
 }

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use vidcascade_models::repository::StageKind;
+use vidcascade_spec::StageKind;
 
 /// Prints the stages of the repository at `model`.
 pub fn run(model: &Path) -> anyhow::Result<()> {

@@ -11,8 +11,8 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
-use vidcascade_core::stage::StageOverrides;
-use vidcascade_diffusion::SamplerKind;
+use vidcascade_spec::SamplerKind;
+use vidcascade_spec::StageOverrides;
 
 /// Default model repository, relative to the working directory.
 pub const DEFAULT_MODEL: &str = "models/shapes";
@@ -95,12 +95,9 @@ pub struct ServeArgs {
     /// Address of the shared Prometheus `/metrics` endpoint, or `off`.
     #[arg(long, default_value = "127.0.0.1:9090")]
     metrics_listen: String,
-    /// Most samples a stage denoises together (1 = no batching).
-    #[arg(long, default_value_t = 4)]
-    max_batch_size: usize,
-    /// Most requests waiting per stage.
-    #[arg(long, default_value_t = 32)]
-    max_queue: usize,
+    /// Every stage's queue and batching, with the flags of `vidcascade-stage`.
+    #[command(flatten)]
+    engine: vidcascade_stage::config::EngineArgs,
     /// Log filter (`tracing` syntax).
     #[arg(long, env = "VIDCASCADE_LOG", default_value = "info")]
     log: String,
@@ -126,7 +123,7 @@ struct OutputArgs {
 impl OutputArgs {
     /// Checks the cheap things before any work starts.
     fn check(&self) -> anyhow::Result<()> {
-        vidcascade_core::output::OutputFormat::from_path(&self.output)?;
+        vidcascade_media::OutputFormat::from_path(&self.output)?;
         if self.scale == 0 || self.scale > 64 {
             bail!("--scale must be in 1..=64, got {}", self.scale);
         }

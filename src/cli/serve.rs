@@ -1,23 +1,24 @@
 //! `vidcascade serve`: the text encoder, one replica of every diffusion stage and the gateway in
-//! this process, for development. The same service code as the separate binaries; each service
-//! gets its own port (free ports on 127.0.0.1 for the internal ones), and Ctrl-C drains them all.
+//! this process, for development. The same service code, configs and validation as the separate
+//! binaries (a bad setting exits 64 naming it); each service gets its own port (free ports on
+//! 127.0.0.1 for the internal ones), and Ctrl-C drains them all.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::Context;
+use clap::Parser;
+use tokio::net::TcpListener;
 use tokio::sync::watch;
-use vidcascade_core::engine::EngineConfig;
-use vidcascade_encoder_service::{EncoderConfig, EncoderServer};
-use vidcascade_gateway_service::discovery::Target;
-use vidcascade_gateway_service::{GatewayConfig, GatewayServer};
-use vidcascade_runtime::ServerArgs;
-use vidcascade_runtime::config::ServerConfig;
-use vidcascade_runtime::{bind_grpc, serve_service, shutdown_signal};
-use vidcascade_stage_service::config::{MAX_BATCH_LIMIT, MAX_QUEUE_LIMIT};
-use vidcascade_stage_service::{StageConfig, StageServer};
+use tokio::task::JoinSet;
+use vidcascade_gateway::{GatewayCli, GatewayServer};
+use vidcascade_models::ModelRepository;
+use vidcascade_runtime::config::{ServerConfig, exit_config};
+use vidcascade_runtime::{ConfigError, ServerArgs, bind_grpc, serve_service, shutdown_signal};
+use vidcascade_stage::{StageConfig, StageServer};
+use vidcascade_text_encoder::config::TextEngineArgs;
+use vidcascade_text_encoder::{EncoderConfig, EncoderServer};
 
-use super::{ServeArgs, open_repository};
+use super::ServeArgs;
 
 /// Drain grace period of every service.
 const GRACE: Duration = Duration::from_secs(30);
@@ -32,9 +33,15 @@ fn internal_server(gateway: &ServerConfig) -> ServerConfig {
     }
 }
 
-/// Runs `serve`.
-pub fn run(args: ServeArgs) -> anyhow::Result<()> {
-    // The same validation as the service binaries' flags.
+/// Everything `serve` starts, validated before any port is bound.
+struct Plan {
+    server: ServerConfig,
+    encoder: EncoderConfig,
+    stages: Vec<StageConfig>,
+    repository: ModelRepository,
+}
+
+fn validate(args: &ServeArgs) -> Result<Plan, ConfigError> {
     let server = ServerArgs {
         listen: args.listen,
         metrics_listen: args.metrics_listen.clone(),
@@ -43,110 +50,148 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         log: args.log.clone(),
     }
     .validate()?;
-    if !(1..=MAX_BATCH_LIMIT).contains(&args.max_batch_size) {
-        anyhow::bail!(
-            "--max-batch-size must be in 1..={MAX_BATCH_LIMIT}, got {}",
-            args.max_batch_size
-        );
+    let engine = args.engine.validate()?;
+    let text = TextEngineArgs {
+        max_batch_size: 16,
+        max_queue: 64,
     }
-    if !(1..=MAX_QUEUE_LIMIT).contains(&args.max_queue) {
-        anyhow::bail!(
-            "--max-queue must be in 1..={MAX_QUEUE_LIMIT}, got {}",
-            args.max_queue
-        );
+    .validate()?;
+    let repository = ModelRepository::open(&args.model.model)
+        .map_err(vidcascade_runtime::config::model_setting_error)?;
+    let stages = repository
+        .manifest()
+        .diffusion_stages()
+        .map(|stage| {
+            StageConfig::new(
+                repository.clone(),
+                &stage.name,
+                engine,
+                internal_server(&server),
+            )
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Plan {
+        encoder: EncoderConfig {
+            repository: repository.clone(),
+            engine: text,
+            server: internal_server(&server),
+        },
+        stages,
+        server,
+        repository,
+    })
+}
+
+/// The gateway's config through its own flag parsing and validation, pointed at the services.
+fn gateway_config(
+    plan: &Plan,
+    encoder: &str,
+    stages: &[(String, String)],
+) -> Result<vidcascade_gateway::GatewayConfig, ConfigError> {
+    let mut argv = vec![
+        "vidcascade-gateway".to_string(),
+        "--model".into(),
+        plan.repository.root().display().to_string(),
+        "--encoder".into(),
+        encoder.to_string(),
+        "--metrics-listen".into(),
+        "off".into(),
+    ];
+    for (name, address) in stages {
+        argv.extend(["--stage".to_string(), format!("{name}={address}")]);
     }
-    let repository = open_repository(&args.model.model)?;
+    let cli = GatewayCli::try_parse_from(argv)
+        .map_err(|err| ConfigError::new("gateway flags", err.to_string()))?;
+    let mut config = cli.validate()?;
+    config.server = plan.server.clone();
+    Ok(config)
+}
+
+async fn bind_internal() -> anyhow::Result<(TcpListener, String)> {
+    let listener = bind_grpc(([127, 0, 0, 1], 0).into()).await?;
+    let address = listener.local_addr()?.to_string();
+    Ok((listener, address))
+}
+
+/// Runs `serve`.
+pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let plan = validate(&args).unwrap_or_else(|err| exit_config(&err));
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
-        .block_on(async move {
-            let _telemetry =
-                vidcascade_runtime::telemetry::init("vidcascade-serve", &server.log, None)?;
-            let (stop_tx, stop_rx) = watch::channel(false);
-            let stopped = move || {
-                let mut rx = stop_rx.clone();
-                async move {
-                    let _ = rx.wait_for(|stop| *stop).await;
-                }
-            };
-            let mut tasks = tokio::task::JoinSet::new();
-            if let Some(addr) = server.metrics_listen {
-                let handle = vidcascade_runtime::metrics::install()?;
-                let (bound, serve) = vidcascade_runtime::metrics::bind(addr, handle).await?;
-                tokio::spawn(serve);
-                println!("metrics  http://{bound}/metrics");
-            }
+        .block_on(serve(plan))
+}
 
-            let encoder = EncoderServer::load(&EncoderConfig {
-                repository: repository.clone(),
-                max_batch_size: 16,
-                max_queue: 64,
-                server: internal_server(&server),
-            })?;
-            let listener = bind_grpc(([127, 0, 0, 1], 0).into()).await?;
-            let encoder_addr = listener.local_addr()?;
-            println!("text-encoder  {encoder_addr}");
-            tasks.spawn(serve_service(listener, encoder, GRACE, stopped()));
+async fn serve(plan: Plan) -> anyhow::Result<()> {
+    let _telemetry =
+        vidcascade_runtime::telemetry::init("vidcascade-serve", &plan.server.log, None)?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    };
+    let mut tasks = JoinSet::new();
+    if let Some(addr) = plan.server.metrics_listen {
+        let handle = vidcascade_runtime::metrics::install()?;
+        let (bound, serve) = vidcascade_runtime::metrics::bind(addr, handle).await?;
+        tokio::spawn(serve);
+        println!("metrics  http://{bound}/metrics");
+    }
 
-            let mut stages = BTreeMap::new();
-            for stage in repository.manifest().diffusion_stages() {
-                let stage_server = StageServer::load(&StageConfig {
-                    repository: repository.clone(),
-                    stage: stage.name.clone(),
-                    engine: EngineConfig {
-                        max_batch_size: args.max_batch_size,
-                        max_queue: args.max_queue,
-                        ..EngineConfig::default()
-                    },
-                    server: internal_server(&server),
-                })?;
-                let listener = bind_grpc(([127, 0, 0, 1], 0).into()).await?;
-                let addr = listener.local_addr()?;
-                println!("{:<13} {addr}", stage.name);
-                stages.insert(stage.name.clone(), Target::Static(vec![addr.to_string()]));
-                tasks.spawn(serve_service(listener, stage_server, GRACE, stopped()));
-            }
+    let encoder = EncoderServer::load(&plan.encoder)?;
+    let (listener, encoder_addr) = bind_internal().await?;
+    println!("text-encoder  {encoder_addr}");
+    tasks.spawn(serve_service(listener, encoder, GRACE, stopped()));
 
-            let gateway = GatewayServer::new(&GatewayConfig {
-                repository: repository.clone(),
-                encoder: Target::Static(vec![encoder_addr.to_string()]),
-                stages,
-                max_concurrent: 16,
-                max_waiting: 64,
-                stage_attempts: 3,
-                dns_refresh: Duration::from_secs(10),
-                default_timeout: Duration::from_secs(600),
-                server: internal_server(&server),
-            });
-            let listener = bind_grpc(server.listen).await?;
-            let gateway_addr = listener.local_addr()?;
-            tasks.spawn(serve_service(listener, gateway, GRACE, stopped()));
-            println!("gateway  http://{gateway_addr}");
-            println!(
-                "try: vidcascade client \"a red circle moving left on a black background\" --addr http://{gateway_addr}"
-            );
+    let mut stages = Vec::new();
+    for config in &plan.stages {
+        let stage_server = StageServer::load(config)?;
+        let (listener, addr) = bind_internal().await?;
+        println!("{:<13} {addr}", config.stage);
+        stages.push((config.stage.clone(), addr));
+        tasks.spawn(serve_service(listener, stage_server, GRACE, stopped()));
+    }
 
-            tokio::select! {
-                () = shutdown_signal() => {}
-                Some(result) = tasks.join_next() => {
-                    let _ = stop_tx.send(true);
-                    result.context("a service task failed")??;
-                    anyhow::bail!("a service stopped unexpectedly");
-                }
-            }
-            eprintln!("stopping: draining in-flight requests (Ctrl-C again to force)");
+    let gateway_config =
+        gateway_config(&plan, &encoder_addr, &stages).unwrap_or_else(|err| exit_config(&err));
+    let gateway = GatewayServer::new(&gateway_config);
+    let listener = bind_grpc(plan.server.listen).await?;
+    let gateway_addr = listener.local_addr()?;
+    tasks.spawn(serve_service(listener, gateway, GRACE, stopped()));
+    println!("gateway  http://{gateway_addr}");
+    println!(
+        "try: vidcascade client \"a red circle moving left on a black background\" --addr http://{gateway_addr}"
+    );
+    wait_and_drain(tasks, stop_tx).await
+}
+
+/// Runs until Ctrl-C (or a service stops), then drains every service.
+async fn wait_and_drain(
+    mut tasks: JoinSet<anyhow::Result<()>>,
+    stop_tx: watch::Sender<bool>,
+) -> anyhow::Result<()> {
+    tokio::select! {
+        () = shutdown_signal() => {}
+        Some(result) = tasks.join_next() => {
             let _ = stop_tx.send(true);
-            let drain = async {
-                while let Some(result) = tasks.join_next().await {
-                    result.context("a service task failed")??;
-                }
-                Ok::<(), anyhow::Error>(())
-            };
-            tokio::select! {
-                result = drain => result?,
-                () = shutdown_signal() => eprintln!("forced stop"),
-            }
-            eprintln!("stopped");
-            Ok(())
-        })
+            result.context("a service task failed")??;
+            anyhow::bail!("a service stopped unexpectedly");
+        }
+    }
+    eprintln!("stopping: draining in-flight requests (Ctrl-C again to force)");
+    let _ = stop_tx.send(true);
+    let drain = async {
+        while let Some(result) = tasks.join_next().await {
+            result.context("a service task failed")??;
+        }
+        Ok::<(), anyhow::Error>(())
+    };
+    tokio::select! {
+        result = drain => result?,
+        () = shutdown_signal() => eprintln!("forced stop"),
+    }
+    eprintln!("stopped");
+    Ok(())
 }

@@ -13,7 +13,6 @@ use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
-use vidcascade_models::repository::scaffold::{Scaffold, WeightInit};
 
 /// A running service process; killed when dropped.
 pub struct Service {
@@ -156,12 +155,7 @@ pub fn metric_value(text: &str, metric: &str, labels: &[(&str, &str)]) -> Option
         .and_then(|value| value.parse().ok())
 }
 
-/// Writes the tiny random-weight repository into `dir`.
-pub fn tiny_model(dir: &Path) -> anyhow::Result<PathBuf> {
-    let root = dir.join("tiny");
-    Scaffold::tiny().write(&root, WeightInit::Random { seed: 11 })?;
-    Ok(root)
-}
+pub use vidcascade_test_support::tiny_model;
 
 pub const ENCODER_BIN: &str = env!("CARGO_BIN_EXE_vidcascade-text-encoder");
 pub const STAGE_BIN: &str = env!("CARGO_BIN_EXE_vidcascade-stage");

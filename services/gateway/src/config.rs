@@ -5,10 +5,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use vidcascade_models::ModelRepository;
 use vidcascade_runtime::ConfigError;
 use vidcascade_runtime::config::model_setting_error;
 use vidcascade_runtime::config::{ServerArgs, ServerConfig};
+use vidcascade_spec::Manifest;
 
 use crate::discovery::Target;
 
@@ -59,8 +59,8 @@ pub struct GatewayCli {
 /// Validated configuration.
 #[derive(Debug)]
 pub struct GatewayConfig {
-    /// The opened repository (manifest and configs).
-    pub repository: ModelRepository,
+    /// The model's manifest (the gateway plans from it and loads no weights).
+    pub manifest: Manifest,
     /// Where the text encoder runs.
     pub encoder: Target,
     /// Where each diffusion stage runs.
@@ -102,11 +102,10 @@ impl GatewayCli {
     /// Checks every setting.
     pub fn validate(&self) -> Result<GatewayConfig, ConfigError> {
         let server = self.server.validate()?;
-        let repository = ModelRepository::open(&self.model).map_err(model_setting_error)?;
+        let manifest = Manifest::load(&self.model).map_err(model_setting_error)?;
         let encoder = Target::parse(&self.encoder)
             .map_err(|reason| ConfigError::new("--encoder / VIDCASCADE_ENCODER", reason))?;
-        let wanted: Vec<String> = repository
-            .manifest()
+        let wanted: Vec<String> = manifest
             .diffusion_stages()
             .map(|s| s.name.clone())
             .collect();
@@ -157,7 +156,7 @@ impl GatewayCli {
             ));
         }
         Ok(GatewayConfig {
-            repository,
+            manifest,
             encoder,
             stages,
             max_concurrent: self.max_concurrent,

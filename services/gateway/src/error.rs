@@ -1,20 +1,12 @@
 //! Everything a generation can fail with, and its gRPC status (mapped here and nowhere else).
 
-use std::time::Duration;
-
-use tonic::Code;
+use vidcascade_pipeline::{CallError, PipelineError};
+use vidcascade_proto::convert::{error_type_of, status};
+use vidcascade_spec::ErrorType;
 
 /// Why a `Gateway.Generate` call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
-    /// The request breaks a documented limit.
-    #[error("{field}: {reason}")]
-    InvalidArgument {
-        /// The field, as the proto spells it (`stage_overrides[base].steps`).
-        field: String,
-        /// What is wrong and what is accepted.
-        reason: String,
-    },
     /// Too many requests are waiting.
     #[error("the gateway is at capacity ({limit} requests waiting); retry later")]
     Overloaded {
@@ -24,14 +16,9 @@ pub enum GatewayError {
     /// The gateway is shutting down.
     #[error("the gateway is shutting down and accepts no new requests")]
     Draining,
-    /// The deadline passed.
-    #[error("deadline exceeded after {elapsed:?} while {during}")]
-    DeadlineExceeded {
-        /// What was running.
-        during: String,
-        /// Time since the request arrived.
-        elapsed: Duration,
-    },
+    /// The cascade run stopped (invalid request, deadline, a stage's failure, client gone).
+    #[error(transparent)]
+    Pipeline(#[from] PipelineError),
     /// Discovery knows no replica of a service.
     #[error("no replica of `{service}` is known (check --stage/--encoder and discovery)")]
     NoReplicas {
@@ -69,46 +56,39 @@ pub enum GatewayError {
 }
 
 impl GatewayError {
-    /// An INVALID_ARGUMENT error.
-    pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        Self::InvalidArgument {
-            field: field.into(),
-            reason: reason.into(),
-        }
-    }
-
-    /// The status code.
-    pub fn code(&self) -> Code {
+    /// The outcome label (`vidcascade_gateway_requests_total{outcome}`) and status.
+    pub fn error_type(&self) -> ErrorType {
         match self {
-            Self::InvalidArgument { .. } => Code::InvalidArgument,
-            Self::Overloaded { .. } => Code::ResourceExhausted,
-            Self::Draining | Self::NoReplicas { .. } => Code::Unavailable,
-            Self::DeadlineExceeded { .. } => Code::DeadlineExceeded,
-            Self::BadAddress { .. } | Self::BadResponse { .. } => Code::Internal,
+            Self::Overloaded { .. } => ErrorType::ResourceExhausted,
+            Self::Draining | Self::NoReplicas { .. } => ErrorType::Unavailable,
+            Self::Pipeline(err) => err.error_type(),
+            Self::BadAddress { .. } | Self::BadResponse { .. } => ErrorType::Internal,
             // A stage's INVALID_ARGUMENT means the gateway built a bad request; the client's
             // request was valid, so report INTERNAL rather than blame the client.
-            Self::Stage { status, .. } => match status.code() {
-                Code::InvalidArgument => Code::Internal,
-                code => code,
+            Self::Stage { status, .. } => match error_type_of(status.code()) {
+                ErrorType::InvalidArgument => ErrorType::Internal,
+                other => other,
             },
-        }
-    }
-
-    /// Label for `vidcascade_gateway_requests_total{outcome}`.
-    pub fn outcome(&self) -> &'static str {
-        match self.code() {
-            Code::InvalidArgument => "invalid_argument",
-            Code::ResourceExhausted => "rejected",
-            Code::Unavailable => "unavailable",
-            Code::DeadlineExceeded => "deadline_exceeded",
-            Code::Cancelled => "cancelled",
-            _ => "failed",
         }
     }
 }
 
 impl From<GatewayError> for tonic::Status {
     fn from(err: GatewayError) -> Self {
-        tonic::Status::new(err.code(), err.to_string())
+        status(err.error_type(), err.to_string())
+    }
+}
+
+/// A failed replica call as the pipeline sees it.
+impl From<GatewayError> for CallError {
+    fn from(err: GatewayError) -> Self {
+        let message = match &err {
+            // The pipeline names the stage; say which replica answered what.
+            GatewayError::Stage {
+                address, status, ..
+            } => format!("{} (replica {address})", status.message()),
+            other => other.to_string(),
+        };
+        CallError::new(err.error_type(), message)
     }
 }

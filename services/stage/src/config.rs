@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser};
-use vidcascade_core::engine::EngineConfig;
+use vidcascade_engine::EngineConfig;
 use vidcascade_models::ModelRepository;
 use vidcascade_runtime::ConfigError;
 use vidcascade_runtime::config::model_setting_error;
@@ -27,7 +27,7 @@ pub struct StageCli {
     pub server: ServerArgs,
 }
 
-/// What to serve and how to batch it.
+/// What to serve.
 #[derive(Debug, Clone, Args)]
 pub struct StageArgs {
     /// Model repository folder.
@@ -36,6 +36,14 @@ pub struct StageArgs {
     /// The diffusion stage to serve (a name from the repository's manifest.json).
     #[arg(long, env = "VIDCASCADE_STAGE")]
     pub stage: String,
+    /// Queue and batching.
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+/// How a stage queues and batches (also the flags of `vidcascade serve`).
+#[derive(Debug, Clone, Args)]
+pub struct EngineArgs {
     /// Most samples denoised together in one network call (1 = no batching).
     #[arg(long, env = "VIDCASCADE_MAX_BATCH_SIZE", default_value_t = 4)]
     pub max_batch_size: usize,
@@ -45,6 +53,35 @@ pub struct StageArgs {
     /// How long an idle stage waits for requests arriving together before starting a batch.
     #[arg(long, env = "VIDCASCADE_BATCH_WAIT_MS", default_value_t = 5)]
     pub batch_wait_ms: u64,
+}
+
+impl EngineArgs {
+    /// Checks every limit.
+    pub fn validate(&self) -> Result<EngineConfig, ConfigError> {
+        if !(1..=MAX_BATCH_LIMIT).contains(&self.max_batch_size) {
+            return Err(ConfigError::new(
+                "--max-batch-size / VIDCASCADE_MAX_BATCH_SIZE",
+                format!("{} is outside 1..={MAX_BATCH_LIMIT}", self.max_batch_size),
+            ));
+        }
+        if !(1..=MAX_QUEUE_LIMIT).contains(&self.max_queue) {
+            return Err(ConfigError::new(
+                "--max-queue / VIDCASCADE_MAX_QUEUE",
+                format!("{} is outside 1..={MAX_QUEUE_LIMIT}", self.max_queue),
+            ));
+        }
+        if self.batch_wait_ms > 10_000 {
+            return Err(ConfigError::new(
+                "--batch-wait-ms / VIDCASCADE_BATCH_WAIT_MS",
+                format!("{} is above 10000 ms", self.batch_wait_ms),
+            ));
+        }
+        Ok(EngineConfig {
+            max_batch_size: self.max_batch_size,
+            max_queue: self.max_queue,
+            batch_wait: Duration::from_millis(self.batch_wait_ms),
+        })
+    }
 }
 
 /// Validated configuration.
@@ -64,49 +101,39 @@ impl StageCli {
     /// Checks every setting, opening the repository's manifest (not yet the weights).
     pub fn validate(&self) -> Result<StageConfig, ConfigError> {
         let server = self.server.validate()?;
-        let args = &self.stage;
-        if !(1..=MAX_BATCH_LIMIT).contains(&args.max_batch_size) {
-            return Err(ConfigError::new(
-                "--max-batch-size / VIDCASCADE_MAX_BATCH_SIZE",
-                format!("{} is outside 1..={MAX_BATCH_LIMIT}", args.max_batch_size),
-            ));
-        }
-        if !(1..=MAX_QUEUE_LIMIT).contains(&args.max_queue) {
-            return Err(ConfigError::new(
-                "--max-queue / VIDCASCADE_MAX_QUEUE",
-                format!("{} is outside 1..={MAX_QUEUE_LIMIT}", args.max_queue),
-            ));
-        }
-        if args.batch_wait_ms > 10_000 {
-            return Err(ConfigError::new(
-                "--batch-wait-ms / VIDCASCADE_BATCH_WAIT_MS",
-                format!("{} is above 10000 ms", args.batch_wait_ms),
-            ));
-        }
-        let repository = open_repository(&args.model)?;
+        let engine = self.stage.engine.validate()?;
+        let repository = open_repository(&self.stage.model)?;
+        StageConfig::new(repository, &self.stage.stage, engine, server)
+    }
+}
+
+impl StageConfig {
+    /// The configuration of stage `stage` of `repository`, which must be one of its diffusion
+    /// stages (`vidcascade serve` builds one per stage through here).
+    pub fn new(
+        repository: ModelRepository,
+        stage: &str,
+        engine: EngineConfig,
+        server: ServerConfig,
+    ) -> Result<Self, ConfigError> {
         let stages: Vec<&str> = repository
             .manifest()
             .diffusion_stages()
             .map(|s| s.name.as_str())
             .collect();
-        if !stages.contains(&args.stage.as_str()) {
+        if !stages.contains(&stage) {
             return Err(ConfigError::new(
                 "--stage / VIDCASCADE_STAGE",
                 format!(
-                    "`{}` is not a diffusion stage of {}; choose one of {stages:?}",
-                    args.stage,
-                    args.model.display()
+                    "`{stage}` is not a diffusion stage of {}; choose one of {stages:?}",
+                    repository.root().display()
                 ),
             ));
         }
-        Ok(StageConfig {
+        Ok(Self {
             repository,
-            stage: args.stage.clone(),
-            engine: EngineConfig {
-                max_batch_size: args.max_batch_size,
-                max_queue: args.max_queue,
-                batch_wait: Duration::from_millis(args.batch_wait_ms),
-            },
+            stage: stage.to_string(),
+            engine,
             server,
         })
     }

@@ -1,7 +1,7 @@
-//! vidcascade-stage-service: serves one diffusion stage of a model repository (the base model
+//! vidcascade-stage: serves one diffusion stage of a model repository (the base model
 //! or any TSR/SSR stage) as `vidcascade.v1.VideoStage`.
 //!
-//! The model lives on one worker thread ([`vidcascade_core::engine::StageEngine`]); requests
+//! The model lives on one worker thread ([`vidcascade_engine::StageEngine`]); requests
 //! wait in a bounded queue (full: RESOURCE_EXHAUSTED) and join the running batch at any step
 //! boundary. A caller that disconnects or whose `grpc-timeout` passes leaves the batch at the
 //! next step. Progress and previews stream back as the stage denoises, then the output video

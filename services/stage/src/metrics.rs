@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use vidcascade_core::engine::EngineStats;
+use vidcascade_engine::EngineStats;
 
 /// How often the gauges are refreshed.
 const PERIOD: Duration = Duration::from_millis(100);
@@ -26,11 +26,11 @@ pub async fn publish_gauges(stage: String, stats: Arc<EngineStats>) {
 }
 
 /// Counts one finished request by outcome.
-pub fn count_outcome(stage: &str, outcome: &'static str) {
+pub fn count_outcome(stage: &str, outcome: &str) {
     metrics::counter!(
         "vidcascade_stage_requests_total",
         "stage" => stage.to_string(),
-        "outcome" => outcome
+        "outcome" => outcome.to_string()
     )
     .increment(1);
 }

@@ -9,25 +9,22 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
-use vidcascade_core::CascadeError;
-use vidcascade_core::engine::{JobEvent, JobHandle, StageEngine, StageJob};
-use vidcascade_core::stage::{DiffusionStage, StageInput};
-use vidcascade_core::video::Video;
-use vidcascade_core::wire::{
-    defaults_to_wire, kind_to_wire, overrides_from_wire, shape_to_wire, tensor_from_wire,
-    video_from_wire, video_to_wire,
-};
-use vidcascade_models::repository::StageManifest;
+use vidcascade_engine::stage::StageInput;
+use vidcascade_engine::video::{video_from_tensor, video_to_tensor};
+use vidcascade_engine::{DiffusionStage, EngineError, JobEvent, JobHandle, StageEngine, StageJob};
 use vidcascade_proto::MAX_STAGE_REQUEST_BYTES;
+use vidcascade_proto::convert::{overrides_from_wire, stage_info, video_from_wire, video_to_wire};
 use vidcascade_proto::v1::video_stage_server::{VideoStage, VideoStageServer};
 use vidcascade_proto::v1::{self, stage_event::Event};
 use vidcascade_proto::wire::{DEFAULT_CHUNK_BYTES, chunk_video};
 use vidcascade_runtime::deadline::timeout_from_metadata;
 use vidcascade_runtime::info::{build_info, model_info};
 use vidcascade_runtime::telemetry::set_parent_from;
+use vidcascade_spec::error_type::COMPLETED;
+use vidcascade_spec::{ErrorType, StageManifest, StageOverrides};
 
 use crate::config::StageConfig;
-use crate::error::StageServiceError;
+use crate::error::{StageServiceError, tensor_from_wire};
 use crate::metrics::{count_outcome, publish_gauges};
 
 /// Events buffered per call before the stage waits for a slow client.
@@ -52,31 +49,25 @@ impl std::fmt::Debug for StageServer {
 
 impl StageServer {
     /// Loads the stage's weights and starts its worker thread.
-    pub fn load(config: &StageConfig) -> Result<Self, CascadeError> {
+    pub fn load(config: &StageConfig) -> Result<Self, EngineError> {
         let device = Device::Cpu;
         let stage = DiffusionStage::load(&config.repository, &config.stage, &device)?;
         let unet = config.repository.unet_config(&config.stage)?;
-        let manifest = stage.manifest().clone();
         let info = v1::StageInfo {
-            name: manifest.name.clone(),
-            kind: kind_to_wire(manifest.kind) as i32,
-            input: manifest.input.as_ref().map(shape_to_wire),
-            output: manifest.output.as_ref().map(shape_to_wire),
-            defaults: Some(defaults_to_wire(&manifest)),
             max_batch_size: config.engine.max_batch_size as u32,
             max_queue_size: config.engine.max_queue as u32,
             text_embedding_dim: unet.context_dim as u32,
             max_text_tokens: config.repository.text_encoder_config().max_tokens as u32,
             max_context_frames: 0,
-            max_request_bytes: MAX_STAGE_REQUEST_BYTES as u64,
             model: Some(model_info(
                 &config.repository.manifest().name,
                 config.repository.unet_parameter_count(&config.stage)? as u64,
             )),
             build: Some(build_info()),
+            ..stage_info(stage.manifest())
         };
         let engine = StageEngine::start(stage.clone(), config.engine);
-        tokio::spawn(publish_gauges(manifest.name.clone(), engine.stats()));
+        tokio::spawn(publish_gauges(stage.name().to_string(), engine.stats()));
         Ok(Self {
             stage,
             engine,
@@ -120,12 +111,11 @@ impl StageServer {
             None => None,
             Some(video) => {
                 let video = video_from_wire(video.clone()).map_err(|e| e.within("conditioning"))?;
-                Some(video_tensor(&video, &device)?)
+                Some(video_to_tensor(&video, &device).map_err(EngineError::from)?)
             }
         };
-        let settings = overrides_from_wire(request.sampler.as_ref())
-            .resolve(self.manifest())
-            .map_err(|err| rename_sampler_field(err, self.stage.name()))?;
+        let settings =
+            overrides_from_wire(request.sampler.as_ref()).resolve(self.manifest(), "sampler")?;
         let input = StageInput {
             text: &text,
             unconditional: &unconditional,
@@ -157,8 +147,8 @@ impl StageServer {
             )?),
             None => None,
         };
-        let mut settings = vidcascade_core::StageOverrides::default().resolve(self.manifest())?;
-        settings.sampler.steps = 1;
+        let mut settings = StageOverrides::default().resolve(self.manifest(), "sampler")?;
+        settings.steps = 1;
         let mut handle = self.engine.submit(StageJob {
             text: text.clone(),
             unconditional: text,
@@ -172,29 +162,10 @@ impl StageServer {
             match event {
                 JobEvent::Done { .. } => return Ok(()),
                 JobEvent::Failed(err) => return Err(err.into()),
-                JobEvent::DeadlineExceeded { .. } => anyhow::bail!("warm-up timed out"),
                 JobEvent::Admitted { .. } | JobEvent::Step { .. } => {}
             }
         }
         anyhow::bail!("the stage worker stopped during warm-up")
-    }
-}
-
-fn video_tensor(video: &Video, device: &Device) -> Result<Tensor, StageServiceError> {
-    video
-        .to_tensor(device)
-        .map_err(|err| StageServiceError::Cascade(err.into()))
-}
-
-/// Settings errors name `stages.<stage>.<field>` for the gateway; here the field is
-/// `sampler.<field>` of the stage request.
-fn rename_sampler_field(err: CascadeError, stage: &str) -> CascadeError {
-    match err {
-        CascadeError::InvalidRequest { field, reason } => CascadeError::InvalidRequest {
-            field: field.replacen(&format!("stages.{stage}."), "sampler.", 1),
-            reason,
-        },
-        other => other,
     }
 }
 
@@ -218,13 +189,15 @@ impl VideoStage for StageServer {
         let deadline = timeout_from_metadata(request.metadata())?.map(|t| Instant::now() + t);
         let request = request.into_inner();
         span.record("request_id", request.request_id.as_str());
-        let submitted = self
-            .job(&request, deadline)
-            .and_then(|job| Ok(self.engine.submit(job)?));
+        // Submitting inside the request's span makes it the parent of the queue entry's span.
+        let submitted = span.in_scope(|| {
+            self.job(&request, deadline)
+                .and_then(|job| Ok(self.engine.submit(job)?))
+        });
         let handle = match submitted {
             Ok(handle) => handle,
             Err(err) => {
-                count_outcome(&stage, err.outcome());
+                count_outcome(&stage, err.error_type().label());
                 tracing::info!(parent: &span, error = %err, "rejected");
                 return Err(err.into());
             }
@@ -243,105 +216,116 @@ impl VideoStage for StageServer {
     }
 }
 
+type EventSender = mpsc::Sender<Result<v1::StageEvent, Status>>;
+
+/// The caller went away: the handle is dropped, and the engine evicts the sample.
+struct CallerGone;
+
+async fn send(tx: &EventSender, message: Event) -> Result<(), CallerGone> {
+    tx.send(event(message)).await.map_err(|_| CallerGone)
+}
+
 /// Streams one request's engine events to its caller. A failed send means the caller left:
 /// dropping the handle makes the engine evict the sample at its next step.
-async fn forward(
-    stage: String,
+async fn forward(stage: String, fps: f32, mut handle: JobHandle, tx: EventSender) {
+    let outcome = follow(&stage, fps, &mut handle, &tx).await;
+    let label = match &outcome {
+        Ok(Ok(())) => COMPLETED,
+        Ok(Err(CallerGone)) => ErrorType::Cancelled.label(),
+        Err(err) => err.error_type().label(),
+    };
+    tracing::info!(outcome = label, "finished");
+    count_outcome(&stage, label);
+    if let Err(err) = outcome {
+        tracing::info!(error = %err, "failed");
+        let _ = tx.send(Err(err.into())).await;
+    }
+}
+
+/// Accepted, progress and previews, then the output in chunks and `done`.
+async fn follow(
+    stage: &str,
     fps: f32,
-    mut handle: JobHandle,
-    tx: mpsc::Sender<Result<v1::StageEvent, Status>>,
-) {
+    handle: &mut JobHandle,
+    tx: &EventSender,
+) -> Result<Result<(), CallerGone>, StageServiceError> {
     let accepted = Event::Accepted(v1::StageAccepted {
         queue_position: handle.queue_position as u32,
     });
-    if tx.send(event(accepted)).await.is_err() {
-        count_outcome(&stage, "cancelled");
-        return;
+    if send(tx, accepted).await.is_err() {
+        return Ok(Err(CallerGone));
     }
     let mut queued = Duration::ZERO;
-    let mut total = 0usize;
-    let outcome = loop {
-        let Some(job_event) = handle.events.recv().await else {
-            break Err(StageServiceError::WorkerGone);
-        };
-        let message = match job_event {
+    while let Some(job_event) = handle.events.recv().await {
+        let sent = match job_event {
             JobEvent::Admitted { queued: waited } => {
                 queued = waited;
-                continue;
+                Ok(())
             }
             JobEvent::Step {
                 step,
                 total_steps,
                 preview,
-            } => {
-                total = total_steps;
-                let progress = Event::Progress(v1::Progress {
-                    stage: stage.clone(),
-                    step: step as u32,
-                    total_steps: total_steps as u32,
-                    clip: 0,
-                });
-                if tx.send(event(progress)).await.is_err() {
-                    break Ok("cancelled");
-                }
-                let Some(x0) = preview else { continue };
-                match Video::from_tensor(&x0, fps) {
-                    Ok(video) => Event::Preview(v1::Preview {
-                        stage: stage.clone(),
-                        step: step as u32,
-                        video: Some(video_to_wire(&video)),
-                        clip: 0,
-                    }),
-                    Err(err) => break Err(StageServiceError::Cascade(err.into())),
-                }
-            }
+            } => send_step(tx, stage, fps, (step, total_steps), preview).await?,
             JobEvent::Done { video, run, steps } => {
-                let video = match Video::from_tensor(&video, fps) {
-                    Ok(video) => video,
-                    Err(err) => break Err(StageServiceError::Cascade(err.into())),
-                };
-                let mut gone = false;
-                for chunk in chunk_video(&video_to_wire(&video), DEFAULT_CHUNK_BYTES) {
-                    if tx.send(event(Event::OutputChunk(chunk))).await.is_err() {
-                        gone = true;
-                        break;
-                    }
-                }
-                if gone {
-                    break Ok("cancelled");
-                }
-                let done = Event::Done(v1::StageDone {
+                let video = video_from_tensor(&video, fps).map_err(EngineError::from)?;
+                let done = v1::StageDone {
                     queue_ms: queued.as_millis() as u64,
                     run_ms: run.as_millis() as u64,
                     steps_run: steps as u32,
-                });
-                let _ = tx.send(event(done)).await;
-                break Ok("completed");
+                };
+                return Ok(send_output(tx, &video_to_wire(&video), done).await);
             }
-            JobEvent::Failed(err) => break Err(err.into()),
-            JobEvent::DeadlineExceeded { completed_steps } => {
-                break Err(StageServiceError::DeadlineExceeded {
-                    stage: stage.clone(),
-                    completed_steps,
-                    total_steps: total,
-                });
-            }
+            JobEvent::Failed(err) => return Err(err.into()),
         };
-        if tx.send(event(message)).await.is_err() {
-            break Ok("cancelled");
-        }
-    };
-    match outcome {
-        Ok(outcome) => {
-            tracing::info!(outcome, "finished");
-            count_outcome(&stage, outcome);
-        }
-        Err(err) => {
-            tracing::info!(error = %err, "failed");
-            count_outcome(&stage, err.outcome());
-            let _ = tx.send(Err(err.into())).await;
+        if sent.is_err() {
+            return Ok(sent);
         }
     }
+    Err(EngineError::WorkerGone {
+        worker: format!("stage `{stage}`"),
+    }
+    .into())
+}
+
+/// Progress after a step, and the preview when the engine sent one.
+async fn send_step(
+    tx: &EventSender,
+    stage: &str,
+    fps: f32,
+    (step, total_steps): (usize, usize),
+    preview: Option<candle_core::Tensor>,
+) -> Result<Result<(), CallerGone>, StageServiceError> {
+    let progress = Event::Progress(v1::Progress {
+        stage: stage.to_string(),
+        step: step as u32,
+        total_steps: total_steps as u32,
+        clip: 0,
+    });
+    if send(tx, progress).await.is_err() {
+        return Ok(Err(CallerGone));
+    }
+    let Some(x0) = preview else { return Ok(Ok(())) };
+    let video = video_from_tensor(&x0, fps).map_err(EngineError::from)?;
+    let preview = Event::Preview(v1::Preview {
+        stage: stage.to_string(),
+        step: step as u32,
+        video: Some(video_to_wire(&video)),
+        clip: 0,
+    });
+    Ok(send(tx, preview).await)
+}
+
+/// The output video in chunks, then `done`.
+async fn send_output(
+    tx: &EventSender,
+    video: &v1::Video,
+    done: v1::StageDone,
+) -> Result<(), CallerGone> {
+    for chunk in chunk_video(video, DEFAULT_CHUNK_BYTES) {
+        send(tx, Event::OutputChunk(chunk)).await?;
+    }
+    send(tx, Event::Done(done)).await
 }
 
 impl vidcascade_runtime::Service for StageServer {

@@ -8,12 +8,13 @@
 
 use std::ops::ControlFlow;
 
-use candle_core::Tensor;
+use candle_core::Device;
 use serde::Serialize;
-use vidcascade_core::cascade::{Cascade, CascadeOutput, CascadeRequest};
-use vidcascade_core::video::{Video, downsample_space};
+use vidcascade_engine::video::{downsample_space, video_from_tensor, video_to_tensor};
+use vidcascade_engine::{CascadeOutput, EmbeddedCascade};
 use vidcascade_shapes::analysis::{Analysis, analyse, psnr};
 use vidcascade_shapes::world::Scene;
+use vidcascade_spec::{GenerateRequest, Video};
 
 /// One evaluated prompt.
 #[derive(Debug, Clone, Serialize)]
@@ -143,12 +144,11 @@ fn tsr_metrics(input: &Video, output: &Video) -> (Option<f64>, Option<f64>) {
     (keyframe_psnr, jitter)
 }
 
-fn ssr_psnr(input: &Tensor, output: &Tensor) -> anyhow::Result<f64> {
-    let factor = output.dim(2)? / input.dim(2)?;
-    let down = downsample_space(output, factor)?;
-    let a = Video::from_tensor(&down, 0.0)?;
-    let b = Video::from_tensor(input, 0.0)?;
-    Ok(psnr(&a.frames, &b.frames))
+fn ssr_psnr(input: &Video, output: &Video) -> anyhow::Result<f64> {
+    let factor = output.height / input.height.max(1);
+    let down = downsample_space(&video_to_tensor(output, &Device::Cpu)?, factor)?;
+    let a = video_from_tensor(&down, 0.0)?;
+    Ok(psnr(&a.frames, &input.frames))
 }
 
 /// Scores one finished generation against the scene it was asked for.
@@ -159,7 +159,7 @@ pub fn score(
     output: &CascadeOutput,
     seconds: f64,
 ) -> anyhow::Result<PromptResult> {
-    let final_video = analyse_video(output.final_video());
+    let final_video = analyse_video(&output.final_video);
     let base_video = analyse_video(&output.stages[0].video);
     let mut tsr = (None, None);
     let mut ssr = Vec::new();
@@ -168,7 +168,7 @@ pub fn score(
         if high.video.frames.len() != low.video.frames.len() {
             tsr = tsr_metrics(&low.video, &high.video);
         } else {
-            ssr.push((high.stage.clone(), ssr_psnr(&low.tensor, &high.tensor)?));
+            ssr.push((high.stage.clone(), ssr_psnr(&low.video, &high.video)?));
         }
     }
     Ok(PromptResult {
@@ -191,7 +191,7 @@ pub fn score(
 /// Runs the cascade on `scenes` x `seeds` (long captions) and scores every video. `on_result`
 /// sees each result and its output as soon as it exists (progress lines, contact sheets).
 pub fn evaluate(
-    cascade: &Cascade,
+    cascade: &EmbeddedCascade,
     scenes: &[Scene],
     seeds: &[u64],
     mut on_result: impl FnMut(&PromptResult, &CascadeOutput),
@@ -201,10 +201,11 @@ pub fn evaluate(
         for &seed in seeds {
             let prompt = scene.caption();
             let started = std::time::Instant::now();
-            let output = cascade
-                .generate(&CascadeRequest::new(prompt.clone()).with_seed(seed), |_| {
-                    ControlFlow::Continue(())
-                })?;
+            let output = cascade.generate(
+                &GenerateRequest::new(prompt.clone()).with_seed(seed),
+                None,
+                |_| ControlFlow::Continue(()),
+            )?;
             let result = score(
                 &prompt,
                 seed,

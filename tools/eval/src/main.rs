@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use candle_core::Device;
 use clap::Parser;
-use vidcascade_core::cascade::Cascade;
+use vidcascade_engine::EmbeddedCascade;
 use vidcascade_eval::{contact_sheet, evaluate, markdown, summarise};
 use vidcascade_shapes::world::held_out_scenes;
 
@@ -37,7 +37,7 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let cascade = Cascade::load(&args.model, &Device::Cpu)?;
+    let cascade = EmbeddedCascade::load(&args.model, &Device::Cpu)?;
     let mut scenes = held_out_scenes();
     if let Some(limit) = args.limit {
         scenes.truncate(limit);
@@ -49,7 +49,7 @@ fn main() -> anyhow::Result<()> {
             "{:<55} seed {} colour {} background {} shape {} motion {} ({:.1} s)",
             r.prompt, r.seed, r.colour_ok, r.background_ok, r.shape_ok, r.motion_ok, r.seconds
         );
-        finals.push(output.final_video().clone());
+        finals.push(output.final_video.clone());
     })?;
     let summary = summarise(&results);
     std::fs::create_dir_all(&args.out)
@@ -61,9 +61,9 @@ fn main() -> anyhow::Result<()> {
     )?;
     let table = markdown(&results, &summary);
     std::fs::write(args.out.join("report.md"), &table)?;
-    let refs: Vec<&vidcascade_core::Video> = finals.iter().collect();
+    let refs: Vec<&vidcascade_spec::Video> = finals.iter().collect();
     let (w, h, rgb) = contact_sheet(&refs, 3, 2);
-    vidcascade_core::output::write_png(&args.out.join("contact-sheet.png"), w, h, &rgb)?;
+    vidcascade_media::write_png(&args.out.join("contact-sheet.png"), w, h, &rgb)?;
     println!("{table}");
     println!(
         "wrote {}/report.json, report.md, contact-sheet.png",

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use candle_core::Device;
-use vidcascade_core::cascade::Cascade;
+use vidcascade_engine::EmbeddedCascade;
 use vidcascade_eval::{evaluate, summarise};
 use vidcascade_shapes::world::held_out_scenes;
 
@@ -15,7 +15,7 @@ fn shipped_model() -> PathBuf {
 
 #[test]
 fn held_out_prompts_get_their_colours_and_motion() -> anyhow::Result<()> {
-    let cascade = Cascade::load(shipped_model(), &Device::Cpu)?;
+    let cascade = EmbeddedCascade::load(shipped_model(), &Device::Cpu)?;
     // Every other held-out scene: seven prompts covering every shape colour.
     let scenes: Vec<_> = held_out_scenes().into_iter().step_by(2).collect();
     let results = evaluate(&cascade, &scenes, &[0], |_, _| {})?;

@@ -21,9 +21,11 @@ use clap::Parser;
 use serde::Serialize;
 use tokio::sync::Semaphore;
 use tonic::transport::Channel;
-use vidcascade_core::cascade::{Cascade, CascadeRequest};
+use vidcascade_engine::EmbeddedCascade;
+use vidcascade_pipeline::Event as PipelineEvent;
 use vidcascade_proto::v1::gateway_client::GatewayClient;
 use vidcascade_proto::v1::{self, generate_event::Event};
+use vidcascade_spec::GenerateRequest;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -153,14 +155,15 @@ async fn run_gateway(args: &Args) -> anyhow::Result<(Vec<Sample>, Duration)> {
 }
 
 fn run_in_process(args: &Args) -> anyhow::Result<(Vec<Sample>, Duration)> {
-    let cascade = Cascade::load(&args.model, &candle_core::Device::Cpu)?;
+    let cascade = EmbeddedCascade::load(&args.model, &candle_core::Device::Cpu)?;
     let generate = |seed: u64| -> anyhow::Result<Sample> {
         let started = Instant::now();
         let mut first_stage = None;
         cascade.generate(
-            &CascadeRequest::new(args.prompt.clone()).with_seed(seed),
+            &GenerateRequest::new(args.prompt.clone()).with_seed(seed),
+            None,
             |event| {
-                if let vidcascade_core::CascadeEvent::StageCompleted { .. } = event {
+                if let PipelineEvent::StageCompleted { video: Some(_), .. } = event {
                     first_stage.get_or_insert(started.elapsed());
                 }
                 std::ops::ControlFlow::Continue(())

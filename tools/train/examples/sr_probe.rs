@@ -11,14 +11,16 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use vidcascade_core::stage::{DiffusionStage, StageInput, StageOverrides, augment, pad_embeddings};
-use vidcascade_core::video::resample;
 use vidcascade_diffusion::CosineSchedule;
 use vidcascade_diffusion::noise::GaussianNoise;
+use vidcascade_engine::stage::{DiffusionStage, augment, pad_embeddings};
+use vidcascade_engine::video::resample;
+use vidcascade_engine::{EngineConfig, StageEngine, StageJob};
 use vidcascade_models::repository::ModelRepository;
 use vidcascade_models::{UNetInputs, VideoUNet};
 use vidcascade_shapes::render::{Placement, render_chw};
 use vidcascade_shapes::world::{Scene, training_scenes};
+use vidcascade_spec::StageOverrides;
 
 fn psnr(a: &Tensor, b: &Tensor) -> anyhow::Result<f64> {
     let a = a.clamp(-1f32, 1f32)?;
@@ -303,7 +305,10 @@ fn main() -> anyhow::Result<()> {
                 }
             }
             if do_sample {
-                let ds = DiffusionStage::new(stage.clone(), unet.clone(), dev.clone());
+                let ds = StageEngine::start(
+                    DiffusionStage::new(stage.clone(), unet.clone(), dev.clone()),
+                    EngineConfig::default(),
+                );
                 for &steps in &[12usize] {
                     for &aug in &[0.0] {
                         let mut settings = StageOverrides {
@@ -311,7 +316,7 @@ fn main() -> anyhow::Result<()> {
                             noise_augmentation: Some(aug),
                             ..Default::default()
                         }
-                        .resolve(&stage)?;
+                        .resolve(&stage, "sampler")?;
                         settings.noise_augmentation = aug;
                         let mut tot = 0.0;
                         let n = 3;
@@ -329,27 +334,23 @@ fn main() -> anyhow::Result<()> {
                             )?;
                             let emb = texts[i].clone();
                             let unc = encoder.encode(&[""])?.remove(0);
-                            let x = ds.run(
-                                &StageInput {
-                                    text: &emb,
-                                    unconditional: &unc,
-                                    low_res: Some(&low),
-                                    seed: 5 + i as u64,
-                                    settings,
-                                },
-                                |ev| {
-                                    if i == 0
-                                        && let (Ok(x0), Ok(hi)) = (ev.x0.get(0), clips.hi.get(0))
-                                        && let Ok(p) = psnr(&x0, &hi)
-                                    {
-                                        println!(
-                                            "    step {} t {:.3} x0 PSNR {:.2}",
-                                            ev.step, ev.t, p
-                                        );
-                                    }
-                                    std::ops::ControlFlow::Continue(())
-                                },
-                            )?;
+                            let handle = ds.submit(StageJob {
+                                text: emb,
+                                unconditional: unc,
+                                low_res: Some(low),
+                                seed: 5 + i as u64,
+                                settings,
+                                preview_every: 1,
+                                deadline: None,
+                            })?;
+                            let x = handle.blocking_wait(|step, x0| {
+                                if i == 0
+                                    && let (Some(x0), Ok(hi)) = (x0, clips.hi.get(0))
+                                    && let Ok(p) = psnr(x0, &hi)
+                                {
+                                    println!("    step {step} x0 PSNR {p:.2}");
+                                }
+                            })?;
                             tot += psnr(&x, &clips.hi.get(i)?)?;
                         }
                         println!(

@@ -11,13 +11,15 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use vidcascade_core::stage::{DiffusionStage, StageInput, StageOverrides, pad_embeddings};
 use vidcascade_diffusion::CosineSchedule;
 use vidcascade_diffusion::noise::GaussianNoise;
+use vidcascade_engine::stage::{DiffusionStage, pad_embeddings};
+use vidcascade_engine::{EngineConfig, StageEngine, StageJob};
 use vidcascade_models::repository::ModelRepository;
 use vidcascade_models::{TextEncoder, UNetInputs, VideoUNet};
 use vidcascade_shapes::render::{Placement, render_chw};
 use vidcascade_shapes::world::{Scene, held_out_scenes, training_scenes};
+use vidcascade_spec::StageOverrides;
 
 fn context(encoder: &TextEncoder, captions: &[String]) -> anyhow::Result<(Tensor, Tensor)> {
     let refs: Vec<&str> = captions.iter().map(String::as_str).collect();
@@ -327,20 +329,23 @@ fn main() -> anyhow::Result<()> {
                     threshold_quantile: quantile,
                     ..Default::default()
                 };
-                let mut settings = overrides.resolve(base.manifest())?;
+                let mut settings = overrides.resolve(base.manifest(), "sampler")?;
                 if quantile.is_none() {
-                    settings.sampler.threshold_quantile = None;
+                    settings.threshold_quantile = None;
                 }
-                let video = base.run(
-                    &StageInput {
-                        text: &text,
-                        unconditional: &uncond,
+                let engine = StageEngine::start(base.clone(), EngineConfig::default());
+                let video = engine
+                    .submit(StageJob {
+                        text: text.clone(),
+                        unconditional: uncond.clone(),
                         low_res: None,
                         seed: i as u64 + 1,
                         settings,
-                    },
-                    |_| std::ops::ControlFlow::Continue(()),
-                )?;
+                        preview_every: 0,
+                        deadline: None,
+                    })?
+                    .blocking_wait(|_, _| {})?;
+                engine.shutdown();
                 let got = border_colour(&video.unsqueeze(0)?)?[0];
                 let want = sc.background.rgb().map(|v| v as f32 / 127.5 - 1.0);
                 err += (0..3).map(|c| (got[c] - want[c]).abs()).sum::<f32>() / 3.0;

@@ -19,9 +19,9 @@ use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
-use vidcascade_core::stage::{augment, pad_embeddings};
-use vidcascade_core::video::resample;
 use vidcascade_diffusion::noise::GaussianNoise;
+use vidcascade_engine::stage::{augment, pad_embeddings};
+use vidcascade_engine::video::resample;
 use vidcascade_models::repository::{ModelRepository, files};
 use vidcascade_models::unet::Prediction;
 use vidcascade_models::{TextEncoder, UNetInputs, VideoUNet};
@@ -485,10 +485,10 @@ mod tests {
 
     #[test]
     fn the_layout_map_trains_at_its_scaled_learning_rate() -> anyhow::Result<()> {
-        use vidcascade_models::repository::scaffold::{Scaffold, WeightInit};
+        use vidcascade_models::repository::scaffold::WeightInit;
         let dir = tempfile::tempdir()?;
         let model = dir.path().join("model");
-        Scaffold::tiny().write(&model, WeightInit::Random { seed: 3 })?;
+        vidcascade_test_support::tiny_scaffold().write(&model, WeightInit::Random { seed: 3 })?;
         let weights = model.join("base").join(files::WEIGHTS);
         let before = candle_core::safetensors::load(&weights, &Device::Cpu)?;
         let cfg = TrainConfig {

@@ -1,0 +1,373 @@
+//! One diffusion stage of the cascade: a U-Net, its manifest entry, and everything between a
+//! request and the sampler.
+//!
+//! - [`DiffusionStage::prepare`] turns a request into a [`SampleState`] plus its [`Conditioning`]:
+//!   the text embedding, and for SR stages the lower-resolution video resampled to this stage's
+//!   shape and noised to the augmentation level (Imagen Video's noise conditioning augmentation);
+//! - [`UNetVelocity`] serves the sampler's batched `predict_v` calls, assembling each row's text
+//!   (or the empty prompt for unconditional rows), conditioning video and times into one U-Net
+//!   batch — any mix of requests at any steps, which is what step-level batching needs.
+
+use candle_core::{DType, Device, Tensor};
+use vidcascade_diffusion::noise::GaussianNoise;
+use vidcascade_diffusion::{
+    CosineSchedule, DiffusionError, ModelRow, SampleState, SamplerSettings, VelocityModel,
+};
+use vidcascade_models::unet::Prediction;
+use vidcascade_models::{ModelError, ModelRepository, UNetInputs, VideoUNet};
+use vidcascade_spec::{ResolvedSettings, StageManifest, VideoShape};
+
+use crate::EngineError;
+use crate::video::resample;
+
+/// The sampler's settings for a resolved stage run (on the schedule every stage uses).
+pub fn sampler_settings(settings: &ResolvedSettings) -> SamplerSettings {
+    SamplerSettings {
+        kind: settings.sampler,
+        steps: settings.steps,
+        guidance: settings.guidance,
+        threshold_quantile: settings.threshold_quantile,
+        schedule: CosineSchedule::default(),
+    }
+}
+
+/// What a sample is conditioned on, prepared once per request.
+#[derive(Debug, Clone)]
+pub struct Conditioning {
+    /// The prompt's embedding `[tokens, dim]`.
+    pub text: Tensor,
+    /// The empty prompt's embedding `[tokens, dim]` (classifier-free guidance).
+    pub unconditional: Tensor,
+    /// SR stages: the resampled, noise-augmented lower-resolution video `[3, F, H, W]`.
+    pub video: Option<Tensor>,
+    /// SR stages: the same resampled video before augmentation, the base of an `x0_residual`
+    /// stage's estimate.
+    pub upsampled: Option<Tensor>,
+    /// SR stages: its augmentation time.
+    pub aug_level: f64,
+}
+
+/// One stage's input: what the caller asks for.
+#[derive(Debug, Clone)]
+pub struct StageInput<'a> {
+    /// The prompt's embedding `[tokens, dim]`.
+    pub text: &'a Tensor,
+    /// The empty prompt's embedding `[tokens, dim]`.
+    pub unconditional: &'a Tensor,
+    /// SR stages: the previous stage's output `[3, F_in, H_in, W_in]` in [-1, 1].
+    pub low_res: Option<&'a Tensor>,
+    /// Seed of the initial noise, ancestral noise and augmentation noise.
+    pub seed: u64,
+    /// Resolved settings.
+    pub settings: ResolvedSettings,
+}
+
+/// A loaded diffusion stage.
+#[derive(Debug, Clone)]
+pub struct DiffusionStage {
+    manifest: StageManifest,
+    unet: VideoUNet,
+    device: Device,
+}
+
+/// The noise stream used for the augmentation noise (sample noise uses stream 0).
+const AUGMENTATION_STREAM: u64 = 1 << 32;
+
+impl DiffusionStage {
+    /// Wraps a loaded U-Net with its manifest entry.
+    pub fn new(manifest: StageManifest, unet: VideoUNet, device: Device) -> Self {
+        Self {
+            manifest,
+            unet,
+            device,
+        }
+    }
+
+    /// Loads diffusion stage `name` of an opened repository.
+    pub fn load(
+        repository: &ModelRepository,
+        name: &str,
+        device: &Device,
+    ) -> Result<Self, EngineError> {
+        let manifest = repository
+            .manifest()
+            .diffusion_stages()
+            .find(|stage| stage.name == name)
+            .cloned()
+            .ok_or_else(|| EngineError::InvalidRequest {
+                field: "stage".into(),
+                reason: format!(
+                    "`{name}` is not a diffusion stage of {}; it has {:?}",
+                    repository.root().display(),
+                    repository
+                        .manifest()
+                        .diffusion_stages()
+                        .map(|s| s.name.as_str())
+                        .collect::<Vec<_>>()
+                ),
+            })?;
+        let unet = repository.load_unet(name, device)?;
+        Ok(Self::new(manifest, unet, device.clone()))
+    }
+
+    /// The stage's manifest entry.
+    pub fn manifest(&self) -> &StageManifest {
+        &self.manifest
+    }
+
+    /// The stage's name.
+    pub fn name(&self) -> &str {
+        &self.manifest.name
+    }
+
+    /// The network.
+    pub fn unet(&self) -> &VideoUNet {
+        &self.unet
+    }
+
+    /// The shape this stage produces.
+    pub fn output_shape(&self) -> Result<VideoShape, EngineError> {
+        self.manifest
+            .output
+            .ok_or_else(|| EngineError::InvalidRequest {
+                field: format!("stages.{}", self.manifest.name),
+                reason: "stage has no output shape".into(),
+            })
+    }
+
+    /// Checks `input`'s shapes against this stage without running anything.
+    pub fn check_input(&self, input: &StageInput<'_>) -> Result<(), EngineError> {
+        let context_dim = self.unet.config().context_dim;
+        for (field, tensor) in [
+            ("text_embedding", input.text),
+            ("uncond_embedding", input.unconditional),
+        ] {
+            let dims = tensor.dims();
+            if dims.len() != 2 || dims[0] == 0 || dims[1] != context_dim {
+                return Err(EngineError::InvalidRequest {
+                    field: field.into(),
+                    reason: format!("must be [tokens >= 1, {context_dim}], got {dims:?}"),
+                });
+            }
+        }
+        match (self.manifest.input, input.low_res) {
+            (None, None) => Ok(()),
+            (None, Some(_)) => Err(EngineError::InvalidRequest {
+                field: "conditioning".into(),
+                reason: format!(
+                    "stage `{}` is a base stage and takes no conditioning video",
+                    self.name()
+                ),
+            }),
+            (Some(expected), None) => Err(EngineError::InvalidRequest {
+                field: "conditioning".into(),
+                reason: format!(
+                    "stage `{}` needs a {expected} conditioning video",
+                    self.name()
+                ),
+            }),
+            (Some(expected), Some(low_res)) => {
+                let want = [3, expected.frames, expected.height, expected.width];
+                if low_res.dims() != want {
+                    return Err(EngineError::InvalidRequest {
+                        field: "conditioning".into(),
+                        reason: format!(
+                            "stage `{}` takes [3, {}, {}, {}] (frames, height, width), got {:?}",
+                            self.name(),
+                            expected.frames,
+                            expected.height,
+                            expected.width,
+                            low_res.dims()
+                        ),
+                    });
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Validates `input` and builds the initial sample and its conditioning.
+    pub fn prepare(
+        &self,
+        input: &StageInput<'_>,
+    ) -> Result<(SampleState, Conditioning), EngineError> {
+        self.check_input(input)?;
+        let out = self.output_shape()?;
+        let (video, upsampled) = match input.low_res {
+            None => (None, None),
+            Some(low_res) => {
+                let up = resample(low_res, out.frames, out.height, out.width)?;
+                let augmented = augment(&up, input.settings.noise_augmentation, input.seed)?;
+                (Some(augmented), Some(up))
+            }
+        };
+        let state = SampleState::new(
+            &[3, out.frames, out.height, out.width],
+            sampler_settings(&input.settings),
+            input.seed,
+            0,
+            &self.device,
+        )
+        .map_err(|source| self.diffusion_error(source))?;
+        let conditioning = Conditioning {
+            text: input.text.clone(),
+            unconditional: input.unconditional.clone(),
+            video,
+            upsampled,
+            aug_level: input.settings.noise_augmentation,
+        };
+        Ok((state, conditioning))
+    }
+
+    fn diffusion_error(&self, source: DiffusionError) -> EngineError {
+        EngineError::Diffusion {
+            stage: self.name().to_string(),
+            source,
+        }
+    }
+}
+
+/// Noise conditioning augmentation: `alpha_a x + sigma_a eps` at augmentation time `level`.
+pub fn augment(video: &Tensor, level: f64, seed: u64) -> Result<Tensor, candle_core::Error> {
+    let (alpha, sigma) = CosineSchedule::default().alpha_sigma(level);
+    let eps = GaussianNoise::new(seed, AUGMENTATION_STREAM).tensor(video.dims(), video.device())?;
+    (video * alpha)? + (eps * sigma)?
+}
+
+/// Pads `[tokens_i, dim]` embeddings into `[B, max_tokens, dim]` plus a `[B, max_tokens]` mask.
+pub fn pad_embeddings(embeddings: &[&Tensor]) -> Result<(Tensor, Tensor), candle_core::Error> {
+    let longest = embeddings
+        .iter()
+        .map(|e| e.dim(0))
+        .collect::<Result<Vec<_>, _>>()?;
+    let longest = longest.into_iter().max().unwrap_or(1);
+    let mut padded = Vec::with_capacity(embeddings.len());
+    let mut masks = Vec::with_capacity(embeddings.len() * longest);
+    for e in embeddings {
+        let (len, _) = e.dims2()?;
+        padded.push(e.pad_with_zeros(0, 0, longest - len)?);
+        masks.extend((0..longest).map(|i| if i < len { 1f32 } else { 0f32 }));
+    }
+    let device = embeddings
+        .first()
+        .map(|e| e.device().clone())
+        .unwrap_or(Device::Cpu);
+    Ok((
+        Tensor::stack(&padded, 0)?,
+        Tensor::from_vec(masks, (embeddings.len(), longest), &device)?,
+    ))
+}
+
+/// The sampler's view of a U-Net serving a batch of samples.
+#[derive(Debug)]
+pub struct UNetVelocity<'a> {
+    /// The network.
+    pub unet: &'a VideoUNet,
+    /// Conditioning of each sample, indexed by `ModelRow::sample`.
+    pub samples: Vec<&'a Conditioning>,
+}
+
+impl VelocityModel for UNetVelocity<'_> {
+    fn predict_v(
+        &self,
+        z: &Tensor,
+        t: &[f64],
+        rows: &[ModelRow],
+    ) -> Result<Tensor, DiffusionError> {
+        let lookup = |row: &ModelRow| -> Result<&Conditioning, DiffusionError> {
+            self.samples
+                .get(row.sample)
+                .copied()
+                .ok_or(DiffusionError::InvalidSetting {
+                    field: "rows",
+                    reason: format!(
+                        "row refers to sample {} of {}",
+                        row.sample,
+                        self.samples.len()
+                    ),
+                })
+        };
+        let conditionings = rows.iter().map(lookup).collect::<Result<Vec<_>, _>>()?;
+        let texts: Vec<&Tensor> = rows
+            .iter()
+            .zip(&conditionings)
+            .map(|(row, c)| {
+                if row.unconditional {
+                    &c.unconditional
+                } else {
+                    &c.text
+                }
+            })
+            .collect();
+        let (context, mask) = pad_embeddings(&texts)?;
+        let times: Vec<f32> = t.iter().map(|&v| v as f32).collect();
+        let times = Tensor::from_vec(times, rows.len(), z.device())?;
+        let (cond, aug) = if self.unet.config().is_super_resolution() {
+            let videos = stack_videos(&conditionings, |c| c.video.as_ref(), "conditioning video")?;
+            let levels: Vec<f32> = conditionings.iter().map(|c| c.aug_level as f32).collect();
+            (
+                Some(videos),
+                Some(Tensor::from_vec(levels, rows.len(), z.device())?),
+            )
+        } else {
+            (None, None)
+        };
+        let inputs = UNetInputs {
+            z,
+            t: &times,
+            context: &context.to_dtype(DType::F32)?,
+            context_mask: &mask,
+            cond: cond.as_ref(),
+            aug_level: aug.as_ref(),
+        };
+        let output = self.unet.forward(&inputs).map_err(|e| match e {
+            ModelError::Tensor(t) => DiffusionError::Tensor(t),
+            other => DiffusionError::Model(Box::new(other)),
+        })?;
+        match self.unet.config().prediction {
+            Prediction::V => Ok(output),
+            Prediction::X0Residual => {
+                let upsampled =
+                    stack_videos(&conditionings, |c| c.upsampled.as_ref(), "upsampled video")?;
+                Ok(velocity_from_x0(z, &(upsampled + output)?, t)?)
+            }
+        }
+    }
+}
+
+/// Stacks one video per row, `[B, ...]`; a super-resolution row without it is an error naming
+/// `what`.
+fn stack_videos(
+    conditionings: &[&Conditioning],
+    pick: impl Fn(&Conditioning) -> Option<&Tensor>,
+    what: &str,
+) -> Result<Tensor, DiffusionError> {
+    let videos = conditionings
+        .iter()
+        .map(|c| {
+            pick(c).ok_or_else(|| DiffusionError::InvalidSetting {
+                field: "conditioning",
+                reason: format!("a super-resolution sample has no {what}"),
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Tensor::stack(&videos, 0)?)
+}
+
+/// `v = (alpha z - x0) / sigma` per row (`z = alpha x0 + sigma eps` and `v = alpha eps - sigma x0`),
+/// on the schedule every sampler uses; `sigma` never reaches 0 on its clipped log-SNR range.
+pub fn velocity_from_x0(z: &Tensor, x0: &Tensor, t: &[f64]) -> Result<Tensor, candle_core::Error> {
+    let schedule = CosineSchedule::default();
+    let (alphas, inverse_sigmas): (Vec<f32>, Vec<f32>) = t
+        .iter()
+        .map(|&ti| {
+            let (alpha, sigma) = schedule.alpha_sigma(ti);
+            (alpha as f32, (1.0 / sigma) as f32)
+        })
+        .unzip();
+    let mut per_row = vec![1usize; z.rank()];
+    per_row[0] = t.len();
+    let alpha = Tensor::from_vec(alphas, per_row.as_slice(), z.device())?;
+    let inverse_sigma = Tensor::from_vec(inverse_sigmas, per_row.as_slice(), z.device())?;
+    (z.broadcast_mul(&alpha)? - x0)?.broadcast_mul(&inverse_sigma)
+}

@@ -1,0 +1,411 @@
+//! Request validation and planning: which clips, which stages with which settings and seeds,
+//! and how the caller's deadline is shared among them.
+//!
+//! Limits (the gateway reports them in `Gateway.Info`): a prompt is 1..=2048
+//! bytes; at most [`MAX_SEGMENTS`] segments and [`MAX_CLIPS`] clips (so the longest video is
+//! `MAX_CLIPS` clip lengths); per-stage steps 1..=1000 and guidance 0..=50 (the sampler's
+//! limits); `preview_every` at most [`MAX_PREVIEW_EVERY`]. Field names in errors are the
+//! gateway's (`stage_overrides[base].steps`), the public API's spelling.
+
+use std::time::Duration;
+
+use vidcascade_spec::manifest::{Manifest, StageKind, StageManifest, VideoShape};
+use vidcascade_spec::request::{check_prompt, clip_seed, stage_seed};
+use vidcascade_spec::{GenerateRequest, ResolvedSettings, StageOverrides};
+
+use crate::PipelineError;
+
+/// Most segments in a prompt sequence.
+pub const MAX_SEGMENTS: usize = 8;
+/// Most clips one request may generate.
+pub const MAX_CLIPS: usize = 8;
+/// Largest preview cadence.
+pub const MAX_PREVIEW_EVERY: u32 = 1000;
+
+/// One diffusion stage's part of a plan.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StagePlan {
+    /// The stage.
+    pub manifest: StageManifest,
+    /// The caller's overrides (a stage service gets them as they are and resolves them itself).
+    pub overrides: StageOverrides,
+    /// The settings they resolve to.
+    pub settings: ResolvedSettings,
+}
+
+impl StagePlan {
+    /// Relative cost of one call (see [`ResolvedSettings::cost`]).
+    pub fn cost(&self) -> f64 {
+        let voxels = self
+            .manifest
+            .output
+            .map_or(1, |s| s.frames * s.height * s.width);
+        self.settings.cost(voxels)
+    }
+}
+
+/// What a run will do.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    /// The text encoder's stage name.
+    pub encoder: String,
+    /// One prompt per clip.
+    pub clips: Vec<String>,
+    /// Diffusion stages in order.
+    pub stages: Vec<StagePlan>,
+    /// Seed in use.
+    pub seed: u64,
+    /// Preview cadence for every stage.
+    pub preview_every: u32,
+    /// Shape of one clip's final video.
+    pub clip_shape: VideoShape,
+}
+
+impl Plan {
+    /// The seed of diffusion stage `index` for clip `clip`.
+    pub fn stage_seed(&self, clip: usize, index: usize) -> u64 {
+        stage_seed(clip_seed(self.seed, clip), index)
+    }
+
+    /// The shape of the whole final video (every clip's frames, one after another).
+    pub fn final_shape(&self) -> VideoShape {
+        VideoShape {
+            frames: self.clip_shape.frames * self.clips.len(),
+            ..self.clip_shape
+        }
+    }
+
+    /// Costs of the stage calls still to run from stage `stage` of clip `clip` on.
+    pub fn remaining_costs(&self, clip: usize, stage: usize) -> Vec<f64> {
+        let per_clip: Vec<f64> = self.stages.iter().map(StagePlan::cost).collect();
+        let mut costs: Vec<f64> = per_clip[stage.min(per_clip.len())..].to_vec();
+        for _ in clip + 1..self.clips.len() {
+            costs.extend_from_slice(&per_clip);
+        }
+        costs
+    }
+}
+
+/// Seconds of video one clip lasts.
+pub fn clip_seconds(shape: &VideoShape) -> f64 {
+    shape.frames as f64 / f64::from(shape.fps)
+}
+
+/// The longest video a request may ask for, in seconds.
+pub fn max_seconds(clip_shape: &VideoShape) -> f64 {
+    clip_seconds(clip_shape) * MAX_CLIPS as f64
+}
+
+fn checked_prompt(field: &str, prompt: &str) -> Result<String, PipelineError> {
+    check_prompt(prompt).map_err(|reason| PipelineError::invalid(field, reason))?;
+    Ok(prompt.to_string())
+}
+
+/// Validates `request` against the manifest and plans it. `random_seed` is used when the
+/// request has none.
+pub fn plan(
+    request: &GenerateRequest,
+    manifest: &Manifest,
+    random_seed: u64,
+) -> Result<Plan, PipelineError> {
+    let clip_shape = manifest
+        .final_output()
+        .ok_or_else(|| PipelineError::invalid("model", "the manifest has no diffusion stage"))?;
+    let clips = plan_clips(request, &clip_shape)?;
+    if request.init_image_png.is_some() {
+        return Err(PipelineError::invalid(
+            "init_image_png",
+            format!(
+                "model `{}` has no image conditioning; leave it unset",
+                manifest.name
+            ),
+        ));
+    }
+    if request.preview_every > MAX_PREVIEW_EVERY {
+        return Err(PipelineError::invalid(
+            "preview_every",
+            format!("{} is above {MAX_PREVIEW_EVERY}", request.preview_every),
+        ));
+    }
+    let encoder = manifest
+        .stages
+        .iter()
+        .find(|s| s.kind == StageKind::TextEncoder)
+        .map_or_else(|| "text-encoder".to_string(), |s| s.name.clone());
+    Ok(Plan {
+        encoder,
+        clips,
+        stages: plan_stages(request, manifest)?,
+        seed: request.seed.unwrap_or(random_seed),
+        preview_every: request.preview_every,
+        clip_shape,
+    })
+}
+
+/// One prompt per clip: the prompt, or each segment repeated for its length in clips.
+fn plan_clips(
+    request: &GenerateRequest,
+    clip_shape: &VideoShape,
+) -> Result<Vec<String>, PipelineError> {
+    match (request.prompt.is_empty(), request.segments.is_empty()) {
+        (false, false) => Err(PipelineError::invalid(
+            "segments",
+            "set either prompt or segments, not both",
+        )),
+        (true, true) => Err(PipelineError::invalid(
+            "prompt",
+            "required (or give segments for a prompt sequence)",
+        )),
+        (false, true) => Ok(vec![checked_prompt("prompt", &request.prompt)?]),
+        (true, false) => plan_segments(request, clip_shape),
+    }
+}
+
+fn plan_segments(
+    request: &GenerateRequest,
+    clip_shape: &VideoShape,
+) -> Result<Vec<String>, PipelineError> {
+    if request.segments.len() > MAX_SEGMENTS {
+        return Err(PipelineError::invalid(
+            "segments",
+            format!(
+                "{} segments; the limit is {MAX_SEGMENTS}",
+                request.segments.len()
+            ),
+        ));
+    }
+    let clip_len = clip_seconds(clip_shape);
+    let max_seconds = max_seconds(clip_shape);
+    let mut clips = Vec::new();
+    for (i, segment) in request.segments.iter().enumerate() {
+        let prompt = checked_prompt(&format!("segments[{i}].prompt"), &segment.prompt)?;
+        let seconds = f64::from(segment.seconds);
+        if !(seconds.is_finite() && seconds > 0.0 && seconds <= max_seconds) {
+            return Err(PipelineError::invalid(
+                format!("segments[{i}].seconds"),
+                format!("must be in (0, {max_seconds}], got {}", segment.seconds),
+            ));
+        }
+        let count = (seconds / clip_len - 1e-6).ceil().max(1.0) as usize;
+        clips.extend(std::iter::repeat_n(prompt, count));
+    }
+    if clips.len() > MAX_CLIPS {
+        return Err(PipelineError::invalid(
+            "segments",
+            format!(
+                "ask for {} clips ({:.1} s); the limit is {MAX_CLIPS} clips ({max_seconds:.1} s)",
+                clips.len(),
+                clips.len() as f64 * clip_len,
+            ),
+        ));
+    }
+    Ok(clips)
+}
+
+/// Every diffusion stage with the request's overrides resolved against its defaults.
+fn plan_stages(
+    request: &GenerateRequest,
+    manifest: &Manifest,
+) -> Result<Vec<StagePlan>, PipelineError> {
+    let names: Vec<&str> = manifest
+        .diffusion_stages()
+        .map(|s| s.name.as_str())
+        .collect();
+    if let Some(unknown) = request
+        .overrides
+        .keys()
+        .find(|name| !names.contains(&name.as_str()))
+    {
+        return Err(PipelineError::invalid(
+            format!("stage_overrides[{unknown}]"),
+            format!("no such diffusion stage; the stages are {names:?}"),
+        ));
+    }
+    manifest
+        .diffusion_stages()
+        .map(|stage| {
+            let overrides = request
+                .overrides
+                .get(&stage.name)
+                .copied()
+                .unwrap_or_default();
+            let settings = overrides
+                .resolve(stage, &format!("stage_overrides[{}]", stage.name))
+                .map_err(|err| PipelineError::invalid(err.field, err.reason))?;
+            Ok(StagePlan {
+                manifest: stage.clone(),
+                overrides,
+                settings,
+            })
+        })
+        .collect()
+}
+
+/// The share of `remaining` for the first of `costs` (the stage calls still to run), in
+/// proportion to its cost; what a stage does not use rolls over to the next.
+pub fn deadline_share(remaining: Duration, costs: &[f64]) -> Duration {
+    let total: f64 = costs.iter().sum();
+    match costs.first() {
+        Some(&first) if total > 0.0 => remaining.mul_f64((first / total).clamp(0.0, 1.0)),
+        _ => remaining,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vidcascade_spec::Segment;
+    use vidcascade_spec::request::MAX_PROMPT_BYTES;
+
+    /// Text encoder, base 2x4x4 @ 2 fps, TSR to 4 frames, SSR to 8x8.
+    pub(crate) fn manifest() -> Manifest {
+        let json = r#"{"name": "tiny", "stages": [
+            {"name": "text-encoder", "kind": "text-encoder", "path": "text-encoder"},
+            {"name": "base", "kind": "base", "path": "base",
+             "output": {"frames": 2, "height": 4, "width": 4, "fps": 2},
+             "defaults": {"steps": 3, "guidance": 2.0}},
+            {"name": "tsr", "kind": "tsr", "path": "tsr",
+             "input": {"frames": 2, "height": 4, "width": 4, "fps": 2},
+             "output": {"frames": 4, "height": 4, "width": 4, "fps": 4},
+             "defaults": {"steps": 2, "noise_augmentation": 0.1}},
+            {"name": "ssr", "kind": "ssr", "path": "ssr",
+             "input": {"frames": 4, "height": 4, "width": 4, "fps": 4},
+             "output": {"frames": 4, "height": 8, "width": 8, "fps": 4},
+             "defaults": {"steps": 2}}]}"#;
+        let manifest: Manifest = serde_json::from_str(json).expect("valid test manifest");
+        manifest
+            .validate(std::path::Path::new("manifest.json"))
+            .expect("valid test manifest");
+        manifest
+    }
+
+    fn field_of(result: Result<Plan, PipelineError>) -> String {
+        match result {
+            Err(PipelineError::InvalidArgument { field, .. }) => field,
+            other => format!("not invalid: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_plain_prompt_plans_every_stage_with_defaults() -> Result<(), PipelineError> {
+        let manifest = manifest();
+        let plan = plan(&GenerateRequest::new("a red circle"), &manifest, 42)?;
+        assert_eq!(plan.clips, vec!["a red circle".to_string()]);
+        assert_eq!(plan.seed, 42);
+        assert_eq!(plan.encoder, "text-encoder");
+        assert_eq!(plan.stages.len(), 3);
+        for (stage, planned) in manifest.diffusion_stages().zip(&plan.stages) {
+            assert_eq!(planned.settings.steps, stage.defaults.steps);
+        }
+        assert_eq!(plan.stage_seed(0, 1), stage_seed(42, 1));
+        Ok(())
+    }
+
+    #[test]
+    fn every_violation_names_its_field() {
+        let manifest = manifest();
+        let steps = |n| StageOverrides {
+            steps: Some(n),
+            ..Default::default()
+        };
+        let with = |f: &dyn Fn(&mut GenerateRequest)| {
+            let mut request = GenerateRequest::new("x");
+            f(&mut request);
+            request
+        };
+        let segment = |prompt: &str, seconds| Segment {
+            prompt: prompt.into(),
+            seconds,
+        };
+        let cases = [
+            (GenerateRequest::new(""), "prompt"),
+            (GenerateRequest::new("   "), "prompt"),
+            (
+                GenerateRequest::new("a".repeat(MAX_PROMPT_BYTES + 1)),
+                "prompt",
+            ),
+            (
+                GenerateRequest::new("x").with_overrides("base", steps(5000)),
+                "stage_overrides[base].steps",
+            ),
+            (
+                GenerateRequest::new("x").with_overrides(
+                    "base",
+                    StageOverrides {
+                        guidance: Some(f64::NAN),
+                        ..Default::default()
+                    },
+                ),
+                "stage_overrides[base].guidance",
+            ),
+            (
+                GenerateRequest::new("x").with_overrides("text-encoder", steps(1)),
+                "stage_overrides[text-encoder]",
+            ),
+            (with(&|r| r.segments.push(segment("y", 1.0))), "segments"),
+            (
+                with(&|r| {
+                    r.prompt.clear();
+                    r.segments.push(segment("y", -1.0));
+                }),
+                "segments[0].seconds",
+            ),
+            (
+                with(&|r| r.init_image_png = Some(vec![1, 2, 3])),
+                "init_image_png",
+            ),
+            (with(&|r| r.preview_every = 5000), "preview_every"),
+        ];
+        for (request, field) in cases {
+            assert_eq!(field_of(plan(&request, &manifest, 0)), field);
+        }
+    }
+
+    #[test]
+    fn segments_become_clips_up_to_the_limit() -> Result<(), PipelineError> {
+        let manifest = manifest();
+        let clip = clip_seconds(&manifest.final_output().expect("has stages")) as f32;
+        let mut request = GenerateRequest {
+            segments: Vec::new(),
+            ..GenerateRequest::default()
+        };
+        request.segments = vec![
+            Segment {
+                prompt: "red".into(),
+                seconds: clip,
+            },
+            Segment {
+                prompt: "blue".into(),
+                seconds: clip * 1.5,
+            },
+        ];
+        let planned = plan(&request, &manifest, 0)?;
+        assert_eq!(planned.clips, vec!["red", "blue", "blue"]);
+        assert_eq!(planned.final_shape().frames, 12);
+        assert_eq!(planned.remaining_costs(1, 2).len(), 1 + 3);
+        assert_ne!(planned.stage_seed(1, 0), planned.stage_seed(0, 0));
+        request.segments = vec![Segment {
+            prompt: "red".into(),
+            seconds: clip * (MAX_CLIPS as f32 + 1.0),
+        }];
+        assert_eq!(
+            field_of(plan(&request, &manifest, 0)),
+            "segments[0].seconds"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn deadlines_are_shared_by_cost() {
+        let share = deadline_share(Duration::from_secs(10), &[1.0, 3.0]);
+        assert_eq!(share, Duration::from_millis(2500));
+        assert_eq!(
+            deadline_share(Duration::from_secs(4), &[2.0]),
+            Duration::from_secs(4)
+        );
+        assert_eq!(
+            deadline_share(Duration::from_secs(4), &[]),
+            Duration::from_secs(4)
+        );
+    }
+}
