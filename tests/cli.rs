@@ -182,6 +182,29 @@ fn bad_arguments_fail_with_one_clear_line() -> anyhow::Result<()> {
         "stage_overrides[base].guidance",
     );
     assert_clean_failure(&vidcascade(&["generate", "--model", m])?, "<PROMPT>");
+    // `serve` validates like the service binaries: exit 64, naming the setting.
+    for (flag, value) in [("--max-batch-size", "0"), ("--max-queue", "0")] {
+        let out = vidcascade(&[
+            "serve",
+            "--model",
+            m,
+            "--listen",
+            "127.0.0.1:0",
+            flag,
+            value,
+        ])?;
+        assert_clean_failure(&out, flag);
+        assert_eq!(out.status.code(), Some(64), "{flag} {value}");
+    }
+    let out = vidcascade(&[
+        "serve",
+        "--model",
+        "/nonexistent",
+        "--listen",
+        "127.0.0.1:0",
+    ])?;
+    assert_clean_failure(&out, "--model / VIDCASCADE_MODEL");
+    assert_eq!(out.status.code(), Some(64));
     Ok(())
 }
 

@@ -167,12 +167,21 @@ async fn a_generation_streams_every_stage_in_order_and_matches_the_in_process_ca
 
     // Same seed, same steps: the services produce the in-process cascade's video exactly.
     let video = final_video(&events)?;
-    let local = cascade.generate(
-        &GenerateRequest::new("a red circle moving left").with_seed(7),
-        None,
-        |_| std::ops::ControlFlow::Continue(()),
-    )?;
-    let expected = &local.final_video;
+    let (events_tx, mut events_rx) = tokio::sync::mpsc::channel(64);
+    let request = GenerateRequest::new("a red circle moving left").with_seed(7);
+    let local = cascade.run(&request, None, events_tx);
+    let last = async {
+        let mut last = None;
+        while let Some(event) = events_rx.recv().await {
+            if let vidcascade_pipeline::Event::Completed { video, .. } = event {
+                last = Some(video);
+            }
+        }
+        last
+    };
+    let (result, last) = tokio::join!(local, last);
+    result?;
+    let expected = &last.context("the in-process run made no video")?;
     assert_eq!(
         (video.width as usize, video.height as usize),
         (expected.width, expected.height)
@@ -423,7 +432,7 @@ async fn a_full_queue_answers_resource_exhausted_while_admitted_requests_finish(
     let rejected = base
         .metric(
             "vidcascade_stage_requests_total",
-            &[("stage", "base"), ("outcome", "rejected")],
+            &[("stage", "base"), ("outcome", "resource_exhausted")],
         )
         .await?;
     assert_eq!(rejected, 1.0);

@@ -40,35 +40,60 @@ pub fn run(args: ClientArgs) -> anyhow::Result<()> {
 }
 
 async fn generate(args: ClientArgs) -> anyhow::Result<()> {
-    let channel = Channel::from_shared(args.addr.clone())
-        .with_context(|| {
-            format!(
-                "--addr `{}` is not a URL like http://127.0.0.1:50051",
-                args.addr
-            )
-        })?
+    let mut client = connect(&args.addr).await?;
+    let stages = diffusion_stages(&mut client).await?;
+    let request = build_request(&args, &stages)?;
+    let started = Instant::now();
+    let mut stream = client
+        .generate(request)
+        .await
+        .map_err(status_error)?
+        .into_inner();
+
+    let mut writer = EventWriter::new(&args);
+    while let Some(event) = stream.message().await.map_err(status_error)? {
+        writer.write(event)?;
+    }
+    let (video, timings) = writer
+        .result
+        .context("the gateway's stream ended without the final video")?;
+    write_result(&args, &writer.options, video, &timings, started)
+}
+
+/// A gateway client connected to `addr`.
+async fn connect(addr: &str) -> anyhow::Result<GatewayClient<Channel>> {
+    let channel = Channel::from_shared(addr.to_owned())
+        .with_context(|| format!("--addr `{addr}` is not a URL like http://127.0.0.1:50051"))?
         .connect_timeout(Duration::from_secs(5))
         .connect()
         .await
         .with_context(|| {
-            format!(
-                "cannot reach the gateway at {} (start one with `vidcascade serve`)",
-                args.addr
-            )
+            format!("cannot reach the gateway at {addr} (start one with `vidcascade serve`)")
         })?;
-    let mut client = GatewayClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
+    Ok(GatewayClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES))
+}
+
+/// The names of the gateway's diffusion stages (every stage but the text encoder).
+async fn diffusion_stages(client: &mut GatewayClient<Channel>) -> anyhow::Result<Vec<String>> {
     let info = client
         .info(v1::InfoRequest {})
         .await
         .map_err(status_error)?
         .into_inner();
-    let stages: Vec<String> = info
+    Ok(info
         .stages
         .iter()
         .filter(|s| s.kind() != v1::StageKind::TextEncoder)
         .map(|s| s.name.clone())
-        .collect();
-    let overrides = args.sampling.overrides(&stages)?;
+        .collect())
+}
+
+/// The generation request `args` ask for, with their deadline.
+fn build_request(
+    args: &ClientArgs,
+    stages: &[String],
+) -> anyhow::Result<Request<v1::GenerateRequest>> {
+    let overrides = args.sampling.overrides(stages)?;
     let request = v1::GenerateRequest {
         prompt: args.prompt.clone(),
         seed: args.seed,
@@ -85,24 +110,42 @@ async fn generate(args: ClientArgs) -> anyhow::Result<()> {
     };
     let mut request = Request::new(request);
     request.set_timeout(Duration::from_secs_f64(args.timeout));
-    let started = Instant::now();
-    let mut stream = client
-        .generate(request)
-        .await
-        .map_err(status_error)?
-        .into_inner();
+    Ok(request)
+}
 
-    let options = WriteOptions {
-        scale: args.output.scale,
-    };
-    let preview = preview_path(&args.output.output);
-    let mut progress = Progress::new();
-    let mut stage_started = Instant::now();
-    let mut stage_index = 0;
-    let mut stage_video = VideoAssembler::new();
-    let mut final_video = VideoAssembler::new();
-    let mut result: Option<(v1::Video, Vec<v1::StageTiming>)> = None;
-    while let Some(event) = stream.message().await.map_err(status_error)? {
+/// Shows progress and writes previews and stage videos as the gateway's events arrive, and
+/// assembles the final video.
+struct EventWriter<'a> {
+    args: &'a ClientArgs,
+    options: WriteOptions,
+    preview: std::path::PathBuf,
+    progress: Progress,
+    stage_started: Instant,
+    stage_index: usize,
+    stage_video: VideoAssembler,
+    final_video: VideoAssembler,
+    /// The final video and the stages' timings, once all of it has arrived.
+    result: Option<(v1::Video, Vec<v1::StageTiming>)>,
+}
+
+impl<'a> EventWriter<'a> {
+    fn new(args: &'a ClientArgs) -> Self {
+        Self {
+            args,
+            options: WriteOptions {
+                scale: args.output.scale,
+            },
+            preview: preview_path(&args.output.output),
+            progress: Progress::new(),
+            stage_started: Instant::now(),
+            stage_index: 0,
+            stage_video: VideoAssembler::new(),
+            final_video: VideoAssembler::new(),
+            result: None,
+        }
+    }
+
+    fn write(&mut self, event: v1::GenerateEvent) -> anyhow::Result<()> {
         match event.event {
             Some(Event::Accepted(accepted)) => eprintln!(
                 "request {}: seed {}, {} clip(s), queue position {}",
@@ -113,57 +156,76 @@ async fn generate(args: ClientArgs) -> anyhow::Result<()> {
                     .output_shape
                     .map(|s| format!("{}x{}x{} @ {} fps", s.frames, s.height, s.width, s.fps))
                     .unwrap_or_default();
-                progress.stage_started(&stage.stage, &shape, stage.total_steps as usize);
-                stage_started = Instant::now();
+                self.progress
+                    .stage_started(&stage.stage, &shape, stage.total_steps as usize);
+                self.stage_started = Instant::now();
             }
             Some(Event::Progress(p)) => {
-                progress.step(&p.stage, p.step as usize, p.total_steps as usize);
+                self.progress
+                    .step(&p.stage, p.step as usize, p.total_steps as usize);
             }
             Some(Event::Preview(p)) => {
                 if let Some(video) = p.video {
                     let video = video_from_wire(video).context("preview from the gateway")?;
-                    let (w, h, rgb) = filmstrip(&video, args.output.scale);
-                    write_png(&preview, w, h, &rgb)?;
+                    let (w, h, rgb) = filmstrip(&video, self.args.output.scale);
+                    write_png(&self.preview, w, h, &rgb)?;
                 }
             }
-            Some(Event::StageCompleted(done)) => {
-                let whole = match done.video {
-                    None => true,
-                    Some(chunk) => match stage_video.push(chunk)? {
-                        None => false,
-                        Some(video) => {
-                            stage_index += 1;
-                            if let Some(dir) = &args.output.save_stages {
-                                let name = if done.clip > 0 {
-                                    format!("{}-clip{}", done.stage, done.clip)
-                                } else {
-                                    done.stage.clone()
-                                };
-                                let path = stage_path(dir, stage_index, &name, &args.output.output);
-                                write_video(&video_from_wire(video)?, &path, &options)?;
-                            }
-                            true
-                        }
-                    },
-                };
-                if whole {
-                    progress.stage_completed(&done.stage, stage_started.elapsed());
-                }
-            }
+            Some(Event::StageCompleted(done)) => self.stage_completed(done)?,
             Some(Event::Completed(completed)) => {
                 let chunk = completed
                     .video
                     .context("a final video event without a video")?;
-                if let Some(video) = final_video.push(chunk)? {
-                    result = Some((video, completed.timings));
+                if let Some(video) = self.final_video.push(chunk)? {
+                    self.result = Some((video, completed.timings));
                 }
             }
             None => {}
         }
+        Ok(())
     }
-    let (video, timings) = result.context("the gateway's stream ended without the final video")?;
+
+    /// One chunk of a stage's output: once the stage's video is whole, saves it (if asked to)
+    /// and reports the stage done.
+    fn stage_completed(&mut self, done: v1::StageCompleted) -> anyhow::Result<()> {
+        let whole = match done.video {
+            None => true,
+            Some(chunk) => match self.stage_video.push(chunk)? {
+                None => false,
+                Some(video) => {
+                    self.stage_index += 1;
+                    if let Some(dir) = &self.args.output.save_stages {
+                        let name = if done.clip > 0 {
+                            format!("{}-clip{}", done.stage, done.clip)
+                        } else {
+                            done.stage.clone()
+                        };
+                        let path =
+                            stage_path(dir, self.stage_index, &name, &self.args.output.output);
+                        write_video(&video_from_wire(video)?, &path, &self.options)?;
+                    }
+                    true
+                }
+            },
+        };
+        if whole {
+            self.progress
+                .stage_completed(&done.stage, self.stage_started.elapsed());
+        }
+        Ok(())
+    }
+}
+
+/// Writes the final video and prints what was written with the stages' times.
+fn write_result(
+    args: &ClientArgs,
+    options: &WriteOptions,
+    video: v1::Video,
+    timings: &[v1::StageTiming],
+    started: Instant,
+) -> anyhow::Result<()> {
     let video = video_from_wire(video)?;
-    write_video(&video, &args.output.output, &options)
+    write_video(&video, &args.output.output, options)
         .with_context(|| format!("writing {}", args.output.output.display()))?;
     let summary: Vec<String> = timings
         .iter()

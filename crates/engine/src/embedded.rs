@@ -155,7 +155,8 @@ impl EmbeddedCascade {
     }
 
     /// Runs `request` to completion on this thread, showing `observer` every event; returning
-    /// `Break` stops the run (the engines drop its samples at their next step).
+    /// `Break` stops the run (the engines drop its samples at their next step). This blocks on
+    /// its own small runtime: inside an async context, use [`Self::run`] instead.
     pub fn generate(
         &self,
         request: &GenerateRequest,

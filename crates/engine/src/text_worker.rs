@@ -10,7 +10,7 @@ use std::time::Instant;
 use candle_core::Tensor;
 use tokio::sync::oneshot;
 use vidcascade_models::{ModelError, TextEncoder};
-use vidcascade_spec::request::MAX_PROMPT_BYTES;
+use vidcascade_spec::request::check_prompt_length;
 
 use crate::EngineError;
 use crate::queue::JobQueue;
@@ -102,7 +102,7 @@ impl TextEngine {
         self.queue.len()
     }
 
-    /// Checks a job's prompts: 1..=`max_batch_size` of them, each at most [`MAX_PROMPT_BYTES`].
+    /// Checks a job's prompts: 1..=`max_batch_size` of them, each within the prompt length limit.
     fn check(&self, prompts: &[String]) -> Result<(), EngineError> {
         if prompts.is_empty() || prompts.len() > self.config.max_batch_size {
             return Err(EngineError::InvalidRequest {
@@ -114,16 +114,13 @@ impl TextEngine {
                 ),
             });
         }
-        match prompts.iter().position(|p| p.len() > MAX_PROMPT_BYTES) {
-            Some(index) => Err(EngineError::InvalidRequest {
+        for (index, prompt) in prompts.iter().enumerate() {
+            check_prompt_length(prompt).map_err(|reason| EngineError::InvalidRequest {
                 field: format!("prompts[{index}]"),
-                reason: format!(
-                    "is {} bytes; the limit is {MAX_PROMPT_BYTES}",
-                    prompts[index].len()
-                ),
-            }),
-            None => Ok(()),
+                reason,
+            })?;
         }
+        Ok(())
     }
 
     /// Encodes `prompts` (`[tokens, dim]` each) on the worker, giving up at `deadline`.

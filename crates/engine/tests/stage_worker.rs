@@ -283,9 +283,10 @@ fn one_requests_non_finite_sample_fails_it_alone_and_the_batch_goes_on() -> anyh
     );
     let together = video(&good).expect("the healthy request finished");
     let diff = (together - &alone)?.abs()?.max_all()?.to_scalar::<f32>()?;
-    assert_eq!(
-        diff, 0.0,
-        "sharing a batch with a failed sample changed nothing"
+    // Batch size changes the float summation order of the network, nothing else.
+    assert!(
+        diff < 1e-4,
+        "sharing a batch with a failed sample changed the result by {diff}"
     );
     let stats = engine.stats();
     assert_eq!(stats.failed.load(std::sync::atomic::Ordering::Relaxed), 1);

@@ -86,29 +86,15 @@ pub(super) fn write(video: &Video, path: &Path, scale: usize) -> Result<(), Outp
         .map_err(OutputError::io(path, "write the file"))
 }
 
+/// Encodes every frame of `video`, upscaled by `scale` and padded to the coded size, as H.264:
+/// the track's SPS and PPS and one sample per frame.
 fn encode(
     video: &Video,
     scale: usize,
     (coded_width, coded_height): (usize, usize),
     path: &Path,
 ) -> Result<Encoded, OutputError> {
-    let h264_error = |reason: String| OutputError::encode(path, "H.264")(reason);
-    let idr_period = (video.fps * SECONDS_PER_IDR).round().max(1.0) as u32;
-    // Rate control off: every frame at OpenH264's base quantiser (26), so quality does not
-    // depend on a bitrate guess, no frame is ever dropped, and the encoder logs nothing (the
-    // rate-controlled modes warn on stderr unless they may drop frames).
-    let config = EncoderConfig::new()
-        .profile(Profile::Baseline)
-        .rate_control_mode(RateControlMode::Off)
-        .skip_frames(false)
-        .max_frame_rate(FrameRate::from_hz(video.fps))
-        .intra_frame_period(IntraFramePeriod::from_num_frames(idr_period))
-        // The machine is shared with model work, and clips are small.
-        .num_threads(1)
-        .vui(VuiConfig::bt601());
-    let mut encoder = Encoder::with_api_config(OpenH264API::from_source(), config)
-        .map_err(OutputError::encode(path, "H.264"))?;
-
+    let mut encoder = h264_encoder(video.fps, path)?;
     let (width, height) = (video.width * scale, video.height * scale);
     let mut parameter_sets: Option<(Vec<u8>, Vec<u8>)> = None;
     let mut samples: Vec<Sample> = Vec::with_capacity(video.frames.len());
@@ -122,54 +108,110 @@ fn encode(
             .map_err(OutputError::encode(path, "H.264"))?
             .to_vec();
 
-        let mut sample = Sample {
-            bytes: Vec::with_capacity(stream.len()),
-            is_sync: false,
-        };
-        let (mut sps, mut pps) = (None, None);
-        for nal in split_annex_b(&stream) {
-            match nal[0] & 0x1f {
-                NAL_SPS => sps = Some(nal),
-                NAL_PPS => pps = Some(nal),
-                NAL_AUD => {}
-                kind => {
-                    sample.is_sync |= kind == NAL_IDR_SLICE;
-                    let len = u32::try_from(nal.len())
-                        .map_err(|_| h264_error("a NAL unit over 4 GiB".into()))?;
-                    sample.bytes.extend_from_slice(&len.to_be_bytes());
-                    sample.bytes.extend_from_slice(nal);
-                }
-            }
-        }
-        // The `avcC` box holds one SPS and PPS for the whole track; OpenH264 (constant ids)
-        // repeats the same ones before every IDR frame, which is checked, not assumed.
-        match (&parameter_sets, sps, pps) {
-            (None, Some(sps), Some(pps)) => parameter_sets = Some((sps.to_vec(), pps.to_vec())),
-            (Some((first_sps, first_pps)), sps, pps)
-                if sps.is_some_and(|s| s != first_sps) || pps.is_some_and(|p| p != first_pps) =>
-            {
-                return Err(h264_error(format!(
-                    "the encoder changed its SPS/PPS at frame {index}"
-                )));
-            }
-            _ => {}
-        }
+        let EncodedFrame { sample, sps, pps } = split_frame(&stream, path)?;
+        keep_parameter_sets(&mut parameter_sets, sps, pps, index, path)?;
         // Frame skipping is off, so every frame must come out as a picture: one frame, one
         // sample, and the file has exactly the video's frames and timing.
         if sample.bytes.is_empty() {
-            return Err(h264_error(format!(
-                "the encoder produced no picture for frame {index}"
-            )));
+            return Err(h264_error(
+                path,
+                format!("the encoder produced no picture for frame {index}"),
+            ));
         }
         samples.push(sample);
     }
     let (sps, pps) = parameter_sets
         .filter(|(sps, pps)| sps.len() >= 4 && !pps.is_empty())
-        .ok_or_else(|| h264_error("the encoder produced no usable SPS/PPS".into()))?;
+        .ok_or_else(|| h264_error(path, "the encoder produced no usable SPS/PPS".into()))?;
     if !samples.first().is_some_and(|s| s.is_sync) {
-        return Err(h264_error("the first frame is not an IDR frame".into()));
+        return Err(h264_error(
+            path,
+            "the first frame is not an IDR frame".into(),
+        ));
     }
     Ok(Encoded { sps, pps, samples })
+}
+
+/// An H.264 encoding error for the file at `path`.
+fn h264_error(path: &Path, reason: String) -> OutputError {
+    OutputError::encode(path, "H.264")(reason)
+}
+
+/// An OpenH264 encoder for a `fps` clip: constrained baseline, constant quantiser, an IDR frame
+/// every [`SECONDS_PER_IDR`], BT.601 colours.
+fn h264_encoder(fps: f32, path: &Path) -> Result<Encoder, OutputError> {
+    let idr_period = (fps * SECONDS_PER_IDR).round().max(1.0) as u32;
+    // Rate control off: every frame at OpenH264's base quantiser (26), so quality does not
+    // depend on a bitrate guess, no frame is ever dropped, and the encoder logs nothing (the
+    // rate-controlled modes warn on stderr unless they may drop frames).
+    let config = EncoderConfig::new()
+        .profile(Profile::Baseline)
+        .rate_control_mode(RateControlMode::Off)
+        .skip_frames(false)
+        .max_frame_rate(FrameRate::from_hz(fps))
+        .intra_frame_period(IntraFramePeriod::from_num_frames(idr_period))
+        // The machine is shared with model work, and clips are small.
+        .num_threads(1)
+        .vui(VuiConfig::bt601());
+    Encoder::with_api_config(OpenH264API::from_source(), config)
+        .map_err(OutputError::encode(path, "H.264"))
+}
+
+/// One encoded frame: its sample and the SPS and PPS it carries, if any.
+struct EncodedFrame<'a> {
+    sample: Sample,
+    sps: Option<&'a [u8]>,
+    pps: Option<&'a [u8]>,
+}
+
+/// Splits one frame's Annex B stream into its sample (the picture's NAL units, length-prefixed)
+/// and its parameter sets.
+fn split_frame<'a>(stream: &'a [u8], path: &Path) -> Result<EncodedFrame<'a>, OutputError> {
+    let mut sample = Sample {
+        bytes: Vec::with_capacity(stream.len()),
+        is_sync: false,
+    };
+    let (mut sps, mut pps) = (None, None);
+    for nal in split_annex_b(stream) {
+        match nal[0] & 0x1f {
+            NAL_SPS => sps = Some(nal),
+            NAL_PPS => pps = Some(nal),
+            NAL_AUD => {}
+            kind => {
+                sample.is_sync |= kind == NAL_IDR_SLICE;
+                let len = u32::try_from(nal.len())
+                    .map_err(|_| h264_error(path, "a NAL unit over 4 GiB".into()))?;
+                sample.bytes.extend_from_slice(&len.to_be_bytes());
+                sample.bytes.extend_from_slice(nal);
+            }
+        }
+    }
+    Ok(EncodedFrame { sample, sps, pps })
+}
+
+/// Keeps the first SPS and PPS for the track, and fails if frame `index` carries different ones.
+fn keep_parameter_sets(
+    parameter_sets: &mut Option<(Vec<u8>, Vec<u8>)>,
+    sps: Option<&[u8]>,
+    pps: Option<&[u8]>,
+    index: usize,
+    path: &Path,
+) -> Result<(), OutputError> {
+    // The `avcC` box holds one SPS and PPS for the whole track; OpenH264 (constant ids)
+    // repeats the same ones before every IDR frame, which is checked, not assumed.
+    match (&*parameter_sets, sps, pps) {
+        (None, Some(sps), Some(pps)) => *parameter_sets = Some((sps.to_vec(), pps.to_vec())),
+        (Some((first_sps, first_pps)), sps, pps)
+            if sps.is_some_and(|s| s != first_sps) || pps.is_some_and(|p| p != first_pps) =>
+        {
+            return Err(h264_error(
+                path,
+                format!("the encoder changed its SPS/PPS at frame {index}"),
+            ));
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 /// The encoded length of a side: even, and at least OpenH264's 16.

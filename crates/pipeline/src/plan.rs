@@ -252,7 +252,7 @@ pub fn deadline_share(remaining: Duration, costs: &[f64]) -> Duration {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use vidcascade_spec::Segment;
     use vidcascade_spec::request::MAX_PROMPT_BYTES;
@@ -366,19 +366,18 @@ mod tests {
         let manifest = manifest();
         let clip = clip_seconds(&manifest.final_output().expect("has stages")) as f32;
         let mut request = GenerateRequest {
-            segments: Vec::new(),
+            segments: vec![
+                Segment {
+                    prompt: "red".into(),
+                    seconds: clip,
+                },
+                Segment {
+                    prompt: "blue".into(),
+                    seconds: clip * 1.5,
+                },
+            ],
             ..GenerateRequest::default()
         };
-        request.segments = vec![
-            Segment {
-                prompt: "red".into(),
-                seconds: clip,
-            },
-            Segment {
-                prompt: "blue".into(),
-                seconds: clip * 1.5,
-            },
-        ];
         let planned = plan(&request, &manifest, 0)?;
         assert_eq!(planned.clips, vec!["red", "blue", "blue"]);
         assert_eq!(planned.final_shape().frames, 12);

@@ -227,3 +227,234 @@ impl Run<'_> {
         Ok(outcome.video)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use vidcascade_spec::{GenerateRequest, Segment};
+
+    use super::*;
+    use crate::backend::StageOutcome;
+    use crate::plan::plan;
+    use crate::plan::tests::manifest;
+
+    /// What a fake stage saw of one call.
+    #[derive(Debug, Clone, PartialEq)]
+    struct Seen {
+        index: usize,
+        seed: u64,
+        conditioning_frames: Option<usize>,
+        embedding: u32,
+        deadline: Instant,
+    }
+
+    /// Encodes a prompt as its length; each stage returns a flat video of its output shape
+    /// whose pixels are the stage index, after reporting two steps. `fail_at` fails that stage.
+    #[derive(Default)]
+    struct Fake {
+        seen: Mutex<Vec<Seen>>,
+        fail_at: Option<usize>,
+    }
+
+    impl TextEncoding for Fake {
+        type Embedding = u32;
+
+        async fn encode(&self, prompt: &str, _: Instant) -> Result<Embeddings<u32>, CallError> {
+            Ok(Embeddings {
+                text: prompt.len() as u32,
+                unconditional: 0,
+            })
+        }
+    }
+
+    impl StageCall<u32> for Fake {
+        async fn generate(
+            &self,
+            call: StageCallRequest<'_, u32>,
+            report: &StageReport<'_>,
+        ) -> Result<StageOutcome, CallError> {
+            self.seen.lock().expect("lock").push(Seen {
+                index: call.index,
+                seed: call.seed,
+                conditioning_frames: call.conditioning.map(|v| v.frames.len()),
+                embedding: call.text.text,
+                deadline: call.deadline,
+            });
+            if self.fail_at == Some(call.index) {
+                return Err(CallError::new(
+                    ErrorType::ResourceExhausted,
+                    "queue is full",
+                ));
+            }
+            report.progress(1, 2).await?;
+            report.progress(2, 2).await?;
+            let shape = call.stage.manifest.output.expect("diffusion stage");
+            Ok(StageOutcome {
+                video: Video {
+                    width: shape.width,
+                    height: shape.height,
+                    fps: shape.fps,
+                    frames: vec![
+                        vec![call.index as u8; shape.width * shape.height * 3];
+                        shape.frames
+                    ],
+                },
+                queued: Duration::ZERO,
+                run: Duration::from_millis(1),
+                steps: 2,
+            })
+        }
+    }
+
+    fn limits(deadline: Duration) -> RunLimits<'static> {
+        let started = Instant::now();
+        RunLimits {
+            request_id: "test",
+            started,
+            deadline: started + deadline,
+        }
+    }
+
+    async fn collect(plan: &Plan, fake: &Fake) -> (Result<(), PipelineError>, Vec<Event>) {
+        let (tx, mut rx) = mpsc::channel(1024);
+        let result = run(plan, limits(Duration::from_secs(60)), fake, fake, &tx).await;
+        drop(tx);
+        let mut events = Vec::new();
+        while let Some(event) = rx.recv().await {
+            events.push(event);
+        }
+        (result, events)
+    }
+
+    fn describe(event: &Event) -> String {
+        match event {
+            Event::StageStarted { stage, clip, .. } => format!("{clip} start {stage}"),
+            Event::Progress { stage, step, .. } => format!("{stage} {step}"),
+            Event::Preview { stage, .. } => format!("preview {stage}"),
+            Event::StageCompleted { stage, video, .. } => {
+                format!(
+                    "done {stage} {}",
+                    video.as_ref().map_or(0, |v| v.frames.len())
+                )
+            }
+            Event::Completed { video, timings } => {
+                format!("completed {} {}", video.frames.len(), timings.len())
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn clips_run_every_stage_in_order_each_conditioned_on_the_last() -> anyhow::Result<()> {
+        let request = GenerateRequest {
+            segments: vec![
+                Segment {
+                    prompt: "red".into(),
+                    seconds: 1.0,
+                },
+                Segment {
+                    prompt: "blue!".into(),
+                    seconds: 1.0,
+                },
+            ],
+            seed: Some(9),
+            ..GenerateRequest::default()
+        };
+        let plan = plan(&request, &manifest(), 0)?;
+        let fake = Fake::default();
+        let started = Instant::now();
+        let (result, events) = collect(&plan, &fake).await;
+        result?;
+        let mut expected = Vec::new();
+        for clip in 0..2 {
+            expected.push(format!("{clip} start text-encoder"));
+            expected.push("done text-encoder 0".to_string());
+            for (stage, frames) in [("base", 2), ("tsr", 4), ("ssr", 4)] {
+                expected.extend([
+                    format!("{clip} start {stage}"),
+                    format!("{stage} 1"),
+                    format!("{stage} 2"),
+                    format!("done {stage} {frames}"),
+                ]);
+            }
+        }
+        expected.push("completed 8 8".into());
+        assert_eq!(events.iter().map(describe).collect::<Vec<_>>(), expected);
+
+        let seen = fake.seen.lock().expect("lock").clone();
+        let calls: Vec<(usize, Option<usize>, u32)> = seen
+            .iter()
+            .map(|s| (s.index, s.conditioning_frames, s.embedding))
+            .collect();
+        assert_eq!(
+            calls,
+            vec![
+                (0, None, 3),
+                (1, Some(2), 3),
+                (2, Some(4), 3),
+                (0, None, 5),
+                (1, Some(2), 5),
+                (2, Some(4), 5),
+            ]
+        );
+        for (i, s) in seen.iter().enumerate() {
+            assert_eq!(s.seed, plan.stage_seed(i / 3, s.index));
+        }
+        // Each call gets its cost's share of what is left (here, of nearly all 60 s): the first
+        // of six calls its share of the whole, none past the run's deadline.
+        let costs = plan.remaining_costs(0, 0);
+        let first_share = Duration::from_secs(60).mul_f64(costs[0] / costs.iter().sum::<f64>());
+        let first = seen[0].deadline.duration_since(started);
+        assert!(first <= first_share && first + Duration::from_secs(1) > first_share);
+        assert!(
+            seen.iter()
+                .all(|s| s.deadline <= started + Duration::from_secs(61))
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_failed_stage_ends_the_run_with_its_error_type() -> anyhow::Result<()> {
+        let plan = plan(&GenerateRequest::new("red"), &manifest(), 0)?;
+        let fake = Fake {
+            fail_at: Some(1),
+            ..Fake::default()
+        };
+        let (result, events) = collect(&plan, &fake).await;
+        let err = result.expect_err("tsr failed");
+        assert_eq!(err.error_type(), ErrorType::ResourceExhausted);
+        assert_eq!(err.to_string(), "stage `tsr`: queue is full");
+        assert!(!events.iter().any(|e| matches!(e, Event::Completed { .. })));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_departed_caller_cancels_the_run() -> anyhow::Result<()> {
+        let plan = plan(&GenerateRequest::new("red"), &manifest(), 0)?;
+        let fake = Fake::default();
+        let (tx, rx) = mpsc::channel(1);
+        drop(rx);
+        let result = run(&plan, limits(Duration::from_secs(60)), &fake, &fake, &tx).await;
+        assert!(
+            matches!(result, Err(PipelineError::Cancelled)),
+            "{result:?}"
+        );
+        assert!(
+            fake.seen.lock().expect("lock").is_empty(),
+            "no stage was called"
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_passed_deadline_stops_before_calling_anything() -> anyhow::Result<()> {
+        let plan = plan(&GenerateRequest::new("red"), &manifest(), 0)?;
+        let fake = Fake::default();
+        let (tx, _rx) = mpsc::channel(64);
+        let result = run(&plan, limits(Duration::ZERO), &fake, &fake, &tx).await;
+        let err = result.expect_err("no time");
+        assert_eq!(err.error_type(), ErrorType::DeadlineExceeded);
+        assert!(fake.seen.lock().expect("lock").is_empty());
+        Ok(())
+    }
+}

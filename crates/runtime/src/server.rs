@@ -86,35 +86,9 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
     on_drain: impl FnOnce(),
 ) -> anyhow::Result<()> {
-    let (reporter, health_service) = tonic_health::server::health_reporter();
-    set_all(&reporter, &options.health_names, ServingStatus::NotServing).await;
-    // Both reflection versions: grpcurl up to 1.8 and many tools still speak only v1alpha.
-    let reflection = || {
-        tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(vidcascade_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-    };
-    let reflection_v1 = reflection()
-        .build_v1()
-        .context("building the reflection service")?;
-    let reflection_v1alpha = reflection()
-        .build_v1alpha()
-        .context("building the reflection service (v1alpha)")?;
-    let routes = routes
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha);
-
+    let (reporter, routes) = add_health_and_reflection(routes, &options.health_names).await?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let incoming = TcpListenerStream::new(listener);
-    let mut server = tokio::spawn(async move {
-        Server::builder()
-            .add_routes(routes)
-            .serve_with_incoming_shutdown(incoming, async {
-                let _ = stop_rx.await;
-            })
-            .await
-    });
+    let mut server = spawn_server(listener, routes, stop_rx);
 
     let label = options.label.as_str();
     tokio::pin!(shutdown);
@@ -137,12 +111,72 @@ pub async fn serve(
         () = &mut shutdown => {}
         result = &mut server => return server_ended(label, result),
     }
+    drain(&reporter, &options, on_drain, stop_tx, server).await
+}
+
+/// The running gRPC server task.
+type ServerTask = tokio::task::JoinHandle<Result<(), tonic::transport::Error>>;
+
+/// Adds grpc.health.v1 (every name NOT_SERVING for now) and both reflection versions to
+/// `routes`; returns the health reporter with the routes.
+async fn add_health_and_reflection(
+    routes: Routes,
+    health_names: &[String],
+) -> anyhow::Result<(HealthReporter, Routes)> {
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    set_all(&reporter, health_names, ServingStatus::NotServing).await;
+    // Both reflection versions: grpcurl up to 1.8 and many tools still speak only v1alpha.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(vidcascade_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection()
+        .build_v1()
+        .context("building the reflection service")?;
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
+        .context("building the reflection service (v1alpha)")?;
+    let routes = routes
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha);
+    Ok((reporter, routes))
+}
+
+/// Spawns the gRPC server on `listener`; it stops accepting once `stop` fires (or is dropped).
+fn spawn_server(
+    listener: TcpListener,
+    routes: Routes,
+    stop: tokio::sync::oneshot::Receiver<()>,
+) -> ServerTask {
+    let incoming = TcpListenerStream::new(listener);
+    tokio::spawn(async move {
+        Server::builder()
+            .add_routes(routes)
+            .serve_with_incoming_shutdown(incoming, async {
+                let _ = stop.await;
+            })
+            .await
+    })
+}
+
+/// Goes NOT_SERVING, stops admitting work (`on_drain`), stops the server and lets in-flight
+/// requests finish for up to the grace period, then cuts them.
+async fn drain(
+    reporter: &HealthReporter,
+    options: &ServeOptions,
+    on_drain: impl FnOnce(),
+    stop_tx: tokio::sync::oneshot::Sender<()>,
+    mut server: ServerTask,
+) -> anyhow::Result<()> {
+    let label = options.label.as_str();
     tracing::info!(
         service = label,
         grace_s = options.drain_grace.as_secs_f64(),
         "draining"
     );
-    set_all(&reporter, &options.health_names, ServingStatus::NotServing).await;
+    set_all(reporter, &options.health_names, ServingStatus::NotServing).await;
     on_drain();
     let _ = stop_tx.send(());
     match tokio::time::timeout(options.drain_grace, &mut server).await {

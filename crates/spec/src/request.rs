@@ -62,6 +62,11 @@ pub fn check_prompt(prompt: &str) -> Result<(), String> {
     if prompt.trim().is_empty() {
         return Err("must not be empty".into());
     }
+    check_prompt_length(prompt)
+}
+
+/// A prompt (or the empty prompt a text encoder also takes) is at most [`MAX_PROMPT_BYTES`].
+pub fn check_prompt_length(prompt: &str) -> Result<(), String> {
     if prompt.len() > MAX_PROMPT_BYTES {
         return Err(format!(
             "is {} bytes; the limit is {MAX_PROMPT_BYTES}",

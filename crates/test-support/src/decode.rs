@@ -98,7 +98,6 @@ pub fn read_gif(path: &Path) -> anyhow::Result<Video> {
 /// writer encodes), with `fps` from the track's timing. The size is the decoded picture's, so a
 /// video written with an odd side (or one under 16) comes back padded to the coded size.
 pub fn read_mp4(path: &Path) -> anyhow::Result<Video> {
-    let mp4_error = |reason: &str| anyhow::anyhow!("{}: {reason}", cannot(path, "read MP4"));
     let file = File::open(path).with_context(|| cannot(path, "open the file"))?;
     let size = file
         .metadata()
@@ -106,51 +105,106 @@ pub fn read_mp4(path: &Path) -> anyhow::Result<Video> {
         .len();
     let mut mp4 = Mp4Reader::read_header(BufReader::new(file), size)
         .with_context(|| cannot(path, "read MP4"))?;
-    let track = mp4
-        .tracks()
-        .values()
-        .filter(|t| matches!(t.media_type(), Ok(MediaType::H264)))
-        .min_by_key(|t| t.track_id())
-        .ok_or_else(|| mp4_error("no H.264 video track"))?;
-    let (track_id, timescale, sample_count) =
-        (track.track_id(), track.timescale(), track.sample_count());
-    let avcc = &track
-        .trak
-        .mdia
-        .minf
-        .stbl
-        .stsd
-        .avc1
-        .as_ref()
-        .ok_or_else(|| mp4_error("the H.264 track has no avc1 sample entry"))?
-        .avcc;
-    let length_size = usize::from(avcc.length_size_minus_one & 3) + 1;
-    let mut parameter_sets = Vec::new();
-    for nal in avcc
-        .sequence_parameter_sets
-        .iter()
-        .chain(&avcc.picture_parameter_sets)
-    {
-        parameter_sets.extend_from_slice(&[0, 0, 0, 1]);
-        parameter_sets.extend_from_slice(&nal.bytes);
+    let track = H264Track::find(&mp4, path)?;
+    let (pictures, total_ticks) = decode_track(&mut mp4, &track, path)?;
+    let Some(&(size, _)) = pictures.first() else {
+        return Err(mp4_error(path, "the track has no decodable frames"));
+    };
+    if pictures.iter().any(|(other, _)| *other != size) {
+        return Err(mp4_error(path, "the picture size changes mid-stream"));
     }
+    let (width, height) = size;
+    let frames: Vec<Vec<u8>> = pictures.into_iter().map(|(_, rgb)| rgb).collect();
+    let fps = if total_ticks == 0 {
+        0.0
+    } else {
+        (f64::from(track.timescale) * frames.len() as f64 / total_ticks as f64) as f32
+    };
+    Ok(Video {
+        width,
+        height,
+        fps,
+        frames,
+    })
+}
 
+/// `"<path>: cannot read MP4: <reason>"`.
+fn mp4_error(path: &Path, reason: &str) -> anyhow::Error {
+    anyhow::anyhow!("{}: {reason}", cannot(path, "read MP4"))
+}
+
+/// What decoding an MP4's H.264 track needs from its header.
+struct H264Track {
+    track_id: u32,
+    timescale: u32,
+    sample_count: u32,
+    /// Bytes of each NAL unit's length prefix in a sample.
+    length_size: usize,
+    /// The `avcC` box's SPS and PPS, in Annex B form.
+    parameter_sets: Vec<u8>,
+}
+
+impl H264Track {
+    /// The first (lowest id) H.264 track of `mp4`.
+    fn find(mp4: &Mp4Reader<BufReader<File>>, path: &Path) -> anyhow::Result<Self> {
+        let track = mp4
+            .tracks()
+            .values()
+            .filter(|t| matches!(t.media_type(), Ok(MediaType::H264)))
+            .min_by_key(|t| t.track_id())
+            .ok_or_else(|| mp4_error(path, "no H.264 video track"))?;
+        let avcc = &track
+            .trak
+            .mdia
+            .minf
+            .stbl
+            .stsd
+            .avc1
+            .as_ref()
+            .ok_or_else(|| mp4_error(path, "the H.264 track has no avc1 sample entry"))?
+            .avcc;
+        let mut parameter_sets = Vec::new();
+        for nal in avcc
+            .sequence_parameter_sets
+            .iter()
+            .chain(&avcc.picture_parameter_sets)
+        {
+            parameter_sets.extend_from_slice(&[0, 0, 0, 1]);
+            parameter_sets.extend_from_slice(&nal.bytes);
+        }
+        Ok(Self {
+            track_id: track.track_id(),
+            timescale: track.timescale(),
+            sample_count: track.sample_count(),
+            length_size: usize::from(avcc.length_size_minus_one & 3) + 1,
+            parameter_sets,
+        })
+    }
+}
+
+/// Decodes every sample of `track`: the pictures in order, and the track's duration in ticks.
+fn decode_track(
+    mp4: &mut Mp4Reader<BufReader<File>>,
+    track: &H264Track,
+    path: &Path,
+) -> anyhow::Result<(Vec<Picture>, u64)> {
     let mut decoder = Decoder::new().with_context(|| cannot(path, "read H.264"))?;
     let mut pictures = Vec::new();
     let mut total_ticks = 0u64;
-    for sample_id in 1..=sample_count {
+    for sample_id in 1..=track.sample_count {
         let sample = mp4
-            .read_sample(track_id, sample_id)
+            .read_sample(track.track_id, sample_id)
             .with_context(|| cannot(path, "read MP4"))?
-            .ok_or_else(|| mp4_error("a sample listed in the index is missing"))?;
+            .ok_or_else(|| mp4_error(path, "a sample listed in the index is missing"))?;
         total_ticks += u64::from(sample.duration);
         // The parameter sets live in the avcC box; the decoder wants them in-band, once.
         let mut annex_b = if sample_id == 1 {
-            parameter_sets.clone()
+            track.parameter_sets.clone()
         } else {
             Vec::new()
         };
-        to_annex_b(&sample.bytes, length_size, &mut annex_b).map_err(mp4_error)?;
+        to_annex_b(&sample.bytes, track.length_size, &mut annex_b)
+            .map_err(|reason| mp4_error(path, reason))?;
         if let Some(yuv) = decoder
             .decode(&annex_b)
             .with_context(|| cannot(path, "read H.264"))?
@@ -162,29 +216,14 @@ pub fn read_mp4(path: &Path) -> anyhow::Result<Video> {
         .flush_remaining()
         .with_context(|| cannot(path, "read H.264"))?;
     pictures.extend(remaining.iter().map(to_rgb));
-    let Some(&(size, _)) = pictures.first() else {
-        return Err(mp4_error("the track has no decodable frames"));
-    };
-    if pictures.iter().any(|(other, _)| *other != size) {
-        return Err(mp4_error("the picture size changes mid-stream"));
-    }
-    let (width, height) = size;
-    let frames: Vec<Vec<u8>> = pictures.into_iter().map(|(_, rgb)| rgb).collect();
-    let fps = if total_ticks == 0 {
-        0.0
-    } else {
-        (f64::from(timescale) * frames.len() as f64 / total_ticks as f64) as f32
-    };
-    Ok(Video {
-        width,
-        height,
-        fps,
-        frames,
-    })
+    Ok((pictures, total_ticks))
 }
 
 /// A decoded picture's `(width, height)` and RGB8 pixels.
-fn to_rgb(yuv: &DecodedYUV<'_>) -> ((usize, usize), Vec<u8>) {
+type Picture = ((usize, usize), Vec<u8>);
+
+/// A decoded picture as a [`Picture`].
+fn to_rgb(yuv: &DecodedYUV<'_>) -> Picture {
     let (width, height) = yuv.dimensions();
     let mut rgb = vec![0; width * height * 3];
     yuv.write_rgb8(&mut rgb);

@@ -14,7 +14,18 @@ use vidcascade_models::unet::{Prediction, TemporalMixing, VideoUNetConfig};
 /// [`Scaffold::write`], or use [`tiny_model`].
 pub fn tiny_scaffold() -> Scaffold {
     let words = "a red green blue yellow white magenta cyan black gray circle square triangle moving left right up down on background";
-    let encoder = T5Config {
+    Scaffold {
+        name: "tiny".into(),
+        description: "random-weight cascade for tests".into(),
+        encoder: tiny_encoder(),
+        vocabulary: words.split(' ').map(String::from).collect(),
+        stages: vec![tiny_base_stage(), tiny_tsr_stage(), tiny_ssr_stage()],
+    }
+}
+
+/// The tiny cascade's text encoder: 2 layers of width 16 over a 32-token vocabulary.
+fn tiny_encoder() -> T5Config {
+    T5Config {
         vocab_size: 32,
         d_model: 16,
         d_kv: 8,
@@ -26,8 +37,13 @@ pub fn tiny_scaffold() -> Scaffold {
         layer_norm_epsilon: 1e-6,
         feed_forward_proj: "gated-gelu".into(),
         max_tokens: 16,
-    };
-    let unet = |temporal: TemporalMixing, cond_channels: usize| VideoUNetConfig {
+    }
+}
+
+/// The tiny 2-level U-Net: a base stage (`cond_channels` 0, with the frame embedding, coordinate
+/// maps and layout map, predicting `v`) or a super-resolution one (predicting the residual).
+fn tiny_unet(temporal: TemporalMixing, cond_channels: usize) -> VideoUNetConfig {
+    VideoUNetConfig {
         in_channels: 3,
         cond_channels,
         out_channels: 3,
@@ -51,14 +67,30 @@ pub fn tiny_scaffold() -> Scaffold {
         } else {
             Prediction::X0Residual
         },
-    };
-    let shape = |frames, side, fps| VideoShape {
+    }
+}
+
+/// A square video shape.
+fn square(frames: usize, side: usize, fps: f32) -> VideoShape {
+    VideoShape {
         frames,
         height: side,
         width: side,
         fps,
-    };
-    let stage = |name: &str, kind, input, output, steps, guidance, aug: f64| StageManifest {
+    }
+}
+
+/// A stage's manifest, stored under its name, with its sampling defaults.
+fn tiny_manifest(
+    name: &str,
+    kind: StageKind,
+    input: Option<VideoShape>,
+    output: VideoShape,
+    steps: usize,
+    guidance: f64,
+    aug: f64,
+) -> StageManifest {
+    StageManifest {
         name: name.into(),
         kind,
         path: name.into(),
@@ -70,42 +102,54 @@ pub fn tiny_scaffold() -> Scaffold {
             noise_augmentation: aug,
             ..StageDefaults::default()
         },
-    };
-    Scaffold {
-        name: "tiny".into(),
-        description: "random-weight cascade for tests".into(),
-        encoder,
-        vocabulary: words.split(' ').map(String::from).collect(),
-        stages: vec![
-            ScaffoldStage {
-                manifest: stage("base", StageKind::Base, None, shape(4, 8, 2.0), 4, 3.0, 0.0),
-                unet: unet(TemporalMixing::Attention, 0),
-            },
-            ScaffoldStage {
-                manifest: stage(
-                    "tsr",
-                    StageKind::Tsr,
-                    Some(shape(4, 8, 2.0)),
-                    shape(8, 8, 4.0),
-                    3,
-                    1.0,
-                    0.1,
-                ),
-                unet: unet(TemporalMixing::Conv, 3),
-            },
-            ScaffoldStage {
-                manifest: stage(
-                    "ssr",
-                    StageKind::Ssr,
-                    Some(shape(8, 8, 4.0)),
-                    shape(8, 16, 4.0),
-                    3,
-                    1.0,
-                    0.1,
-                ),
-                unet: unet(TemporalMixing::Conv, 3),
-            },
-        ],
+    }
+}
+
+/// The base stage: 4 frames of 8x8 at 2 fps, temporal attention.
+fn tiny_base_stage() -> ScaffoldStage {
+    ScaffoldStage {
+        manifest: tiny_manifest(
+            "base",
+            StageKind::Base,
+            None,
+            square(4, 8, 2.0),
+            4,
+            3.0,
+            0.0,
+        ),
+        unet: tiny_unet(TemporalMixing::Attention, 0),
+    }
+}
+
+/// The temporal super-resolution stage: 4 to 8 frames of 8x8, 2 to 4 fps.
+fn tiny_tsr_stage() -> ScaffoldStage {
+    ScaffoldStage {
+        manifest: tiny_manifest(
+            "tsr",
+            StageKind::Tsr,
+            Some(square(4, 8, 2.0)),
+            square(8, 8, 4.0),
+            3,
+            1.0,
+            0.1,
+        ),
+        unet: tiny_unet(TemporalMixing::Conv, 3),
+    }
+}
+
+/// The spatial super-resolution stage: 8 frames from 8x8 to 16x16.
+fn tiny_ssr_stage() -> ScaffoldStage {
+    ScaffoldStage {
+        manifest: tiny_manifest(
+            "ssr",
+            StageKind::Ssr,
+            Some(square(8, 8, 4.0)),
+            square(8, 16, 4.0),
+            3,
+            1.0,
+            0.1,
+        ),
+        unet: tiny_unet(TemporalMixing::Conv, 3),
     }
 }
 

@@ -323,7 +323,7 @@ impl Job {
 
     /// The pipeline on the replica sets, its events forwarded to the client as they come.
     async fn pipeline(&self) -> Result<(), GatewayError> {
-        let (events, mut received) = mpsc::channel(EVENT_BUFFER);
+        let (events, received) = mpsc::channel(EVENT_BUFFER);
         let limits = RunLimits {
             request_id: &self.request_id,
             started: self.started,
@@ -336,6 +336,8 @@ impl Job {
             result
         };
         let forwarding = async {
+            // Owning the receiver here drops it when the client leaves, which cancels the run.
+            let mut received = received;
             while let Some(event) = received.recv().await {
                 record_stage_time(&event);
                 for message in self.wire.convert(event) {

@@ -52,9 +52,29 @@ pub fn analyse(frames: &[Vec<u8>], height: usize, width: usize) -> Analysis {
         .iter()
         .map(|f| f.chunks(3).map(nearest_colour).collect())
         .collect();
+    let background = background_colour(&classes, height, width);
+    let colour = shape_colour(&classes, background, height, width);
+    let (track, mut fills) = match colour {
+        Some(colour) => track_shape(&classes, colour, height, width),
+        None => (vec![None; classes.len()], Vec::new()),
+    };
+    let fill_ratio = median(&mut fills);
+    let shape = fill_ratio.map(shape_from_fill);
+    let motion = direction(&track, height.min(width) as f64 / 8.0);
+    Analysis {
+        background,
+        colour,
+        shape,
+        motion,
+        fill_ratio,
+        track,
+    }
+}
 
+/// The most common colour on the frames' borders.
+fn background_colour(classes: &[Vec<Colour>], height: usize, width: usize) -> Option<Colour> {
     let mut border = [0usize; 9];
-    for frame in &classes {
+    for frame in classes {
         for i in 0..height {
             for j in 0..width {
                 if i == 0 || j == 0 || i + 1 == height || j + 1 == width {
@@ -63,10 +83,18 @@ pub fn analyse(frames: &[Vec<u8>], height: usize, width: usize) -> Analysis {
             }
         }
     }
-    let background = argmax(&border).map(|i| Colour::ALL[i]);
+    argmax(&border).map(|i| Colour::ALL[i])
+}
 
+/// The most common colour other than `background`, if it covers at least 1% of the pixels.
+fn shape_colour(
+    classes: &[Vec<Colour>],
+    background: Option<Colour>,
+    height: usize,
+    width: usize,
+) -> Option<Colour> {
     let mut others = [0usize; 9];
-    for frame in &classes {
+    for frame in classes {
         for &c in frame {
             if Some(c) != background {
                 others[index(c)] += 1;
@@ -74,18 +102,23 @@ pub fn analyse(frames: &[Vec<u8>], height: usize, width: usize) -> Analysis {
         }
     }
     // A few stray pixels are not a shape: need at least 1% of one frame's pixels per frame.
-    let min_pixels = (frames.len() * height * width / 100).max(1);
-    let colour = argmax(&others)
+    let min_pixels = (classes.len() * height * width / 100).max(1);
+    argmax(&others)
         .filter(|&i| others[i] >= min_pixels)
-        .map(|i| Colour::ALL[i]);
+        .map(|i| Colour::ALL[i])
+}
 
-    let mut track = Vec::with_capacity(frames.len());
+/// The centroid of `colour` in each frame (`None` under 2 pixels), and its fill ratio in its
+/// bounding box in each frame where it does not touch the border.
+fn track_shape(
+    classes: &[Vec<Colour>],
+    colour: Colour,
+    height: usize,
+    width: usize,
+) -> (Vec<Option<(f64, f64)>>, Vec<f64>) {
+    let mut track = Vec::with_capacity(classes.len());
     let mut fills = Vec::new();
-    for frame in &classes {
-        let Some(colour) = colour else {
-            track.push(None);
-            continue;
-        };
+    for frame in classes {
         let (mut n, mut sx, mut sy) = (0usize, 0f64, 0f64);
         let (mut x0, mut x1, mut y0, mut y1) = (usize::MAX, 0, usize::MAX, 0);
         for i in 0..height {
@@ -112,26 +145,18 @@ pub fn analyse(frames: &[Vec<u8>], height: usize, width: usize) -> Analysis {
             fills.push(n as f64 / bbox);
         }
     }
+    (track, fills)
+}
 
-    let fill_ratio = median(&mut fills);
-    let shape = fill_ratio.map(|r| {
-        if r < 0.64 {
-            ShapeKind::Triangle
-        } else if r < 0.89 {
-            ShapeKind::Circle
-        } else {
-            ShapeKind::Square
-        }
-    });
-
-    let motion = direction(&track, height.min(width) as f64 / 8.0);
-    Analysis {
-        background,
-        colour,
-        shape,
-        motion,
-        fill_ratio,
-        track,
+/// The shape class of a fill ratio in the bounding box: about 1/2 for a triangle, pi/4 for a
+/// circle, 1 for a square.
+fn shape_from_fill(ratio: f64) -> ShapeKind {
+    if ratio < 0.64 {
+        ShapeKind::Triangle
+    } else if ratio < 0.89 {
+        ShapeKind::Circle
+    } else {
+        ShapeKind::Square
     }
 }
 

@@ -15,7 +15,7 @@ mod recipe;
 mod text_pretrain;
 mod trainer;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 // candle allocates a fresh buffer per tensor op; the system allocator hands large ones back to the
 // OS and page-faults them in again every step (measured: ~2x slower training on 2 cores).
@@ -23,7 +23,7 @@ use std::path::PathBuf;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use anyhow::bail;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use vidcascade_models::repository::scaffold::WeightInit;
 
 #[derive(Parser)]
@@ -68,152 +68,146 @@ enum Command {
         seed: u64,
     },
     /// Train one diffusion stage (resumable).
-    Train {
-        /// Model repository.
-        #[arg(long, default_value = "models/shapes")]
-        model: PathBuf,
-        /// Stage to train.
-        #[arg(long)]
-        stage: String,
-        /// Total optimizer steps to reach.
-        #[arg(long, default_value_t = 3000)]
-        steps: usize,
-        /// Examples per step.
-        #[arg(long, default_value_t = 8)]
-        batch: usize,
-        /// Peak learning rate.
-        #[arg(long, default_value_t = 5e-4)]
-        lr: f64,
-        /// Warm-up steps.
-        #[arg(long, default_value_t = 100)]
-        warmup: usize,
-        /// EMA decay.
-        #[arg(long, default_value_t = 0.998)]
-        ema_decay: f64,
-        /// Caption dropout for classifier-free guidance.
-        #[arg(long, default_value_t = 0.1)]
-        text_dropout: f64,
-        /// Upper bound of SR noise augmentation times.
-        #[arg(long, default_value_t = 0.5)]
-        max_augmentation: f64,
-        /// Shift of the training times towards high noise (1 = uniform; 3 puts 43 % of steps at
-        /// t > 0.8 instead of 20 %), where a base stage learns layout and motion.
-        #[arg(long, default_value_t = 1.0)]
-        time_shift: f64,
-        /// Learning-rate multiplier of the layout map (`layout.*` parameters): at 1 the base
-        /// stage's layout did not follow motion words in 500 steps, at 30 it did in ~100
-        /// (docs/training.md). SR stages have no layout map.
-        #[arg(long, default_value_t = 30.0)]
-        layout_lr_scale: f64,
-        /// Steps between checkpoints.
-        #[arg(long, default_value_t = 100)]
-        checkpoint_every: usize,
-        /// Steps between progress lines.
-        #[arg(long, default_value_t = 10)]
-        log_every: usize,
-        /// Folder for resume state.
-        #[arg(long, default_value = "train-runs")]
-        run_dir: PathBuf,
-        /// Seed of data and noise.
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-        /// Train on windows of this many output frames (SR stages).
-        #[arg(long)]
-        crop_frames: Option<usize>,
-        /// Train on square crops of this side (SR stages).
-        #[arg(long)]
-        crop_side: Option<usize>,
-    },
+    Train(TrainArgs),
+}
+
+// The options of `train`. No doc comment: the `Train` variant's is the subcommand's help.
+#[derive(Args)]
+struct TrainArgs {
+    /// Model repository.
+    #[arg(long, default_value = "models/shapes")]
+    model: PathBuf,
+    /// Stage to train.
+    #[arg(long)]
+    stage: String,
+    /// Total optimizer steps to reach.
+    #[arg(long, default_value_t = 3000)]
+    steps: usize,
+    /// Examples per step.
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+    /// Peak learning rate.
+    #[arg(long, default_value_t = 5e-4)]
+    lr: f64,
+    /// Warm-up steps.
+    #[arg(long, default_value_t = 100)]
+    warmup: usize,
+    /// EMA decay.
+    #[arg(long, default_value_t = 0.998)]
+    ema_decay: f64,
+    /// Caption dropout for classifier-free guidance.
+    #[arg(long, default_value_t = 0.1)]
+    text_dropout: f64,
+    /// Upper bound of SR noise augmentation times.
+    #[arg(long, default_value_t = 0.5)]
+    max_augmentation: f64,
+    /// Shift of the training times towards high noise (1 = uniform; 3 puts 43 % of steps at
+    /// t > 0.8 instead of 20 %), where a base stage learns layout and motion.
+    #[arg(long, default_value_t = 1.0)]
+    time_shift: f64,
+    /// Learning-rate multiplier of the layout map (`layout.*` parameters): at 1 the base
+    /// stage's layout did not follow motion words in 500 steps, at 30 it did in ~100
+    /// (docs/training.md). SR stages have no layout map.
+    #[arg(long, default_value_t = 30.0)]
+    layout_lr_scale: f64,
+    /// Steps between checkpoints.
+    #[arg(long, default_value_t = 100)]
+    checkpoint_every: usize,
+    /// Steps between progress lines.
+    #[arg(long, default_value_t = 10)]
+    log_every: usize,
+    /// Folder for resume state.
+    #[arg(long, default_value = "train-runs")]
+    run_dir: PathBuf,
+    /// Seed of data and noise.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Train on windows of this many output frames (SR stages).
+    #[arg(long)]
+    crop_frames: Option<usize>,
+    /// Train on square crops of this side (SR stages).
+    #[arg(long)]
+    crop_side: Option<usize>,
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Init { out, seed, force } => {
-            if out.join("manifest.json").exists() && !force {
-                bail!(
-                    "{} already holds a model repository; pass --force to replace it",
-                    out.display()
-                );
-            }
-            // The U-Nets start at their training initialisation; the frozen text encoder gets
-            // seeded random features (see docs/training.md for why that suffices here).
-            recipe::shapes_scaffold().write_with(
-                &out,
-                WeightInit::Random { seed },
-                WeightInit::Training,
-            )?;
-            println!("wrote untrained cascade to {}", out.display());
-        }
+        Command::Init { out, seed, force } => init(&out, seed, force),
         Command::PretrainText {
             model,
             steps,
             batch,
             lr,
             seed,
-        } => {
-            let (train, held_out) = text_pretrain::pretrain_text_encoder(
-                &model,
-                text_pretrain::TextPretrainConfig {
-                    steps,
-                    batch,
-                    lr,
-                    seed,
-                },
-            )?;
-            println!("caption roles read from the pooled embedding, training captions: {train}");
-            println!("caption roles read from the pooled embedding, held-out captions: {held_out}");
-        }
-        Command::Train {
-            model,
-            stage,
-            steps,
-            batch,
-            lr,
-            warmup,
-            ema_decay,
-            text_dropout,
-            max_augmentation,
-            time_shift,
-            layout_lr_scale,
-            checkpoint_every,
-            log_every,
-            run_dir,
-            seed,
-            crop_frames,
-            crop_side,
-        } => {
-            let crop = match (crop_frames, crop_side) {
-                (None, None) => None,
-                (frames, side) => Some(data::Crop {
-                    frames: frames.unwrap_or(usize::MAX),
-                    side: side.unwrap_or(usize::MAX),
-                }),
-            };
-            let config = trainer::TrainConfig {
-                stage,
+        } => pretrain_text(
+            &model,
+            text_pretrain::TextPretrainConfig {
                 steps,
                 batch,
                 lr,
-                warmup,
-                weight_decay: 0.01,
-                ema_decay,
-                text_dropout,
-                min_snr_gamma: 5.0,
-                max_augmentation,
-                time_shift,
-                layout_lr_scale,
-                grad_clip: 1.0,
-                checkpoint_every,
-                log_every,
                 seed,
-                crop,
-            };
-            let state = trainer::train(&model, &run_dir, config)?;
-            println!(
-                "done at step {} (recent loss {:.4})",
-                state.step, state.recent_loss
-            );
-        }
+            },
+        ),
+        Command::Train(args) => train(args),
     }
+}
+
+/// `init`: writes the untrained cascade to `out`.
+fn init(out: &Path, seed: u64, force: bool) -> anyhow::Result<()> {
+    if out.join("manifest.json").exists() && !force {
+        bail!(
+            "{} already holds a model repository; pass --force to replace it",
+            out.display()
+        );
+    }
+    // The U-Nets start at their training initialisation; the frozen text encoder gets
+    // seeded random features (see docs/training.md for why that suffices here).
+    recipe::shapes_scaffold().write_with(out, WeightInit::Random { seed }, WeightInit::Training)?;
+    println!("wrote untrained cascade to {}", out.display());
+    Ok(())
+}
+
+/// `pretrain-text`: pretrains the text encoder of `model` and prints how well the caption roles
+/// are read back.
+fn pretrain_text(model: &Path, config: text_pretrain::TextPretrainConfig) -> anyhow::Result<()> {
+    let (train, held_out) = text_pretrain::pretrain_text_encoder(model, config)?;
+    println!("caption roles read from the pooled embedding, training captions: {train}");
+    println!("caption roles read from the pooled embedding, held-out captions: {held_out}");
+    Ok(())
+}
+
+/// `train`: trains one diffusion stage.
+fn train(args: TrainArgs) -> anyhow::Result<()> {
+    let crop = match (args.crop_frames, args.crop_side) {
+        (None, None) => None,
+        (frames, side) => Some(data::Crop {
+            frames: frames.unwrap_or(usize::MAX),
+            side: side.unwrap_or(usize::MAX),
+        }),
+    };
+    let config = trainer::TrainConfig {
+        stage: args.stage,
+        steps: args.steps,
+        batch: args.batch,
+        lr: args.lr,
+        warmup: args.warmup,
+        weight_decay: 0.01,
+        ema_decay: args.ema_decay,
+        text_dropout: args.text_dropout,
+        min_snr_gamma: 5.0,
+        max_augmentation: args.max_augmentation,
+        time_shift: args.time_shift,
+        layout_lr_scale: args.layout_lr_scale,
+        grad_clip: 1.0,
+        checkpoint_every: args.checkpoint_every,
+        log_every: args.log_every,
+        seed: args.seed,
+        crop,
+    };
+    let state = trainer::train(&args.model, &args.run_dir, config)?;
+    println!(
+        "done at step {} (recent loss {:.4})",
+        state.step, state.recent_loss
+    );
     Ok(())
 }

@@ -191,6 +191,42 @@ fn every_caption(scenes: &[Scene]) -> Vec<(String, [u32; 4])> {
         .collect()
 }
 
+/// `size` captions of random training scenes, in the long form three times in four, with
+/// their labels.
+fn sample_captions(
+    scenes: &[Scene],
+    size: usize,
+    rng: &mut ChaCha8Rng,
+) -> anyhow::Result<Vec<(String, [u32; 4])>> {
+    (0..size)
+        .map(|_| {
+            let scene = *scenes.choose(rng).context("no training scenes")?;
+            let long_form = rng.random_bool(0.75);
+            let caption = if long_form {
+                scene.caption()
+            } else {
+                scene.short_caption()
+            };
+            Ok((caption, labels(&scene, long_form)))
+        })
+        .collect()
+}
+
+/// The sum of the heads' cross-entropies on `captions`.
+fn role_loss(
+    encoder: &T5Encoder,
+    heads: &RoleHeads,
+    captions: &Captions,
+    device: &Device,
+) -> candle_core::Result<Tensor> {
+    let logits = role_logits(encoder, heads, captions)?;
+    let mut loss = Tensor::zeros((), DType::F32, device)?;
+    for (k, l) in logits.iter().enumerate() {
+        loss = (loss + candle_nn::loss::cross_entropy(l, &captions.labels[k])?)?;
+    }
+    Ok(loss)
+}
+
 /// Pre-trains the text encoder of the repository at `model_dir` in place; returns the role
 /// accuracy on (training captions, held-out captions).
 pub fn pretrain_text_encoder(
@@ -238,24 +274,9 @@ pub fn pretrain_text_encoder(
     let held_out_eval = encode_captions(&tokenizer, &every_caption(&held_out_scenes()), &device)?;
     let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
     for step in 1..=config.steps {
-        let batch: Vec<(String, [u32; 4])> = (0..config.batch)
-            .map(|_| {
-                let scene = *scenes.choose(&mut rng).context("no training scenes")?;
-                let long_form = rng.random_bool(0.75);
-                let caption = if long_form {
-                    scene.caption()
-                } else {
-                    scene.short_caption()
-                };
-                Ok((caption, labels(&scene, long_form)))
-            })
-            .collect::<anyhow::Result<_>>()?;
+        let batch = sample_captions(&scenes, config.batch, &mut rng)?;
         let captions = encode_captions(&tokenizer, &batch, &device)?;
-        let logits = role_logits(&encoder, &heads, &captions)?;
-        let mut loss = Tensor::zeros((), DType::F32, &device)?;
-        for (k, l) in logits.iter().enumerate() {
-            loss = (loss + candle_nn::loss::cross_entropy(l, &captions.labels[k])?)?;
-        }
+        let loss = role_loss(&encoder, &heads, &captions, &device)?;
         optimizer.backward_step(&loss)?;
         if step % 50 == 0 || step == config.steps {
             println!(

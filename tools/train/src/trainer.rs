@@ -9,7 +9,7 @@
 //! at every checkpoint, with the raw weights and the step count kept in the run folder to resume.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, bail};
@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use vidcascade_diffusion::noise::GaussianNoise;
 use vidcascade_engine::stage::{augment, pad_embeddings};
 use vidcascade_engine::video::resample;
-use vidcascade_models::repository::{ModelRepository, files};
+use vidcascade_models::repository::{ModelRepository, StageManifest, VideoShape, files};
 use vidcascade_models::unet::Prediction;
 use vidcascade_models::{TextEncoder, UNetInputs, VideoUNet};
 
@@ -171,52 +171,25 @@ pub fn train(model_dir: &Path, run_dir: &Path, config: TrainConfig) -> anyhow::R
     )?;
     let device = Device::Cpu;
     let repo = ModelRepository::open(model_dir)?;
-    let stage = repo
-        .manifest()
-        .stage(&config.stage)
-        .filter(|s| s.output.is_some())
-        .with_context(|| {
-            format!(
-                "no diffusion stage `{}` in {}",
-                config.stage,
-                model_dir.display()
-            )
-        })?
-        .clone();
+    let stage = diffusion_stage(&repo, &config.stage, model_dir)?;
     let output = stage.output.context("stage has no output shape")?;
     let unet_config = repo.unet_config(&stage.name)?.clone();
     let encoder = repo.load_text_encoder(&device)?;
-
-    let stage_run = run_dir.join(&stage.name);
-    std::fs::create_dir_all(&stage_run)
-        .with_context(|| format!("creating {}", stage_run.display()))?;
-    let raw_path = stage_run.join("raw.safetensors");
-    let ema_run_path = stage_run.join("ema.safetensors");
-    let state_path = stage_run.join("state.json");
-    let shipped_path = repo.stage_dir(&stage).join(files::WEIGHTS);
+    let paths = RunPaths::create(&repo, &stage, run_dir)?;
 
     let mut varmap = VarMap::new();
     let unet = VideoUNet::new(
         VarBuilder::from_varmap(&varmap, DType::F32, &device),
         &unet_config,
     )?;
-    let mut state = read_state(&state_path)?.unwrap_or_default();
-    let resume_from = if raw_path.exists() {
-        &raw_path
-    } else {
-        &shipped_path
-    };
+    let state = read_state(&paths.state)?.unwrap_or_default();
+    let resume_from = paths.resume_from();
     varmap
         .load(resume_from)
         .with_context(|| format!("loading weights from {}", resume_from.display()))?;
     let vars_by_name = var_tensors(&varmap)?;
     let mut ema = Ema::new(&vars_by_name, config.ema_decay)?;
-    let ema_from = if ema_run_path.exists() {
-        &ema_run_path
-    } else {
-        &shipped_path
-    };
-    ema.load(&candle_core::safetensors::load(ema_from, &device)?)?;
+    ema.load(&candle_core::safetensors::load(paths.ema_from(), &device)?)?;
     if state.step >= config.steps {
         println!(
             "{}: already at step {} >= {}; nothing to do",
@@ -240,48 +213,236 @@ pub fn train(model_dir: &Path, run_dir: &Path, config: TrainConfig) -> anyhow::R
     );
 
     let vars = varmap.all_vars();
-    let (mut layout_vars, mut network_vars) = (Vec::new(), Vec::new());
-    for (name, var) in &vars_by_name {
-        if name.starts_with(LAYOUT_PREFIX) {
-            layout_vars.push(var.clone());
-        } else {
-            network_vars.push(var.clone());
-        }
-    }
-    let adamw = |group: Vec<Var>| {
-        AdamW::new(
-            group,
-            ParamsAdamW {
-                lr: config.lr,
-                weight_decay: config.weight_decay,
-                ..Default::default()
-            },
-        )
-    };
-    let mut optimizer = adamw(network_vars)?;
-    let mut layout_optimizer = adamw(layout_vars)?;
+    let optimizers = Optimizers::new(&vars_by_name, &config)?;
     let mut sampler = BatchSampler::new(output, stage.input, config.text_dropout);
     if let Some(crop) = config.crop {
         sampler = sampler.with_crop(crop);
     }
-    let example = sampler.example_shape();
-    let mut cache: HashMap<String, Tensor> = HashMap::new();
-    let mut window = (0f64, 0usize);
-    let mut window_started = Instant::now();
-    let run_started = Instant::now();
-    let seconds_before = state.seconds;
+    let trainer = Trainer {
+        example: sampler.example_shape(),
+        sampler,
+        stage: stage.name.clone(),
+        prediction: unet_config.prediction,
+        device,
+        unet,
+        encoder,
+        cache: HashMap::new(),
+        varmap,
+        vars,
+        optimizers,
+        ema,
+        config,
+    };
+    trainer.run(state, &paths)
+}
 
-    while state.step < config.steps {
-        let step = state.step + 1;
-        let lr = config.lr * (step as f64 / config.warmup.max(1) as f64).min(1.0);
-        optimizer.set_learning_rate(lr);
-        layout_optimizer.set_learning_rate(lr * config.layout_lr_scale);
+/// The diffusion stage `name` of `repo` (one with an output shape).
+fn diffusion_stage(
+    repo: &ModelRepository,
+    name: &str,
+    model_dir: &Path,
+) -> anyhow::Result<StageManifest> {
+    Ok(repo
+        .manifest()
+        .stage(name)
+        .filter(|s| s.output.is_some())
+        .with_context(|| format!("no diffusion stage `{}` in {}", name, model_dir.display()))?
+        .clone())
+}
+
+/// The files of one stage's run: its folder in the run folder keeps the raw weights, their EMA
+/// and the state to resume from; the EMA also ships in the model repository.
+struct RunPaths {
+    raw: PathBuf,
+    ema: PathBuf,
+    state: PathBuf,
+    shipped: PathBuf,
+    /// The training record next to the shipped weights.
+    record: PathBuf,
+}
+
+impl RunPaths {
+    /// The paths of `stage`'s run under `run_dir`, creating its folder.
+    fn create(
+        repo: &ModelRepository,
+        stage: &StageManifest,
+        run_dir: &Path,
+    ) -> anyhow::Result<Self> {
+        let stage_run = run_dir.join(&stage.name);
+        std::fs::create_dir_all(&stage_run)
+            .with_context(|| format!("creating {}", stage_run.display()))?;
+        Ok(Self {
+            raw: stage_run.join("raw.safetensors"),
+            ema: stage_run.join("ema.safetensors"),
+            state: stage_run.join("state.json"),
+            shipped: repo.stage_dir(stage).join(files::WEIGHTS),
+            record: repo.stage_dir(stage).join("training.json"),
+        })
+    }
+
+    /// The raw weights of an earlier run, else the shipped ones.
+    fn resume_from(&self) -> &Path {
+        if self.raw.exists() {
+            &self.raw
+        } else {
+            &self.shipped
+        }
+    }
+
+    /// The EMA of an earlier run, else the shipped weights.
+    fn ema_from(&self) -> &Path {
+        if self.ema.exists() {
+            &self.ema
+        } else {
+            &self.shipped
+        }
+    }
+}
+
+/// AdamW for the network, and one for the layout map at its own learning rate.
+struct Optimizers {
+    network: AdamW,
+    layout: AdamW,
+}
+
+impl Optimizers {
+    /// Splits the variables into the layout map's (`layout.*`) and the rest.
+    fn new(vars_by_name: &HashMap<String, Var>, config: &TrainConfig) -> anyhow::Result<Self> {
+        let (mut layout_vars, mut network_vars) = (Vec::new(), Vec::new());
+        for (name, var) in vars_by_name {
+            if name.starts_with(LAYOUT_PREFIX) {
+                layout_vars.push(var.clone());
+            } else {
+                network_vars.push(var.clone());
+            }
+        }
+        let adamw = |group: Vec<Var>| {
+            AdamW::new(
+                group,
+                ParamsAdamW {
+                    lr: config.lr,
+                    weight_decay: config.weight_decay,
+                    ..Default::default()
+                },
+            )
+        };
+        Ok(Self {
+            network: adamw(network_vars)?,
+            layout: adamw(layout_vars)?,
+        })
+    }
+
+    /// Sets the network's rate to `lr` and the layout map's to `lr * layout_scale`.
+    fn set_learning_rate(&mut self, lr: f64, layout_scale: f64) {
+        self.network.set_learning_rate(lr);
+        self.layout.set_learning_rate(lr * layout_scale);
+    }
+
+    fn step(&mut self, grads: &GradStore) -> candle_core::Result<()> {
+        self.network.step(grads)?;
+        self.layout.step(grads)
+    }
+}
+
+/// What one optimizer step reports.
+struct StepReport {
+    loss: f64,
+    grad_norm: f64,
+    lr: f64,
+}
+
+/// A stage's network with everything a training step needs.
+struct Trainer {
+    config: TrainConfig,
+    /// The stage's name, for messages.
+    stage: String,
+    prediction: Prediction,
+    device: Device,
+    unet: VideoUNet,
+    encoder: TextEncoder,
+    /// Embeddings of the captions seen so far.
+    cache: HashMap<String, Tensor>,
+    sampler: BatchSampler,
+    example: VideoShape,
+    varmap: VarMap,
+    vars: Vec<Var>,
+    optimizers: Optimizers,
+    ema: Ema,
+}
+
+impl Trainer {
+    /// Trains from `state` until `config.steps`, logging and checkpointing on the way.
+    fn run(mut self, mut state: TrainState, paths: &RunPaths) -> anyhow::Result<TrainState> {
+        let mut window = (0f64, 0usize);
+        let mut window_started = Instant::now();
+        let run_started = Instant::now();
+        let seconds_before = state.seconds;
+        let steps = self.config.steps;
+        while state.step < steps {
+            let step = state.step + 1;
+            let report = self.step(step)?;
+            state.step = step;
+            window.0 += report.loss;
+            window.1 += 1;
+
+            if step.is_multiple_of(self.config.log_every) || step == steps {
+                let per_step = window_started.elapsed().as_secs_f64() / window.1 as f64;
+                state.recent_loss = window.0 / window.1 as f64;
+                println!(
+                    "{} step {step}/{} loss {:.4} grad-norm {:.2} lr {:.2e} {per_step:.2} s/step eta {:.0} min",
+                    self.stage,
+                    steps,
+                    state.recent_loss,
+                    report.grad_norm,
+                    report.lr,
+                    per_step * (steps - step) as f64 / 60.0
+                );
+                window = (0.0, 0);
+                window_started = Instant::now();
+            }
+            if step.is_multiple_of(self.config.checkpoint_every) || step == steps {
+                state.seconds = seconds_before + run_started.elapsed().as_secs_f64();
+                state.config = Some(self.config.clone());
+                self.checkpoint(&state, paths, step)?;
+            }
+        }
+        Ok(state)
+    }
+
+    /// Optimizer step `step` (counting from 1): warm-up learning rate, loss, clipped gradients,
+    /// AdamW, EMA.
+    fn step(&mut self, step: usize) -> anyhow::Result<StepReport> {
+        let lr = self.config.lr * (step as f64 / self.config.warmup.max(1) as f64).min(1.0);
+        self.optimizers
+            .set_learning_rate(lr, self.config.layout_lr_scale);
         let mut rng = ChaCha8Rng::seed_from_u64(
-            config.seed ^ (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+            self.config.seed ^ (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
         );
-        let batch = sampler.sample(&mut rng, config.batch, &device)?;
+        let loss = self.loss(step, &mut rng)?;
+        let loss_value = loss.to_scalar::<f32>()? as f64;
+        if !loss_value.is_finite() {
+            bail!(
+                "loss became {loss_value} at step {step}; lower --lr and resume from the last checkpoint"
+            );
+        }
+        let mut grads = loss.backward()?;
+        let grad_norm = clip_gradients(&mut grads, &self.vars, self.config.grad_clip)?;
+        self.optimizers.step(&grads)?;
+        self.ema.update(step)?;
+        Ok(StepReport {
+            loss: loss_value,
+            grad_norm,
+            lr,
+        })
+    }
 
-        let texts = embed_cached(&encoder, &mut cache, &batch.captions)?;
+    /// The loss of step `step` on a fresh batch noised at random times.
+    fn loss(&mut self, step: usize, rng: &mut ChaCha8Rng) -> anyhow::Result<Tensor> {
+        let config = &self.config;
+        let device = &self.device;
+        let batch = self.sampler.sample(rng, config.batch, device)?;
+
+        let texts = embed_cached(&self.encoder, &mut self.cache, &batch.captions)?;
         let refs: Vec<&Tensor> = texts.iter().collect();
         let (context, mask) = pad_embeddings(&refs)?;
 
@@ -289,35 +450,18 @@ pub fn train(model_dir: &Path, run_dir: &Path, config: TrainConfig) -> anyhow::R
             .map(|_| shift_time(rng.random_range(0.0..1.0), config.time_shift))
             .collect();
         let eps =
-            GaussianNoise::new(config.seed, step as u64).tensor(batch.videos.dims(), &device)?;
+            GaussianNoise::new(config.seed, step as u64).tensor(batch.videos.dims(), device)?;
         let noised = noise_batch(&batch.videos, &eps, &times, config.min_snr_gamma)?;
         let t = Tensor::from_vec(
             times.iter().map(|&v| v as f32).collect::<Vec<_>>(),
             config.batch,
-            &device,
+            device,
         )?;
 
         let (cond, upsampled, aug) = match &batch.low_res {
             Some(low) => {
-                let mut conds = Vec::with_capacity(config.batch);
-                let mut ups = Vec::with_capacity(config.batch);
-                let mut levels = Vec::with_capacity(config.batch);
-                for i in 0..config.batch {
-                    let level = rng.random_range(0.0..config.max_augmentation);
-                    let up = resample(&low.get(i)?, example.frames, example.height, example.width)?;
-                    conds.push(augment(
-                        &up,
-                        level,
-                        config.seed ^ ((step * 131 + i) as u64),
-                    )?);
-                    ups.push(up);
-                    levels.push(level as f32);
-                }
-                (
-                    Some(Tensor::stack(&conds, 0)?),
-                    Some(Tensor::stack(&ups, 0)?),
-                    Some(Tensor::from_vec(levels, config.batch, &device)?),
-                )
+                let (cond, up, aug) = self.sr_conditioning(low, step, rng)?;
+                (Some(cond), Some(up), Some(aug))
             }
             None => (None, None, None),
         };
@@ -329,8 +473,8 @@ pub fn train(model_dir: &Path, run_dir: &Path, config: TrainConfig) -> anyhow::R
             cond: cond.as_ref(),
             aug_level: aug.as_ref(),
         };
-        let prediction = unet.forward(&inputs)?;
-        let loss = match (unet_config.prediction, &upsampled) {
+        let prediction = self.unet.forward(&inputs)?;
+        Ok(match (self.prediction, &upsampled) {
             (Prediction::V, _) => weighted_mse(&prediction, &noised.v, &noised.weights)?,
             (Prediction::X0Residual, Some(up)) => {
                 weighted_mse(&(up + prediction)?, &batch.videos, &noised.x0_weights)?
@@ -338,62 +482,64 @@ pub fn train(model_dir: &Path, run_dir: &Path, config: TrainConfig) -> anyhow::R
             (Prediction::X0Residual, None) => {
                 bail!(
                     "stage {} predicts an x0 residual but has no conditioning video",
-                    stage.name
+                    self.stage
                 )
             }
-        };
-        let loss_value = loss.to_scalar::<f32>()? as f64;
-        if !loss_value.is_finite() {
-            bail!(
-                "loss became {loss_value} at step {step}; lower --lr and resume from the last checkpoint"
-            );
-        }
-        let mut grads = loss.backward()?;
-        let grad_norm = clip_gradients(&mut grads, &vars, config.grad_clip)?;
-        optimizer.step(&grads)?;
-        layout_optimizer.step(&grads)?;
-        ema.update(step)?;
-        state.step = step;
-        window.0 += loss_value;
-        window.1 += 1;
-
-        if step % config.log_every == 0 || step == config.steps {
-            let per_step = window_started.elapsed().as_secs_f64() / window.1 as f64;
-            state.recent_loss = window.0 / window.1 as f64;
-            println!(
-                "{} step {step}/{} loss {:.4} grad-norm {grad_norm:.2} lr {lr:.2e} {per_step:.2} s/step eta {:.0} min",
-                stage.name,
-                config.steps,
-                state.recent_loss,
-                per_step * (config.steps - step) as f64 / 60.0
-            );
-            window = (0.0, 0);
-            window_started = Instant::now();
-        }
-        if step % config.checkpoint_every == 0 || step == config.steps {
-            state.seconds = seconds_before + run_started.elapsed().as_secs_f64();
-            state.config = Some(config.clone());
-            checkpoint(
-                &varmap,
-                &ema,
-                &state,
-                &raw_path,
-                &ema_run_path,
-                &state_path,
-                &shipped_path,
-            )?;
-            let record = repo.stage_dir(&stage).join("training.json");
-            write_atomically(&record, |tmp| {
-                Ok(std::fs::write(tmp, serde_json::to_string_pretty(&state)?)?)
-            })?;
-            println!(
-                "{} checkpoint at step {step} -> {}",
-                stage.name,
-                shipped_path.display()
-            );
-        }
+        })
     }
-    Ok(state)
+
+    /// SR stages: each example's low-resolution video resampled to the output as at inference,
+    /// then that noised to a random augmentation level; returns the conditioning videos, the
+    /// resampled ones and the levels.
+    fn sr_conditioning(
+        &self,
+        low: &Tensor,
+        step: usize,
+        rng: &mut ChaCha8Rng,
+    ) -> anyhow::Result<(Tensor, Tensor, Tensor)> {
+        let (config, example) = (&self.config, &self.example);
+        let mut conds = Vec::with_capacity(config.batch);
+        let mut ups = Vec::with_capacity(config.batch);
+        let mut levels = Vec::with_capacity(config.batch);
+        for i in 0..config.batch {
+            let level = rng.random_range(0.0..config.max_augmentation);
+            let up = resample(&low.get(i)?, example.frames, example.height, example.width)?;
+            conds.push(augment(
+                &up,
+                level,
+                config.seed ^ ((step * 131 + i) as u64),
+            )?);
+            ups.push(up);
+            levels.push(level as f32);
+        }
+        Ok((
+            Tensor::stack(&conds, 0)?,
+            Tensor::stack(&ups, 0)?,
+            Tensor::from_vec(levels, config.batch, &self.device)?,
+        ))
+    }
+
+    /// Writes the run's files and the shipped weights at step `step`, and the training record.
+    fn checkpoint(&self, state: &TrainState, paths: &RunPaths, step: usize) -> anyhow::Result<()> {
+        checkpoint(
+            &self.varmap,
+            &self.ema,
+            state,
+            &paths.raw,
+            &paths.ema,
+            &paths.state,
+            &paths.shipped,
+        )?;
+        write_atomically(&paths.record, |tmp| {
+            Ok(std::fs::write(tmp, serde_json::to_string_pretty(state)?)?)
+        })?;
+        println!(
+            "{} checkpoint at step {step} -> {}",
+            self.stage,
+            paths.shipped.display()
+        );
+        Ok(())
+    }
 }
 
 fn checkpoint(

@@ -149,8 +149,26 @@ impl VideoUNetConfig {
 
     /// Checks that every size fits together.
     pub fn validate(&self) -> Result<(), ModelError> {
-        let invalid =
-            |field: &'static str, reason: String| Err(ModelError::InvalidConfig { field, reason });
+        self.validate_positive_sizes()?;
+        self.validate_level_lists()?;
+        self.validate_kernel_and_embedding()?;
+        self.validate_level_widths()?;
+        self.validate_layout()?;
+        self.validate_prediction()?;
+        if !self.model_channels.is_multiple_of(self.norm_groups) {
+            return invalid(
+                "norm_groups",
+                format!(
+                    "{} does not divide model_channels {}",
+                    self.norm_groups, self.model_channels
+                ),
+            );
+        }
+        Ok(())
+    }
+
+    /// Every size that must be at least 1.
+    fn validate_positive_sizes(&self) -> Result<(), ModelError> {
         for (field, value) in [
             ("in_channels", self.in_channels),
             ("out_channels", self.out_channels),
@@ -165,6 +183,12 @@ impl VideoUNetConfig {
                 return invalid(field, "must be at least 1".into());
             }
         }
+        Ok(())
+    }
+
+    /// `channel_mult` is a non-empty list of positive multipliers and `attention_levels` has one
+    /// entry per level.
+    fn validate_level_lists(&self) -> Result<(), ModelError> {
         if self.channel_mult.is_empty() || self.channel_mult.contains(&0) {
             return invalid(
                 "channel_mult",
@@ -184,6 +208,11 @@ impl VideoUNetConfig {
                 ),
             );
         }
+        Ok(())
+    }
+
+    /// The temporal kernel is odd and `model_channels` even (for the sinusoidal embedding).
+    fn validate_kernel_and_embedding(&self) -> Result<(), ModelError> {
         if self.temporal_kernel.is_multiple_of(2) {
             return invalid(
                 "temporal_kernel",
@@ -199,6 +228,11 @@ impl VideoUNetConfig {
                 ),
             );
         }
+        Ok(())
+    }
+
+    /// `norm_groups` and `num_heads` divide every level's width.
+    fn validate_level_widths(&self) -> Result<(), ModelError> {
         for level in 0..self.channel_mult.len() {
             let width = self.level_channels(level);
             if !width.is_multiple_of(self.norm_groups) {
@@ -220,6 +254,11 @@ impl VideoUNetConfig {
                 );
             }
         }
+        Ok(())
+    }
+
+    /// The layout map's grid and storyboard settings fit together.
+    fn validate_layout(&self) -> Result<(), ModelError> {
         if self.layout_channels > 0 && self.layout_grid == 0 {
             return invalid(
                 "layout_grid",
@@ -238,6 +277,11 @@ impl VideoUNetConfig {
                 "must be 0 (off) or at least 2 (one knot cannot tell frames apart)".into(),
             );
         }
+        Ok(())
+    }
+
+    /// `x0_residual` needs a super-resolution stage whose conditioning video matches the output.
+    fn validate_prediction(&self) -> Result<(), ModelError> {
         if self.prediction == Prediction::X0Residual
             && (!self.is_super_resolution() || self.cond_channels != self.out_channels)
         {
@@ -249,15 +293,11 @@ impl VideoUNetConfig {
                 ),
             );
         }
-        if !self.model_channels.is_multiple_of(self.norm_groups) {
-            return invalid(
-                "norm_groups",
-                format!(
-                    "{} does not divide model_channels {}",
-                    self.norm_groups, self.model_channels
-                ),
-            );
-        }
         Ok(())
     }
+}
+
+/// A [`ModelError::InvalidConfig`] for `field`.
+fn invalid(field: &'static str, reason: String) -> Result<(), ModelError> {
+    Err(ModelError::InvalidConfig { field, reason })
 }

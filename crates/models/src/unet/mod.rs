@@ -71,6 +71,36 @@ struct Layer {
 }
 
 impl Layer {
+    /// Layer `i` of a level or the middle block: a residual block from `in_c` to `out_c`
+    /// channels, temporal mixing and, if `attention`, spatial self- and text cross-attention,
+    /// with weights under `vb.res.{i}`, `vb.temporal.{i}` and `vb.attn.{i}`.
+    fn new(
+        cfg: &VideoUNetConfig,
+        in_c: usize,
+        out_c: usize,
+        attention: bool,
+        vb: VarBuilder,
+        i: usize,
+    ) -> CandleResult<Self> {
+        let emb_dim = cfg.embedding_dim();
+        let groups = cfg.norm_groups;
+        Ok(Layer {
+            res: ResBlock::new(in_c, out_c, emb_dim, groups, vb.pp("res").pp(i))?,
+            temporal: TemporalBlock::new(cfg.temporal, out_c, cfg, vb.pp("temporal").pp(i))?,
+            attention: if attention {
+                Some(SpatialAttention::new(
+                    out_c,
+                    cfg.context_dim,
+                    cfg.num_heads,
+                    groups,
+                    vb.pp("attn").pp(i),
+                )?)
+            } else {
+                None
+            },
+        })
+    }
+
     fn forward(
         &self,
         x: &Tensor,
@@ -120,30 +150,41 @@ impl VideoUNet {
 
     fn build(vb: VarBuilder, cfg: &VideoUNetConfig) -> CandleResult<Self> {
         let emb_dim = cfg.embedding_dim();
-        let groups = cfg.norm_groups;
-        let layer = |in_c: usize,
-                     out_c: usize,
-                     attention: bool,
-                     vb: VarBuilder,
-                     i: usize|
-         -> CandleResult<Layer> {
-            Ok(Layer {
-                res: ResBlock::new(in_c, out_c, emb_dim, groups, vb.pp("res").pp(i))?,
-                temporal: TemporalBlock::new(cfg.temporal, out_c, cfg, vb.pp("temporal").pp(i))?,
-                attention: if attention {
-                    Some(SpatialAttention::new(
-                        out_c,
-                        cfg.context_dim,
-                        cfg.num_heads,
-                        groups,
-                        vb.pp("attn").pp(i),
-                    )?)
-                } else {
-                    None
-                },
-            })
-        };
+        let (down, mut skip_channels, channels) = Self::build_down(&vb, cfg)?;
+        let mid = Self::build_mid(&vb, cfg, channels)?;
+        let (up, channels) = Self::build_up(&vb, cfg, channels, &mut skip_channels)?;
+        Ok(Self {
+            config: cfg.clone(),
+            time_embed: ScalarEmbedding::new(cfg.model_channels, emb_dim, vb.pp("time_embed"))?,
+            aug_embed: Self::optional_embedding(
+                cfg.is_super_resolution(),
+                cfg,
+                vb.pp("aug_embed"),
+            )?,
+            frame_embed: Self::optional_embedding(cfg.frame_embedding, cfg, vb.pp("frame_embed"))?,
+            layout: Self::build_layout(cfg, vb.pp("layout"))?,
+            text_pool: PooledText::new(cfg.context_dim, emb_dim, vb.pp("text_pool"))?,
+            conv_in: conv2d_same(
+                cfg.input_channels(),
+                cfg.model_channels,
+                3,
+                false,
+                vb.pp("conv_in"),
+            )?,
+            down,
+            mid,
+            up,
+            out_norm: group_norm(cfg.norm_groups, channels, 1e-5, vb.pp("out_norm"))?,
+            conv_out: conv2d_same(channels, cfg.out_channels, 3, true, vb.pp("conv_out"))?,
+        })
+    }
 
+    /// The way down (`down.{level}`): the levels, the widths of the skip connections they leave
+    /// for the way up (the first convolution's included) and the width at the bottom.
+    fn build_down(
+        vb: &VarBuilder,
+        cfg: &VideoUNetConfig,
+    ) -> CandleResult<(Vec<Level>, Vec<usize>, usize)> {
         let levels = cfg.channel_mult.len();
         let mut skip_channels = vec![cfg.model_channels];
         let mut channels = cfg.model_channels;
@@ -153,7 +194,8 @@ impl VideoUNet {
             let out_c = cfg.level_channels(level);
             let mut layers = Vec::new();
             for i in 0..cfg.num_res_blocks {
-                layers.push(layer(
+                layers.push(Layer::new(
+                    cfg,
                     channels,
                     out_c,
                     cfg.attention_levels[level],
@@ -171,9 +213,19 @@ impl VideoUNet {
             };
             down.push(Level { layers, resample });
         }
+        Ok((down, skip_channels, channels))
+    }
 
+    /// The middle block (`mid`): a layer with attention, then one without, at `channels` wide.
+    fn build_mid(
+        vb: &VarBuilder,
+        cfg: &VideoUNetConfig,
+        channels: usize,
+    ) -> CandleResult<Vec<Layer>> {
+        let emb_dim = cfg.embedding_dim();
+        let groups = cfg.norm_groups;
         let vb_mid = vb.pp("mid");
-        let mid = vec![
+        Ok(vec![
             Layer {
                 res: ResBlock::new(channels, channels, emb_dim, groups, vb_mid.pp("res1"))?,
                 temporal: TemporalBlock::new(cfg.temporal, channels, cfg, vb_mid.pp("temporal1"))?,
@@ -190,8 +242,18 @@ impl VideoUNet {
                 temporal: TemporalBlock::new(cfg.temporal, channels, cfg, vb_mid.pp("temporal2"))?,
                 attention: None,
             },
-        ];
+        ])
+    }
 
+    /// The way up (`up.{level}`, deepest level first), taking the skip widths the way down left
+    /// from `skip_channels`: the levels and the width at the top.
+    fn build_up(
+        vb: &VarBuilder,
+        cfg: &VideoUNetConfig,
+        mut channels: usize,
+        skip_channels: &mut Vec<usize>,
+    ) -> CandleResult<(Vec<Level>, usize)> {
+        let levels = cfg.channel_mult.len();
         let mut up = Vec::with_capacity(levels);
         for level in (0..levels).rev() {
             let vb_level = vb.pp("up").pp(level);
@@ -199,7 +261,8 @@ impl VideoUNet {
             let mut layers = Vec::new();
             for i in 0..=cfg.num_res_blocks {
                 let skip = skip_channels.pop().unwrap_or(0);
-                layers.push(layer(
+                layers.push(Layer::new(
+                    cfg,
                     channels + skip,
                     out_c,
                     cfg.attention_levels[level],
@@ -221,54 +284,34 @@ impl VideoUNet {
             };
             up.push(Level { layers, resample });
         }
+        Ok((up, channels))
+    }
 
-        Ok(Self {
-            config: cfg.clone(),
-            time_embed: ScalarEmbedding::new(cfg.model_channels, emb_dim, vb.pp("time_embed"))?,
-            aug_embed: if cfg.is_super_resolution() {
-                Some(ScalarEmbedding::new(
-                    cfg.model_channels,
-                    emb_dim,
-                    vb.pp("aug_embed"),
-                )?)
-            } else {
-                None
-            },
-            frame_embed: if cfg.frame_embedding {
-                Some(ScalarEmbedding::new(
-                    cfg.model_channels,
-                    emb_dim,
-                    vb.pp("frame_embed"),
-                )?)
-            } else {
-                None
-            },
-            layout: if cfg.layout_channels > 0 {
-                Some(LayoutMap::new(
-                    emb_dim,
+    /// A scalar embedding into the embedding width under `vb` if `enabled`.
+    fn optional_embedding(
+        enabled: bool,
+        cfg: &VideoUNetConfig,
+        vb: VarBuilder,
+    ) -> CandleResult<Option<ScalarEmbedding>> {
+        enabled
+            .then(|| ScalarEmbedding::new(cfg.model_channels, cfg.embedding_dim(), vb))
+            .transpose()
+    }
+
+    /// The layout map under `vb`, if the config has layout channels.
+    fn build_layout(cfg: &VideoUNetConfig, vb: VarBuilder) -> CandleResult<Option<LayoutMap>> {
+        (cfg.layout_channels > 0)
+            .then(|| {
+                LayoutMap::new(
+                    cfg.embedding_dim(),
                     cfg.context_dim,
                     cfg.layout_channels,
                     cfg.layout_grid,
                     cfg.layout_storyboard_knots,
-                    vb.pp("layout"),
-                )?)
-            } else {
-                None
-            },
-            text_pool: PooledText::new(cfg.context_dim, emb_dim, vb.pp("text_pool"))?,
-            conv_in: conv2d_same(
-                cfg.input_channels(),
-                cfg.model_channels,
-                3,
-                false,
-                vb.pp("conv_in"),
-            )?,
-            down,
-            mid,
-            up,
-            out_norm: group_norm(groups, channels, 1e-5, vb.pp("out_norm"))?,
-            conv_out: conv2d_same(channels, cfg.out_channels, 3, true, vb.pp("conv_out"))?,
-        })
+                    vb,
+                )
+            })
+            .transpose()
     }
 
     /// The network's hyper-parameters.
@@ -281,26 +324,32 @@ impl VideoUNet {
         &self,
         inputs: &UNetInputs<'_>,
     ) -> Result<(usize, usize, usize, usize), ModelError> {
+        let (b, f, h, w) = self.check_video(inputs.z)?;
+        self.check_text(inputs, b)?;
+        self.check_conditioning(inputs, [b, self.config.cond_channels, f, h, w])?;
+        Ok((b, f, h, w))
+    }
+
+    /// Checks the noisy video `z` against the config: `(batch, frames, height, width)`.
+    fn check_video(&self, z: &Tensor) -> Result<(usize, usize, usize, usize), ModelError> {
         let cfg = &self.config;
-        let invalid =
-            |field: &'static str, reason: String| Err(ModelError::InvalidInput { field, reason });
-        let dims = inputs.z.dims();
+        let dims = z.dims();
         let [b, c, f, h, w] = dims else {
-            return invalid(
+            return invalid_input(
                 "z",
                 format!("must be [batch, channels, frames, height, width], got {dims:?}"),
             );
         };
         let (b, c, f, h, w) = (*b, *c, *f, *h, *w);
         if c != cfg.in_channels {
-            return invalid(
+            return invalid_input(
                 "z",
                 format!("has {c} channels, the model takes {}", cfg.in_channels),
             );
         }
         let divisor = cfg.spatial_divisor();
         if h % divisor != 0 || w % divisor != 0 || h == 0 || w == 0 {
-            return invalid(
+            return invalid_input(
                 "z",
                 format!(
                     "height {h} and width {w} must be positive multiples of {divisor} for this U-Net's depth"
@@ -308,7 +357,7 @@ impl VideoUNet {
             );
         }
         if cfg.layout_channels > 0 && (h % cfg.layout_grid != 0 || w % cfg.layout_grid != 0) {
-            return invalid(
+            return invalid_input(
                 "z",
                 format!(
                     "height {h} and width {w} must be multiples of the layout grid {}",
@@ -317,7 +366,7 @@ impl VideoUNet {
             );
         }
         if cfg.temporal == TemporalMixing::Attention && f > cfg.max_frames {
-            return invalid(
+            return invalid_input(
                 "z",
                 format!(
                     "has {f} frames, the model covers at most {}",
@@ -325,18 +374,24 @@ impl VideoUNet {
                 ),
             );
         }
+        Ok((b, f, h, w))
+    }
+
+    /// Checks the time, the text tokens and their mask against the batch size `b`.
+    fn check_text(&self, inputs: &UNetInputs<'_>, b: usize) -> Result<(), ModelError> {
+        let cfg = &self.config;
         if inputs.t.dims() != [b] {
-            return invalid("t", format!("must be [{b}], got {:?}", inputs.t.dims()));
+            return invalid_input("t", format!("must be [{b}], got {:?}", inputs.t.dims()));
         }
         let ctx = inputs.context.dims();
         if ctx.len() != 3 || ctx[0] != b || ctx[2] != cfg.context_dim {
-            return invalid(
+            return invalid_input(
                 "context",
                 format!("must be [{b}, tokens, {}], got {ctx:?}", cfg.context_dim),
             );
         }
         if inputs.context_mask.dims() != [b, ctx[1]] {
-            return invalid(
+            return invalid_input(
                 "context_mask",
                 format!(
                     "must be [{b}, {}], got {:?}",
@@ -345,28 +400,34 @@ impl VideoUNet {
                 ),
             );
         }
-        match (cfg.is_super_resolution(), inputs.cond, inputs.aug_level) {
-            (false, None, None) => {}
-            (false, _, _) => {
-                return invalid("cond", "a base model takes no conditioning video".into());
-            }
+        Ok(())
+    }
+
+    /// Checks that a super-resolution model gets a conditioning video of shape `want` and its
+    /// augmentation level, and a base model neither.
+    fn check_conditioning(
+        &self,
+        inputs: &UNetInputs<'_>,
+        want: [usize; 5],
+    ) -> Result<(), ModelError> {
+        let b = want[0];
+        match (self.config.is_super_resolution(), inputs.cond, inputs.aug_level) {
+            (false, None, None) => Ok(()),
+            (false, _, _) => invalid_input("cond", "a base model takes no conditioning video".into()),
             (true, Some(cond), Some(aug)) => {
-                let want = [b, cfg.cond_channels, f, h, w];
                 if cond.dims() != want {
-                    return invalid("cond", format!("must be {want:?}, got {:?}", cond.dims()));
+                    return invalid_input("cond", format!("must be {want:?}, got {:?}", cond.dims()));
                 }
                 if aug.dims() != [b] {
-                    return invalid("aug_level", format!("must be [{b}], got {:?}", aug.dims()));
+                    return invalid_input("aug_level", format!("must be [{b}], got {:?}", aug.dims()));
                 }
+                Ok(())
             }
-            (true, _, _) => {
-                return invalid(
-                    "cond",
-                    "a super-resolution model needs both a conditioning video and its augmentation level".into(),
-                );
-            }
+            (true, _, _) => invalid_input(
+                "cond",
+                "a super-resolution model needs both a conditioning video and its augmentation level".into(),
+            ),
         }
-        Ok((b, f, h, w))
     }
 
     /// The network output `[B, out_channels, F, H, W]`: `v`, or the residual over the upsampled
@@ -384,83 +445,9 @@ impl VideoUNet {
         h: usize,
         w: usize,
     ) -> CandleResult<Tensor> {
-        // Global embedding per video, then repeated per frame: [B*F, emb].
-        let pooled_text = PooledText::pool(inputs.context, inputs.context_mask)?;
-        let mut emb =
-            (self.time_embed.forward(inputs.t)? + self.text_pool.project(&pooled_text)?)?;
-        if let (Some(aug_embed), Some(aug)) = (&self.aug_embed, inputs.aug_level) {
-            emb = (emb + aug_embed.forward(aug)?)?;
-        }
-        let per_frame = |t: &Tensor| -> CandleResult<Tensor> {
-            let mut dims = t.dims().to_vec();
-            let rest = dims.split_off(1);
-            let mut target = vec![b, frames];
-            target.extend_from_slice(&rest);
-            let mut flat = vec![b * frames];
-            flat.extend_from_slice(&rest);
-            t.unsqueeze(1)?
-                .broadcast_as(target)?
-                .contiguous()?
-                .reshape(flat)
-        };
-        let mut emb = per_frame(&emb)?;
-        if let Some(frame_embed) = &self.frame_embed {
-            let progress: Vec<f32> = (0..b * frames)
-                .map(|i| clip_progress(i % frames, frames))
-                .collect();
-            let progress = Tensor::from_vec(progress, b * frames, emb.device())?;
-            emb = (emb + frame_embed.forward(&progress)?)?;
-        }
-        let ctx = per_frame(inputs.context)?;
-        let mask = per_frame(inputs.context_mask)?;
-
-        // [B, C, F, H, W] -> [B*F, C, H, W]
-        let fold = |t: &Tensor| -> CandleResult<Tensor> {
-            let c = t.dim(1)?;
-            t.permute((0, 2, 1, 3, 4))?
-                .contiguous()?
-                .reshape((b * frames, c, h, w))
-        };
-        let mut x = fold(inputs.z)?;
-        if let Some(cond) = inputs.cond {
-            x = Tensor::cat(&[x, fold(cond)?], 1)?;
-        }
-        if self.config.position_channels {
-            let coordinates = coordinate_maps(b * frames, h, w, x.device())?;
-            x = Tensor::cat(&[x, coordinates], 1)?;
-        }
-        if let Some(layout) = &self.layout {
-            let map = layout.forward(&emb, &pooled_text, frames, h, w)?;
-            x = Tensor::cat(&[x, map], 1)?;
-        }
-
-        let mut h_ = self.conv_in.forward(&x)?;
-        let mut skips = vec![h_.clone()];
-        for level in &self.down {
-            for layer in &level.layers {
-                h_ = layer.forward(&h_, &emb, frames, &ctx, &mask)?;
-                skips.push(h_.clone());
-            }
-            if let Some(down) = &level.resample {
-                h_ = down.forward(&h_)?;
-                skips.push(h_.clone());
-            }
-        }
-        for layer in &self.mid {
-            h_ = layer.forward(&h_, &emb, frames, &ctx, &mask)?;
-        }
-        for level in &self.up {
-            for layer in &level.layers {
-                let skip = skips
-                    .pop()
-                    .ok_or_else(|| candle_core::Error::Msg("U-Net skip stack underflow".into()))?;
-                h_ = layer.forward(&Tensor::cat(&[h_, skip], 1)?, &emb, frames, &ctx, &mask)?;
-            }
-            if let Some(up) = &level.resample {
-                let (_, _, hh, ww) = h_.dims4()?;
-                h_ = up.forward(&h_.upsample_nearest2d(2 * hh, 2 * ww)?)?;
-            }
-        }
+        let conditioning = self.conditioning(inputs, b, frames)?;
+        let x = self.input_stack(inputs, &conditioning, b, frames, h, w)?;
+        let h_ = self.backbone(&x, &conditioning, frames)?;
         let out = self
             .conv_out
             .forward(&self.out_norm.forward(&h_)?.silu()?)?;
@@ -470,6 +457,141 @@ impl VideoUNet {
             .permute((0, 2, 1, 3, 4))?
             .contiguous()
     }
+
+    /// The global embedding per video (time, pooled text, augmentation level), repeated per frame
+    /// with each frame's place in the clip added, and the text tokens and mask repeated per frame.
+    fn conditioning(
+        &self,
+        inputs: &UNetInputs<'_>,
+        b: usize,
+        frames: usize,
+    ) -> CandleResult<Conditioning> {
+        // Global embedding per video, then repeated per frame: [B*F, emb].
+        let pooled_text = PooledText::pool(inputs.context, inputs.context_mask)?;
+        let mut emb =
+            (self.time_embed.forward(inputs.t)? + self.text_pool.project(&pooled_text)?)?;
+        if let (Some(aug_embed), Some(aug)) = (&self.aug_embed, inputs.aug_level) {
+            emb = (emb + aug_embed.forward(aug)?)?;
+        }
+        let mut emb = repeat_per_frame(&emb, b, frames)?;
+        if let Some(frame_embed) = &self.frame_embed {
+            let progress: Vec<f32> = (0..b * frames)
+                .map(|i| clip_progress(i % frames, frames))
+                .collect();
+            let progress = Tensor::from_vec(progress, b * frames, emb.device())?;
+            emb = (emb + frame_embed.forward(&progress)?)?;
+        }
+        Ok(Conditioning {
+            ctx: repeat_per_frame(inputs.context, b, frames)?,
+            mask: repeat_per_frame(inputs.context_mask, b, frames)?,
+            emb,
+            pooled_text,
+        })
+    }
+
+    /// The first convolution's input `[B*F, input_channels, H, W]`: the noisy video, the
+    /// conditioning video, the coordinate maps and the layout map, as the config has them.
+    fn input_stack(
+        &self,
+        inputs: &UNetInputs<'_>,
+        conditioning: &Conditioning,
+        b: usize,
+        frames: usize,
+        h: usize,
+        w: usize,
+    ) -> CandleResult<Tensor> {
+        let mut x = fold_frames(inputs.z, b, frames, h, w)?;
+        if let Some(cond) = inputs.cond {
+            x = Tensor::cat(&[x, fold_frames(cond, b, frames, h, w)?], 1)?;
+        }
+        if self.config.position_channels {
+            let coordinates = coordinate_maps(b * frames, h, w, x.device())?;
+            x = Tensor::cat(&[x, coordinates], 1)?;
+        }
+        if let Some(layout) = &self.layout {
+            let map = layout.forward(&conditioning.emb, &conditioning.pooled_text, frames, h, w)?;
+            x = Tensor::cat(&[x, map], 1)?;
+        }
+        Ok(x)
+    }
+
+    /// The U from the first convolution through the way down, the middle and the way up (with
+    /// its skip connections), before the output norm.
+    fn backbone(
+        &self,
+        x: &Tensor,
+        conditioning: &Conditioning,
+        frames: usize,
+    ) -> CandleResult<Tensor> {
+        let Conditioning { emb, ctx, mask, .. } = conditioning;
+        let mut h_ = self.conv_in.forward(x)?;
+        let mut skips = vec![h_.clone()];
+        for level in &self.down {
+            for layer in &level.layers {
+                h_ = layer.forward(&h_, emb, frames, ctx, mask)?;
+                skips.push(h_.clone());
+            }
+            if let Some(down) = &level.resample {
+                h_ = down.forward(&h_)?;
+                skips.push(h_.clone());
+            }
+        }
+        for layer in &self.mid {
+            h_ = layer.forward(&h_, emb, frames, ctx, mask)?;
+        }
+        for level in &self.up {
+            for layer in &level.layers {
+                let skip = skips
+                    .pop()
+                    .ok_or_else(|| candle_core::Error::Msg("U-Net skip stack underflow".into()))?;
+                h_ = layer.forward(&Tensor::cat(&[h_, skip], 1)?, emb, frames, ctx, mask)?;
+            }
+            if let Some(up) = &level.resample {
+                let (_, _, hh, ww) = h_.dims4()?;
+                h_ = up.forward(&h_.upsample_nearest2d(2 * hh, 2 * ww)?)?;
+            }
+        }
+        Ok(h_)
+    }
+}
+
+/// What every frame of a forward pass is conditioned on.
+struct Conditioning {
+    /// The embedding per frame `[B*F, emb]`.
+    emb: Tensor,
+    /// The text tokens per frame `[B*F, L, context_dim]`.
+    ctx: Tensor,
+    /// Which tokens are real, per frame `[B*F, L]`.
+    mask: Tensor,
+    /// The mean of the real text tokens per video, for the layout map.
+    pooled_text: Tensor,
+}
+
+/// Repeats a per-video tensor `[B, ...]` for each of its `frames` frames: `[B*F, ...]`.
+fn repeat_per_frame(t: &Tensor, b: usize, frames: usize) -> CandleResult<Tensor> {
+    let mut dims = t.dims().to_vec();
+    let rest = dims.split_off(1);
+    let mut target = vec![b, frames];
+    target.extend_from_slice(&rest);
+    let mut flat = vec![b * frames];
+    flat.extend_from_slice(&rest);
+    t.unsqueeze(1)?
+        .broadcast_as(target)?
+        .contiguous()?
+        .reshape(flat)
+}
+
+/// Folds frames into the batch: `[B, C, F, H, W]` -> `[B*F, C, H, W]`.
+fn fold_frames(t: &Tensor, b: usize, frames: usize, h: usize, w: usize) -> CandleResult<Tensor> {
+    let c = t.dim(1)?;
+    t.permute((0, 2, 1, 3, 4))?
+        .contiguous()?
+        .reshape((b * frames, c, h, w))
+}
+
+/// A [`ModelError::InvalidInput`] for `field`.
+fn invalid_input<T>(field: &'static str, reason: String) -> Result<T, ModelError> {
+    Err(ModelError::InvalidInput { field, reason })
 }
 
 #[cfg(test)]
