@@ -218,7 +218,22 @@ async fn invalid_requests_name_the_field_and_the_service_keeps_serving() -> anyh
             ..Default::default()
         },
     );
+    let mut bad_sampler = request("a red circle", 1);
+    bad_sampler.stage_overrides.insert(
+        "base".into(),
+        v1::SamplerSettings {
+            sampler: 99,
+            ..Default::default()
+        },
+    );
+    // Longer than the tiny encoder's 16 tokens: the client's fault, not INTERNAL.
+    let too_many_tokens = request(&vec!["red"; 20].join(" "), 1);
     for (request, field) in [
+        (
+            too_many_tokens,
+            "prompt: prompt 0 is 21 tokens long; the limit is 16 tokens",
+        ),
+        (bad_sampler, "stage_overrides[base].sampler"),
         (request("", 1), "prompt"),
         (request(&"word ".repeat(1000), 1), "prompt"),
         (zero_steps, "stage_overrides[base].steps"),
@@ -240,6 +255,42 @@ async fn invalid_requests_name_the_field_and_the_service_keeps_serving() -> anyh
             ),
         }
     }
+    // A stage refuses an embedding longer than its token limit before decoding it.
+    let channel = cluster.stage("base").channel().await?;
+    let long = v1::Tensor::from_f32(&[32768, 1], &vec![0.0; 32768], v1::DType::F32)?;
+    let status = VideoStageClient::new(channel)
+        .generate(v1::StageRequest {
+            text_embedding: Some(long.clone()),
+            uncond_embedding: Some(long),
+            ..Default::default()
+        })
+        .await
+        .expect_err("too many tokens");
+    assert_eq!(status.code(), Code::InvalidArgument, "{}", status.message());
+    assert!(
+        status
+            .message()
+            .contains("text_embedding: 32768 tokens; this stage takes at most 16"),
+        "{}",
+        status.message()
+    );
+    // ... and a sampler value the contract does not define.
+    let channel = cluster.stage("base").channel().await?;
+    let mut bad_sampler = stage_request(cluster.stage("base"), 2).await?;
+    bad_sampler.sampler = Some(v1::SamplerSettings {
+        sampler: 99,
+        ..Default::default()
+    });
+    let status = VideoStageClient::new(channel)
+        .generate(bad_sampler)
+        .await
+        .expect_err("sampler 99");
+    assert_eq!(status.code(), Code::InvalidArgument, "{}", status.message());
+    assert!(
+        status.message().contains("sampler.sampler"),
+        "{}",
+        status.message()
+    );
     // A stage checks its own input too: an embedding of the wrong width.
     let channel = cluster.stage("base").channel().await?;
     let bad = v1::Tensor::from_f32(&[2, 3], &[0.0; 6], v1::DType::F32)?;
@@ -682,5 +733,123 @@ async fn the_deadline_reaches_the_stage_which_stops_at_the_next_step() -> anyhow
     })
     .await
     .context("the base stage kept working past the deadline")?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_never_admits_more_than_the_limits_and_positions_count_the_queue()
+-> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let model = tiny_model(dir.path())?;
+    let gateway_args = ["--max-concurrent", "1", "--max-waiting", "1"];
+    let cluster = Cluster::start_with(&model, &[], &gateway_args).await?;
+    let channel = cluster.gateway.channel().await?;
+    let mut burst = tokio::task::JoinSet::new();
+    for seed in 0..6 {
+        let mut long = request("a red circle", seed);
+        long.stage_overrides.insert(
+            "base".into(),
+            v1::SamplerSettings {
+                steps: Some(300),
+                ..Default::default()
+            },
+        );
+        let mut client = GatewayClient::new(channel.clone());
+        burst.spawn(async move { client.generate(long).await.map(|r| r.into_inner()) });
+    }
+    let mut admitted = Vec::new();
+    let mut refused = 0;
+    while let Some(result) = burst.join_next().await {
+        match result? {
+            Ok(stream) => admitted.push(stream),
+            Err(status) => {
+                assert_eq!(
+                    status.code(),
+                    Code::ResourceExhausted,
+                    "{}",
+                    status.message()
+                );
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!(
+        (admitted.len(), refused),
+        (2, 4),
+        "limit 1 running + 1 waiting"
+    );
+    let mut positions = Vec::new();
+    for stream in &mut admitted {
+        match stream.message().await?.and_then(|e| e.event) {
+            Some(Event::Accepted(a)) => positions.push(a.queue_position),
+            other => bail!("expected Accepted first, got {other:?}"),
+        }
+    }
+    positions.sort();
+    assert_eq!(positions, vec![0, 1]);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_request_whose_caller_left_frees_its_slot_and_never_runs() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let model = tiny_model(dir.path())?;
+    let model_arg = model.display().to_string();
+    let args = [
+        "--model",
+        &model_arg,
+        "--stage",
+        "base",
+        "--max-batch-size",
+        "1",
+    ];
+    let base = Service::start(STAGE_BIN, "base", &args.map(String::from))?;
+    base.wait_serving(Duration::from_secs(30)).await?;
+    let mut client = VideoStageClient::new(base.channel().await?);
+    // The first request runs for a long time (batch of one)...
+    let mut running = client
+        .generate(stage_request(&base, 1000).await?)
+        .await?
+        .into_inner();
+    loop {
+        match running.message().await?.and_then(|e| e.event) {
+            Some(stage_event::Event::Progress(_)) => break,
+            Some(_) => {}
+            None => bail!("the first request ended before running"),
+        }
+    }
+    // ...the second waits behind it, and its caller leaves.
+    let mut queued = client
+        .generate(stage_request(&base, 1000).await?)
+        .await?
+        .into_inner();
+    ensure!(matches!(
+        queued.message().await?.and_then(|e| e.event),
+        Some(stage_event::Event::Accepted(_))
+    ));
+    drop(queued);
+    eventually(Duration::from_secs(10), || async {
+        let cancelled = base
+            .metric(
+                "vidcascade_stage_requests_total",
+                &[("stage", "base"), ("outcome", "cancelled")],
+            )
+            .await?;
+        let depth = base
+            .gauge("vidcascade_stage_queue_depth", &[("stage", "base")])
+            .await?;
+        Ok(cancelled == 1.0 && depth == Some(0.0))
+    })
+    .await
+    .context("the departed caller's request stayed queued")?;
+    // It left while the first was still running: its slot was freed, not its turn awaited.
+    let completed = base
+        .metric(
+            "vidcascade_stage_requests_total",
+            &[("stage", "base"), ("outcome", "completed")],
+        )
+        .await?;
+    assert_eq!(completed, 0.0, "the first request should still be running");
+    drop(running);
     Ok(())
 }

@@ -8,22 +8,33 @@ use vidcascade_spec::{ErrorType, GenerateRequest, SamplerKind, Segment, StageOve
 use crate::v1;
 use crate::wire::{WireError, validate_video};
 
-/// Per-request sampler settings from the wire; unset fields keep the stage's defaults.
-pub fn overrides_from_wire(settings: Option<&v1::SamplerSettings>) -> StageOverrides {
+/// Per-request sampler settings from the wire; unset fields keep the stage's defaults. An enum
+/// value the contract does not define is an error naming `sampler` (prefix it with
+/// [`WireError::within`]), not a silent default.
+pub fn overrides_from_wire(
+    settings: Option<&v1::SamplerSettings>,
+) -> Result<StageOverrides, WireError> {
     let Some(settings) = settings else {
-        return StageOverrides::default();
+        return Ok(StageOverrides::default());
     };
-    StageOverrides {
+    let sampler = v1::Sampler::try_from(settings.sampler).map_err(|_| {
+        WireError::invalid(
+            "sampler",
+            "SAMPLER_UNSPECIFIED (0), SAMPLER_DDIM (1) or SAMPLER_ANCESTRAL (2)",
+            settings.sampler,
+        )
+    })?;
+    Ok(StageOverrides {
         steps: settings.steps.map(|s| s as usize),
         guidance: settings.guidance.map(f64::from),
-        sampler: match settings.sampler() {
+        sampler: match sampler {
             v1::Sampler::Unspecified => None,
             v1::Sampler::Ddim => Some(SamplerKind::Ddim),
             v1::Sampler::Ancestral => Some(SamplerKind::Ancestral),
         },
         noise_augmentation: settings.noise_augmentation.map(f64::from),
         threshold_quantile: settings.threshold_quantile.map(f64::from),
-    }
+    })
 }
 
 /// Sampler settings for the wire (unset fields stay unset).
@@ -109,9 +120,19 @@ pub fn video_from_wire(video: v1::Video) -> Result<Video, WireError> {
     })
 }
 
-/// A `Gateway.Generate` request as the pipeline reads it (limits are checked by its plan).
-pub fn request_from_wire(request: &v1::GenerateRequest) -> GenerateRequest {
-    GenerateRequest {
+/// A `Gateway.Generate` request as the pipeline reads it (limits are checked by its plan);
+/// undefined enum values are errors naming the field (`stage_overrides[base].sampler`).
+pub fn request_from_wire(request: &v1::GenerateRequest) -> Result<GenerateRequest, WireError> {
+    let overrides = request
+        .stage_overrides
+        .iter()
+        .map(|(stage, settings)| {
+            let overrides = overrides_from_wire(Some(settings))
+                .map_err(|err| err.within(&format!("stage_overrides[{stage}]")))?;
+            Ok((stage.clone(), overrides))
+        })
+        .collect::<Result<_, WireError>>()?;
+    Ok(GenerateRequest {
         prompt: request.prompt.clone(),
         segments: request
             .segments
@@ -123,13 +144,9 @@ pub fn request_from_wire(request: &v1::GenerateRequest) -> GenerateRequest {
             .collect(),
         init_image_png: request.init_image_png.clone(),
         seed: request.seed,
-        overrides: request
-            .stage_overrides
-            .iter()
-            .map(|(stage, settings)| (stage.clone(), overrides_from_wire(Some(settings))))
-            .collect(),
+        overrides,
         preview_every: request.preview_every,
-    }
+    })
 }
 
 /// The gRPC status code of each outcome: one table for every service.
@@ -187,8 +204,24 @@ mod tests {
             threshold_quantile: Some(0.5),
         };
         let back = overrides_from_wire(Some(&overrides_to_wire(&overrides)));
-        assert_eq!(back, overrides);
-        assert_eq!(overrides_from_wire(None), StageOverrides::default());
+        assert_eq!(back, Ok(overrides));
+        assert_eq!(overrides_from_wire(None), Ok(StageOverrides::default()));
+    }
+
+    #[test]
+    fn an_undefined_sampler_is_rejected_naming_the_field() {
+        let mut request = v1::GenerateRequest {
+            prompt: "red".into(),
+            ..Default::default()
+        };
+        let settings = v1::SamplerSettings {
+            sampler: 99,
+            ..Default::default()
+        };
+        request.stage_overrides.insert("base".into(), settings);
+        let err = request_from_wire(&request).expect_err("sampler 99");
+        assert_eq!(err.field(), "stage_overrides[base].sampler");
+        assert!(err.to_string().contains("found 99"), "{err}");
     }
 
     #[test]

@@ -59,7 +59,8 @@ pub enum WireError {
 }
 
 impl WireError {
-    fn invalid(
+    /// A field whose value is outside what the contract allows.
+    pub fn invalid(
         field: impl Into<String>,
         expected: impl Into<String>,
         found: impl ToString,

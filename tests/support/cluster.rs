@@ -173,6 +173,15 @@ impl Cluster {
     /// Starts everything for `model` (stage names from its manifest); `stage_args` are extra
     /// flags for every stage; waits until the gateway is SERVING.
     pub async fn start(model: &Path, stage_args: &[&str]) -> anyhow::Result<Self> {
+        Self::start_with(model, stage_args, &[]).await
+    }
+
+    /// As [`Cluster::start`], with extra flags for the gateway too.
+    pub async fn start_with(
+        model: &Path,
+        stage_args: &[&str],
+        extra_gateway_args: &[&str],
+    ) -> anyhow::Result<Self> {
         let repository = vidcascade_models::ModelRepository::open(model)?;
         let model_arg = model.display().to_string();
         let encoder = Service::start(
@@ -200,6 +209,7 @@ impl Cluster {
             gateway_args.push(format!("{}={}", stage.name, service.grpc));
             stages.push(service);
         }
+        gateway_args.extend(extra_gateway_args.iter().map(|a| a.to_string()));
         let gateway = Service::start(GATEWAY_BIN, "gateway", &gateway_args)?;
         gateway.wait_serving(Duration::from_secs(60)).await?;
         Ok(Self {

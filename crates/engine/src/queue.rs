@@ -83,6 +83,17 @@ impl<T> JobQueue<T> {
         self.len() == 0
     }
 
+    /// Removes and returns every waiting job `abandoned` says nobody waits for any more.
+    pub fn remove_abandoned(&self, abandoned: impl Fn(&T) -> bool) -> Vec<T> {
+        let Ok(mut state) = self.state.lock() else {
+            return Vec::new();
+        };
+        let (gone, kept): (Vec<T>, Vec<T>) =
+            state.waiting.drain(..).partition(|job| abandoned(job));
+        state.waiting = kept.into();
+        gone
+    }
+
     /// Stops accepting jobs; queued ones are still taken.
     pub fn drain(&self) {
         if let Ok(mut state) = self.state.lock() {
@@ -139,6 +150,16 @@ mod tests {
             Err(EngineError::QueueFull { limit: 2, .. })
         ));
         assert_eq!(queue.take(8, true, Duration::ZERO), Some(vec![1, 2]));
+    }
+
+    #[test]
+    fn abandoned_jobs_leave_the_queue_in_order() {
+        let queue = JobQueue::new("test", 8);
+        for job in 1..=5 {
+            assert!(queue.push(job, |_| {}).is_ok());
+        }
+        assert_eq!(queue.remove_abandoned(|job| job % 2 == 0), vec![2, 4]);
+        assert_eq!(queue.take(8, false, Duration::ZERO), Some(vec![1, 3, 5]));
     }
 
     #[test]

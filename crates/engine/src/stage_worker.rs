@@ -372,6 +372,11 @@ impl Worker {
     /// Moves queued requests into the batch; blocks (up to `batch_wait` for company) when idle.
     /// Returns false when the engine should stop.
     fn admit(&mut self) -> bool {
+        // Callers that left while queued free their slot now, not when their turn comes.
+        for gone in self.queue.remove_abandoned(Queued::is_abandoned) {
+            self.stats.steps_done(gone.job.settings.steps);
+            EngineStats::count(&self.stats.cancelled);
+        }
         let room = self.config.max_batch_size.saturating_sub(self.active.len());
         let Some(taken) = self
             .queue

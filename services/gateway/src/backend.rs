@@ -59,7 +59,8 @@ impl TextEncoding for ReplicaBackend {
                 );
                 async move { TextEncoderClient::new(replica.channel).encode(call).await }
             })
-            .await?;
+            .await
+            .map_err(prompt_error)?;
         let mut embeddings = response.into_inner().embeddings;
         match (embeddings.len(), embeddings.pop(), embeddings.pop()) {
             (2, Some(unconditional), Some(text)) => Ok(Embeddings {
@@ -72,6 +73,21 @@ impl TextEncoding for ReplicaBackend {
             }
             .into()),
         }
+    }
+}
+
+/// The text encoder is the authority on tokens: its INVALID_ARGUMENT about `prompts[0]` (too
+/// many tokens, say) is the client's `prompt` being invalid, not a gateway bug.
+fn prompt_error(err: GatewayError) -> CallError {
+    match &err {
+        GatewayError::Stage { status, .. }
+            if status.code() == tonic::Code::InvalidArgument
+                && status.message().starts_with("prompts[0]") =>
+        {
+            let message = status.message().replacen("prompts[0]", "prompt", 1);
+            CallError::new(vidcascade_spec::ErrorType::InvalidArgument, message)
+        }
+        _ => err.into(),
     }
 }
 

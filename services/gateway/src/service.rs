@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
@@ -38,6 +38,10 @@ struct Inner {
     manifest: Manifest,
     backend: ReplicaBackend,
     permits: Arc<Semaphore>,
+    tickets: Arc<Semaphore>,
+    admission: std::sync::Mutex<()>,
+    max_tickets: usize,
+    max_concurrent: usize,
     waiting: AtomicUsize,
     draining: AtomicBool,
     max_waiting: usize,
@@ -102,6 +106,10 @@ impl GatewayServer {
                     attempts: config.stage_attempts,
                 },
                 permits: Arc::new(Semaphore::new(config.max_concurrent)),
+                tickets: Arc::new(Semaphore::new(config.max_concurrent + config.max_waiting)),
+                admission: std::sync::Mutex::new(()),
+                max_tickets: config.max_concurrent + config.max_waiting,
+                max_concurrent: config.max_concurrent,
                 waiting: AtomicUsize::new(0),
                 draining: AtomicBool::new(false),
                 max_waiting: config.max_waiting,
@@ -172,22 +180,43 @@ impl GatewayServer {
     }
 
     /// Draining and capacity checks, then the plan.
-    fn admit(
-        &self,
-        request: &v1::GenerateRequest,
-    ) -> Result<(Plan, v1::OutputOptions), GatewayError> {
+    fn admit(&self, request: &v1::GenerateRequest) -> Result<(Plan, Admitted), GatewayError> {
         let inner = &self.inner;
         if inner.draining.load(Ordering::Relaxed) {
             return Err(GatewayError::Draining);
         }
-        let plan = plan(&request_from_wire(request), &inner.manifest, rand::random())?;
-        let ahead = inner.waiting.load(Ordering::Relaxed);
-        if inner.permits.available_permits() == 0 && ahead >= inner.max_waiting {
-            return Err(GatewayError::Overloaded {
-                limit: inner.max_waiting,
-            });
-        }
-        Ok((plan, request.output.unwrap_or_default()))
+        let request = request_from_wire(request).map_err(|err| {
+            let text = err.to_string();
+            let reason = text
+                .strip_prefix(&format!("{}: ", err.field()))
+                .unwrap_or(&text);
+            PipelineError::invalid(err.field(), reason)
+        })?;
+        let plan = plan(&request, &inner.manifest, rand::random())?;
+        // One ticket per request running or waiting, taken here or never: a burst cannot
+        // overshoot the limits (checking a count and incrementing it later could).
+        // The ticket and the position are taken under one lock, so two requests admitted
+        // together get different positions.
+        let _order = inner.admission.lock().map_err(|_| GatewayError::Draining)?;
+        let ticket =
+            inner
+                .tickets
+                .clone()
+                .try_acquire_owned()
+                .map_err(|_| GatewayError::Overloaded {
+                    limit: inner.max_waiting,
+                })?;
+        // Requests admitted (this one included) beyond the ones that can run: 0 runs at once,
+        // 1 is next.
+        let admitted = inner.max_tickets - inner.tickets.available_permits();
+        let ahead = admitted.saturating_sub(inner.max_concurrent);
+        Ok((
+            plan,
+            Admitted {
+                _ticket: ticket,
+                ahead,
+            },
+        ))
     }
 }
 
@@ -213,8 +242,9 @@ impl Gateway for GatewayServer {
         let timeout =
             timeout_from_metadata(request.metadata())?.unwrap_or(self.inner.default_timeout);
         let started = Instant::now();
-        let (plan, output) = match self.admit(request.get_ref()) {
-            Ok(admitted) => admitted,
+        let output = request.get_ref().output.unwrap_or_default();
+        let (plan, admitted) = match self.admit(request.get_ref()) {
+            Ok(result) => result,
             Err(err) => {
                 count_outcome(err.error_type().label());
                 span.in_scope(|| tracing::info!(error = %err, "rejected"));
@@ -230,6 +260,7 @@ impl Gateway for GatewayServer {
             started,
             deadline: started + timeout,
             tx,
+            admitted,
         };
         tokio::spawn(job.run().instrument(span));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -252,6 +283,14 @@ struct Job {
     started: Instant,
     deadline: Instant,
     tx: EventSender,
+    /// Its place among the admitted requests, held for the whole request.
+    admitted: Admitted,
+}
+
+/// An admitted request's ticket and its queue position when admitted.
+struct Admitted {
+    _ticket: OwnedSemaphorePermit,
+    ahead: usize,
 }
 
 impl Job {
@@ -286,11 +325,7 @@ impl Job {
     /// Accepted (with the queue position), then a slot under the deadline, then the run.
     async fn admitted_run(&self) -> Result<(), GatewayError> {
         let inner = &self.inner;
-        let ahead = if inner.permits.available_permits() > 0 {
-            0
-        } else {
-            inner.waiting.load(Ordering::Relaxed) + 1
-        };
+        let ahead = self.admitted.ahead;
         self.send(self.wire.accepted(&self.request_id, ahead))
             .await?;
         inner.waiting.fetch_add(1, Ordering::Relaxed);

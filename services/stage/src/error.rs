@@ -31,9 +31,9 @@ pub enum StageServiceError {
         /// What is wrong with it.
         source: TensorWireError,
     },
-    /// A video field breaks the wire contract.
+    /// A field breaks the wire contract (a video, an enum value).
     #[error(transparent)]
-    Video(#[from] WireError),
+    Wire(#[from] WireError),
     /// A sampler setting is out of range.
     #[error(transparent)]
     Setting(#[from] SettingError),
@@ -49,7 +49,7 @@ impl StageServiceError {
             Self::Missing { .. }
             | Self::Unsupported { .. }
             | Self::Tensor { .. }
-            | Self::Video(_)
+            | Self::Wire(_)
             | Self::Setting(_) => ErrorType::InvalidArgument,
             Self::Engine(err) => err.error_type(),
         }

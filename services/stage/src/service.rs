@@ -91,8 +91,20 @@ impl StageServer {
         deadline: Option<Instant>,
     ) -> Result<StageJob, StageServiceError> {
         let device = Device::Cpu;
+        let max_tokens = self.info.max_text_tokens as u64;
         let tensor = |field: &'static str, value: &Option<v1::Tensor>| {
             let value = value.as_ref().ok_or(StageServiceError::Missing { field })?;
+            // Checked before decoding: an oversized embedding allocates nothing.
+            if let Some(&tokens) = value.shape.first()
+                && tokens > max_tokens
+            {
+                return Err(StageServiceError::Unsupported {
+                    field,
+                    reason: format!(
+                        "{tokens} tokens; this stage takes at most {max_tokens} (max_text_tokens)"
+                    ),
+                });
+            }
             tensor_from_wire(value, &device)
                 .map_err(|source| StageServiceError::Tensor { field, source })
         };
@@ -114,8 +126,9 @@ impl StageServer {
                 Some(video_to_tensor(&video, &device).map_err(EngineError::from)?)
             }
         };
-        let settings =
-            overrides_from_wire(request.sampler.as_ref()).resolve(self.manifest(), "sampler")?;
+        let settings = overrides_from_wire(request.sampler.as_ref())
+            .map_err(|err| err.within("sampler"))?
+            .resolve(self.manifest(), "sampler")?;
         let input = StageInput {
             text: &text,
             unconditional: &unconditional,
@@ -256,7 +269,14 @@ async fn follow(
         return Ok(Err(CallerGone));
     }
     let mut queued = Duration::ZERO;
-    while let Some(job_event) = handle.events.recv().await {
+    loop {
+        // A caller that leaves is noticed at once, even while the request is queued: dropping
+        // the handle makes the engine drop the request before it runs another step.
+        let job_event = tokio::select! {
+            event = handle.events.recv() => event,
+            () = tx.closed() => return Ok(Err(CallerGone)),
+        };
+        let Some(job_event) = job_event else { break };
         let sent = match job_event {
             JobEvent::Admitted { queued: waited } => {
                 queued = waited;
