@@ -226,6 +226,22 @@ async fn invalid_requests_name_the_field_and_the_service_keeps_serving() -> anyh
             ..Default::default()
         },
     );
+    // A 100 KB stage name is named, but not echoed whole.
+    let mut huge_name = request("a red circle", 1);
+    huge_name
+        .stage_overrides
+        .insert("x".repeat(100_000), v1::SamplerSettings::default());
+    match generate(&cluster, huge_name).await {
+        Err(status) => {
+            assert_eq!(status.code(), Code::InvalidArgument);
+            assert!(
+                status.message().len() < 400,
+                "{} bytes",
+                status.message().len()
+            );
+        }
+        Ok(_) => bail!("accepted an unknown 100 KB stage name"),
+    }
     // Longer than the tiny encoder's 16 tokens: the client's fault, not INTERNAL.
     let too_many_tokens = request(&vec!["red"; 20].join(" "), 1);
     for (request, field) in [
@@ -709,6 +725,12 @@ async fn the_deadline_reaches_the_stage_which_stops_at_the_next_step() -> anyhow
     assert_eq!(
         status.code(),
         Code::DeadlineExceeded,
+        "{}",
+        status.message()
+    );
+    // Public messages name the request, never an internal replica address.
+    assert!(
+        status.message().contains("(request ") && !status.message().contains("127.0.0.1"),
         "{}",
         status.message()
     );

@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use vidcascade_spec::manifest::{Manifest, StageKind, StageManifest, VideoShape};
-use vidcascade_spec::request::{check_prompt, clip_seed, stage_seed};
+use vidcascade_spec::request::{check_prompt, clip_seed, echo, stage_seed};
 use vidcascade_spec::{GenerateRequest, ResolvedSettings, StageOverrides};
 
 use crate::PipelineError;
@@ -217,7 +217,7 @@ fn plan_stages(
         .find(|name| !names.contains(&name.as_str()))
     {
         return Err(PipelineError::invalid(
-            format!("stage_overrides[{unknown}]"),
+            format!("stage_overrides[{}]", echo(unknown)),
             format!("no such diffusion stage; the stages are {names:?}"),
         ));
     }

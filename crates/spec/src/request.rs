@@ -76,6 +76,18 @@ pub fn check_prompt_length(prompt: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Most characters of a caller's input an error message repeats.
+pub const MAX_ECHO_CHARS: usize = 64;
+
+/// `text` as an error message may repeat it: at most [`MAX_ECHO_CHARS`] characters, with `...`
+/// when cut (a 100 KB field name must not become a 100 KB status message).
+pub fn echo(text: &str) -> String {
+    match text.char_indices().nth(MAX_ECHO_CHARS) {
+        Some((cut, _)) => format!("{}...", &text[..cut]),
+        None => text.to_string(),
+    }
+}
+
 /// The seed of stage `index`, decorrelated from the others (SplitMix64 finaliser).
 pub fn stage_seed(seed: u64, index: usize) -> u64 {
     let mut z = seed.wrapping_add((index as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
@@ -103,6 +115,15 @@ mod tests {
         assert_eq!(check_prompt("  "), Err("must not be empty".into()));
         let long = "a".repeat(MAX_PROMPT_BYTES + 1);
         assert!(check_prompt(&long).is_err_and(|e| e.contains("2049 bytes")));
+    }
+
+    #[test]
+    fn echoes_are_capped_on_a_character_boundary() {
+        assert_eq!(echo("base"), "base");
+        let long = "é".repeat(100);
+        let echoed = echo(&long);
+        assert_eq!(echoed.chars().count(), MAX_ECHO_CHARS + 3);
+        assert!(echoed.ends_with("..."));
     }
 
     #[test]

@@ -83,10 +83,20 @@ impl From<GatewayError> for tonic::Status {
 impl From<GatewayError> for CallError {
     fn from(err: GatewayError) -> Self {
         let message = match &err {
-            // The pipeline names the stage; say which replica answered what.
+            // The pipeline names the stage. Replica addresses are internal: they go to the log,
+            // not to the public caller.
             GatewayError::Stage {
-                address, status, ..
-            } => format!("{} (replica {address})", status.message()),
+                stage,
+                address,
+                status,
+            } => {
+                tracing::warn!(%stage, %address, code = ?status.code(), "stage call failed");
+                status.message().to_string()
+            }
+            GatewayError::BadAddress { service, .. } => {
+                tracing::warn!(error = %err, "bad replica address");
+                format!("no usable replica of `{service}`")
+            }
             other => other.to_string(),
         };
         CallError::new(err.error_type(), message)

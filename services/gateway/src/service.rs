@@ -312,7 +312,10 @@ impl Job {
             }
             Err(err) => {
                 tracing::info!(error = %err, "failed");
-                let _ = self.tx.send(Err(err.into())).await;
+                let status: Status = err.into();
+                // The request id lets an operator find the logs (which name the replicas).
+                let message = format!("{} (request {})", status.message(), self.request_id);
+                let _ = self.tx.send(Err(Status::new(status.code(), message))).await;
             }
         }
     }
