@@ -291,3 +291,59 @@ fn serve_and_client_generate_through_the_services_and_stop_on_ctrl_c() -> anyhow
     assert_clean_failure(&out, "vidcascade serve");
     Ok(())
 }
+
+#[test]
+fn ctrl_c_on_serve_lets_an_in_flight_generation_finish_through_every_stage() -> anyhow::Result<()> {
+    use std::io::{BufRead, BufReader};
+    let (dir, model) = tiny_model()?;
+    let mut serve = Command::new(env!("CARGO_BIN_EXE_vidcascade"))
+        .args(["serve", "--model", path(&model), "--listen", "127.0.0.1:0"])
+        .args(["--metrics-listen", "off", "--log", "warn"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let stdout = serve
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+    let mut lines = BufReader::new(stdout).lines();
+    let gateway = loop {
+        let Some(line) = lines.next() else {
+            let _ = serve.kill();
+            anyhow::bail!("serve exited before printing the gateway address");
+        };
+        if let Some(addr) = line?.strip_prefix("gateway") {
+            break addr.trim().to_string();
+        }
+    };
+    let gif = dir.path().join("drained.gif");
+    let mut client = Command::new(env!("CARGO_BIN_EXE_vidcascade"))
+        .args([
+            "client",
+            "a red circle",
+            "--addr",
+            &gateway,
+            "-o",
+            path(&gif),
+        ])
+        .args(["--steps", "base=400", "--seed", "1"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let stderr = client
+        .stderr
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no stderr"))?;
+    let mut progress = BufReader::new(stderr).lines();
+    // Interrupt serve while the base stage is working: the TSR and SSR calls come after.
+    let in_flight = progress.any(|line| line.is_ok_and(|l| l.starts_with("base: step")));
+    let interrupted = Command::new("kill")
+        .args(["-INT", &serve.id().to_string()])
+        .status()?;
+    let rest: Vec<String> = progress.map_while(Result::ok).collect();
+    let client_status = client.wait()?;
+    let serve_status = serve.wait()?;
+    assert!(in_flight && interrupted.success());
+    assert!(client_status.success(), "client failed: {rest:?}");
+    assert_eq!(read_gif(&gif)?.frames.len(), 8, "the whole cascade ran");
+    assert!(serve_status.success(), "serve exited with {serve_status}");
+    Ok(())
+}

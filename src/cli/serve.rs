@@ -122,17 +122,28 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         .block_on(serve(plan))
 }
 
+/// A stop signal for a group of services.
+fn stop_signal() -> (watch::Sender<bool>, impl Fn() -> Stopped) {
+    let (tx, rx) = watch::channel(false);
+    let stopped = move || {
+        let mut rx = rx.clone();
+        Box::pin(async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }) as Stopped
+    };
+    (tx, stopped)
+}
+
+type Stopped = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
 async fn serve(plan: Plan) -> anyhow::Result<()> {
     let _telemetry =
         vidcascade_runtime::telemetry::init("vidcascade-serve", &plan.server.log, None)?;
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let stopped = move || {
-        let mut rx = stop_rx.clone();
-        async move {
-            let _ = rx.wait_for(|stop| *stop).await;
-        }
-    };
-    let mut tasks = JoinSet::new();
+    // Two groups, stopped in dependency order: the gateway first, the services behind it after
+    // its in-flight generations have gone through every stage.
+    let (stop_backends, backends_stopped) = stop_signal();
+    let (stop_gateway, gateway_stopped) = stop_signal();
+    let mut backends = JoinSet::new();
     if let Some(addr) = plan.server.metrics_listen {
         let handle = vidcascade_runtime::metrics::install()?;
         let (bound, serve) = vidcascade_runtime::metrics::bind(addr, handle).await?;
@@ -143,7 +154,7 @@ async fn serve(plan: Plan) -> anyhow::Result<()> {
     let encoder = EncoderServer::load(&plan.encoder)?;
     let (listener, encoder_addr) = bind_internal().await?;
     println!("text-encoder  {encoder_addr}");
-    tasks.spawn(serve_service(listener, encoder, GRACE, stopped()));
+    backends.spawn(serve_service(listener, encoder, GRACE, backends_stopped()));
 
     let mut stages = Vec::new();
     for config in &plan.stages {
@@ -151,7 +162,12 @@ async fn serve(plan: Plan) -> anyhow::Result<()> {
         let (listener, addr) = bind_internal().await?;
         println!("{:<13} {addr}", config.stage);
         stages.push((config.stage.clone(), addr));
-        tasks.spawn(serve_service(listener, stage_server, GRACE, stopped()));
+        backends.spawn(serve_service(
+            listener,
+            stage_server,
+            GRACE,
+            backends_stopped(),
+        ));
     }
 
     let gateway_config =
@@ -159,39 +175,68 @@ async fn serve(plan: Plan) -> anyhow::Result<()> {
     let gateway = GatewayServer::new(&gateway_config);
     let listener = bind_grpc(plan.server.listen).await?;
     let gateway_addr = listener.local_addr()?;
-    tasks.spawn(serve_service(listener, gateway, GRACE, stopped()));
+    let gateway = tokio::spawn(serve_service(listener, gateway, GRACE, gateway_stopped()));
     println!("gateway  http://{gateway_addr}");
     println!(
         "try: vidcascade client \"a red circle moving left on a black background\" --addr http://{gateway_addr}"
     );
-    wait_and_drain(tasks, stop_tx).await
+    let services = Services {
+        gateway,
+        backends,
+        stop_gateway,
+        stop_backends,
+    };
+    services.wait_and_drain().await
 }
 
-/// Runs until Ctrl-C (or a service stops), then drains every service.
-async fn wait_and_drain(
-    mut tasks: JoinSet<anyhow::Result<()>>,
-    stop_tx: watch::Sender<bool>,
-) -> anyhow::Result<()> {
-    tokio::select! {
-        () = shutdown_signal() => {}
-        Some(result) = tasks.join_next() => {
-            let _ = stop_tx.send(true);
-            result.context("a service task failed")??;
-            anyhow::bail!("a service stopped unexpectedly");
+/// The running services and their stop signals.
+struct Services {
+    gateway: tokio::task::JoinHandle<anyhow::Result<()>>,
+    backends: JoinSet<anyhow::Result<()>>,
+    stop_gateway: watch::Sender<bool>,
+    stop_backends: watch::Sender<bool>,
+}
+
+impl Services {
+    /// Runs until Ctrl-C (or a service stops), then drains in dependency order: the gateway
+    /// stops admitting and its in-flight generations finish through every stage; only then do
+    /// the stages and the text encoder drain.
+    async fn wait_and_drain(mut self) -> anyhow::Result<()> {
+        tokio::select! {
+            () = shutdown_signal() => {}
+            result = &mut self.gateway => {
+                self.stop();
+                result.context("the gateway task failed")??;
+                anyhow::bail!("the gateway stopped unexpectedly");
+            }
+            Some(result) = self.backends.join_next() => {
+                self.stop();
+                result.context("a service task failed")??;
+                anyhow::bail!("a service stopped unexpectedly");
+            }
         }
-    }
-    eprintln!("stopping: draining in-flight requests (Ctrl-C again to force)");
-    let _ = stop_tx.send(true);
-    let drain = async {
-        while let Some(result) = tasks.join_next().await {
-            result.context("a service task failed")??;
+        eprintln!("stopping: draining in-flight requests (Ctrl-C again to force)");
+        let drain = async {
+            let _ = self.stop_gateway.send(true);
+            (&mut self.gateway)
+                .await
+                .context("the gateway task failed")??;
+            let _ = self.stop_backends.send(true);
+            while let Some(result) = self.backends.join_next().await {
+                result.context("a service task failed")??;
+            }
+            Ok::<(), anyhow::Error>(())
+        };
+        tokio::select! {
+            result = drain => result?,
+            () = shutdown_signal() => eprintln!("forced stop"),
         }
-        Ok::<(), anyhow::Error>(())
-    };
-    tokio::select! {
-        result = drain => result?,
-        () = shutdown_signal() => eprintln!("forced stop"),
+        eprintln!("stopped");
+        Ok(())
     }
-    eprintln!("stopped");
-    Ok(())
+
+    fn stop(&self) {
+        let _ = self.stop_gateway.send(true);
+        let _ = self.stop_backends.send(true);
+    }
 }
