@@ -1,8 +1,9 @@
 //! The `vidcascade` command line, run as a real process: every output format (decoded back and
 //! checked), `info`, and one-line errors for bad arguments, missing models and unwritable outputs.
 
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output};
 
 use vidcascade_test_support::{read_gif, read_mp4, read_png_frames};
 
@@ -21,6 +22,32 @@ fn vidcascade(args: &[&str]) -> anyhow::Result<Output> {
 
 fn path(p: &Path) -> &str {
     p.to_str().unwrap_or_default()
+}
+
+/// The rest of a child's stdout, kept open so its later prints do not hit a closed pipe.
+type OpenStdout = std::io::Lines<BufReader<std::process::ChildStdout>>;
+
+/// Starts `vidcascade serve` for `model` on free ports; returns it and the gateway's URL.
+fn start_serve(model: &Path) -> anyhow::Result<(Child, String, OpenStdout)> {
+    let mut serve = Command::new(env!("CARGO_BIN_EXE_vidcascade"))
+        .args(["serve", "--model", path(model), "--listen", "127.0.0.1:0"])
+        .args(["--metrics-listen", "off", "--log", "warn"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let stdout = serve
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+    let mut lines = BufReader::new(stdout).lines();
+    loop {
+        let Some(line) = lines.next() else {
+            let _ = serve.kill();
+            anyhow::bail!("serve exited before printing the gateway address");
+        };
+        if let Some(addr) = line?.strip_prefix("gateway") {
+            return Ok((serve, addr.trim().to_string(), lines));
+        }
+    }
 }
 
 /// A failed run: non-zero exit, one `error:` line, no panic or backtrace.
@@ -210,27 +237,8 @@ fn bad_arguments_fail_with_one_clear_line() -> anyhow::Result<()> {
 
 #[test]
 fn serve_and_client_generate_through_the_services_and_stop_on_ctrl_c() -> anyhow::Result<()> {
-    use std::io::{BufRead, BufReader};
     let (dir, model) = tiny_model()?;
-    let mut serve = Command::new(env!("CARGO_BIN_EXE_vidcascade"))
-        .args(["serve", "--model", path(&model), "--listen", "127.0.0.1:0"])
-        .args(["--metrics-listen", "off", "--log", "warn"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()?;
-    let stdout = serve
-        .stdout
-        .take()
-        .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
-    let mut lines = BufReader::new(stdout).lines();
-    let gateway = loop {
-        let Some(line) = lines.next() else {
-            let _ = serve.kill();
-            anyhow::bail!("serve exited before printing the gateway address");
-        };
-        if let Some(addr) = line?.strip_prefix("gateway") {
-            break addr.trim().to_string();
-        }
-    };
+    let (mut serve, gateway, _stdout) = start_serve(&model)?;
     let gif = dir.path().join("client.gif");
     let stages = dir.path().join("client-stages");
     let out = vidcascade(&[
@@ -294,27 +302,8 @@ fn serve_and_client_generate_through_the_services_and_stop_on_ctrl_c() -> anyhow
 
 #[test]
 fn ctrl_c_on_serve_lets_an_in_flight_generation_finish_through_every_stage() -> anyhow::Result<()> {
-    use std::io::{BufRead, BufReader};
     let (dir, model) = tiny_model()?;
-    let mut serve = Command::new(env!("CARGO_BIN_EXE_vidcascade"))
-        .args(["serve", "--model", path(&model), "--listen", "127.0.0.1:0"])
-        .args(["--metrics-listen", "off", "--log", "warn"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()?;
-    let stdout = serve
-        .stdout
-        .take()
-        .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
-    let mut lines = BufReader::new(stdout).lines();
-    let gateway = loop {
-        let Some(line) = lines.next() else {
-            let _ = serve.kill();
-            anyhow::bail!("serve exited before printing the gateway address");
-        };
-        if let Some(addr) = line?.strip_prefix("gateway") {
-            break addr.trim().to_string();
-        }
-    };
+    let (mut serve, gateway, _stdout) = start_serve(&model)?;
     let gif = dir.path().join("drained.gif");
     let mut client = Command::new(env!("CARGO_BIN_EXE_vidcascade"))
         .args([

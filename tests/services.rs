@@ -378,12 +378,7 @@ async fn a_client_that_leaves_stops_the_stage_which_then_serves_the_next_request
     drop(stream);
     let base = cluster.stage("base");
     eventually(Duration::from_secs(20), || async {
-        let cancelled = base
-            .metric(
-                "vidcascade_stage_requests_total",
-                &[("stage", "base"), ("outcome", "cancelled")],
-            )
-            .await?;
+        let cancelled = base_outcome(base, "cancelled").await?;
         let pending = base
             .gauge("vidcascade_stage_pending_steps", &[("stage", "base")])
             .await?;
@@ -393,12 +388,7 @@ async fn a_client_that_leaves_stops_the_stage_which_then_serves_the_next_request
     .context("the base stage did not stop the abandoned request")?;
     let events = generate(&cluster, request("a green triangle", 4)).await?;
     final_video(&events)?;
-    let completed = base
-        .metric(
-            "vidcascade_stage_requests_total",
-            &[("stage", "base"), ("outcome", "completed")],
-        )
-        .await?;
+    let completed = base_outcome(base, "completed").await?;
     assert!(completed >= 1.0);
     Ok(())
 }
@@ -426,6 +416,26 @@ async fn stage_request(base: &Service, steps: u32) -> anyhow::Result<v1::StageRe
 }
 
 /// Reads a stage stream to its end; returns the steps it reported.
+/// How many of the base stage's requests ended with `outcome`.
+async fn base_outcome(base: &Service, outcome: &str) -> anyhow::Result<f64> {
+    base.metric(
+        "vidcascade_stage_requests_total",
+        &[("stage", "base"), ("outcome", outcome)],
+    )
+    .await
+}
+
+/// Reads a stage stream until its first progress event: the request is running.
+async fn until_progress(stream: &mut tonic::Streaming<v1::StageEvent>) -> anyhow::Result<()> {
+    loop {
+        match stream.message().await?.and_then(|e| e.event) {
+            Some(stage_event::Event::Progress(_)) => return Ok(()),
+            Some(_) => {}
+            None => bail!("the request ended before running"),
+        }
+    }
+}
+
 async fn drain_stage_stream(
     mut stream: tonic::Streaming<v1::StageEvent>,
 ) -> Result<(u32, bool), tonic::Status> {
@@ -468,13 +478,7 @@ async fn a_full_queue_answers_resource_exhausted_while_admitted_requests_finish(
     let mut client = VideoStageClient::new(base.channel().await?);
     // The first runs (batch of one), the second waits in the queue of one...
     let mut first = client.generate(request.clone()).await?.into_inner();
-    loop {
-        match first.message().await?.and_then(|e| e.event) {
-            Some(stage_event::Event::Progress(_)) => break,
-            Some(_) => {}
-            None => bail!("first request ended before running"),
-        }
-    }
+    until_progress(&mut first).await?;
     let second = client.generate(request.clone()).await?.into_inner();
     // ...and the third finds the queue full.
     let third = client.generate(request.clone()).await;
@@ -496,12 +500,7 @@ async fn a_full_queue_answers_resource_exhausted_while_admitted_requests_finish(
     let (second_steps, second_done) = drain_stage_stream(second).await?;
     assert!(first_done && second_done);
     assert_eq!((first_steps, second_steps), (150, 150));
-    let rejected = base
-        .metric(
-            "vidcascade_stage_requests_total",
-            &[("stage", "base"), ("outcome", "resource_exhausted")],
-        )
-        .await?;
+    let rejected = base_outcome(&base, "resource_exhausted").await?;
     assert_eq!(rejected, 1.0);
     Ok(())
 }
@@ -741,12 +740,7 @@ async fn the_deadline_reaches_the_stage_which_stops_at_the_next_step() -> anyhow
         // win, and the stage then sees its caller leave. Either way it stops.
         let mut stopped = 0.0;
         for outcome in ["deadline_exceeded", "cancelled"] {
-            stopped += base
-                .metric(
-                    "vidcascade_stage_requests_total",
-                    &[("stage", "base"), ("outcome", outcome)],
-                )
-                .await?;
+            stopped += base_outcome(base, outcome).await?;
         }
         let pending = base
             .gauge("vidcascade_stage_pending_steps", &[("stage", "base")])
@@ -833,13 +827,7 @@ async fn a_queued_request_whose_caller_left_frees_its_slot_and_never_runs() -> a
         .generate(stage_request(&base, 1000).await?)
         .await?
         .into_inner();
-    loop {
-        match running.message().await?.and_then(|e| e.event) {
-            Some(stage_event::Event::Progress(_)) => break,
-            Some(_) => {}
-            None => bail!("the first request ended before running"),
-        }
-    }
+    until_progress(&mut running).await?;
     // ...the second waits behind it, and its caller leaves.
     let mut queued = client
         .generate(stage_request(&base, 1000).await?)
@@ -851,12 +839,7 @@ async fn a_queued_request_whose_caller_left_frees_its_slot_and_never_runs() -> a
     ));
     drop(queued);
     eventually(Duration::from_secs(10), || async {
-        let cancelled = base
-            .metric(
-                "vidcascade_stage_requests_total",
-                &[("stage", "base"), ("outcome", "cancelled")],
-            )
-            .await?;
+        let cancelled = base_outcome(&base, "cancelled").await?;
         let depth = base
             .gauge("vidcascade_stage_queue_depth", &[("stage", "base")])
             .await?;
@@ -865,12 +848,7 @@ async fn a_queued_request_whose_caller_left_frees_its_slot_and_never_runs() -> a
     .await
     .context("the departed caller's request stayed queued")?;
     // It left while the first was still running: its slot was freed, not its turn awaited.
-    let completed = base
-        .metric(
-            "vidcascade_stage_requests_total",
-            &[("stage", "base"), ("outcome", "completed")],
-        )
-        .await?;
+    let completed = base_outcome(&base, "completed").await?;
     assert_eq!(completed, 0.0, "the first request should still be running");
     drop(running);
     Ok(())

@@ -40,11 +40,6 @@ impl<T> JobQueue<T> {
         }
     }
 
-    /// The worker's name, as errors give it.
-    pub fn worker(&self) -> &str {
-        &self.worker
-    }
-
     fn shutting_down(&self) -> EngineError {
         EngineError::ShuttingDown {
             worker: self.worker.clone(),
@@ -88,6 +83,10 @@ impl<T> JobQueue<T> {
         let Ok(mut state) = self.state.lock() else {
             return Vec::new();
         };
+        // Called at every step boundary: nothing to rebuild in the usual case.
+        if !state.waiting.iter().any(&abandoned) {
+            return Vec::new();
+        }
         let (gone, kept): (Vec<T>, Vec<T>) =
             state.waiting.drain(..).partition(|job| abandoned(job));
         state.waiting = kept.into();

@@ -97,11 +97,6 @@ impl TextEngine {
         self.max_tokens
     }
 
-    /// Jobs waiting.
-    pub fn queued(&self) -> usize {
-        self.queue.len()
-    }
-
     /// Checks a job's prompts: 1..=`max_batch_size` of them, each within the prompt length limit.
     fn check(&self, prompts: &[String]) -> Result<(), EngineError> {
         if prompts.is_empty() || prompts.len() > self.config.max_batch_size {

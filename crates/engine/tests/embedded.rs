@@ -10,9 +10,7 @@ use std::time::{Duration, Instant};
 
 use candle_core::Device;
 use vidcascade_engine::video::{resample, video_to_tensor};
-use vidcascade_engine::{
-    DiffusionStage, EmbeddedCascade, EngineConfig, JobEvent, StageEngine, StageJob,
-};
+use vidcascade_engine::{DiffusionStage, EmbeddedCascade, EngineConfig, StageEngine, StageJob};
 use vidcascade_models::ModelRepository;
 use vidcascade_models::repository::scaffold::WeightInit;
 use vidcascade_pipeline::{Event, PipelineError};
@@ -358,7 +356,7 @@ fn an_untrained_residual_super_resolution_stage_returns_its_upsampled_input() ->
         }
         .resolve(stage.manifest(), "sampler")?;
         let engine = StageEngine::start(stage, EngineConfig::default());
-        let mut handle = engine.submit(StageJob {
+        let handle = engine.submit(StageJob {
             text: text.clone(),
             unconditional: unconditional.clone(),
             low_res: Some(low_res.clone()),
@@ -367,14 +365,7 @@ fn an_untrained_residual_super_resolution_stage_returns_its_upsampled_input() ->
             preview_every: 0,
             deadline: None,
         })?;
-        let video = loop {
-            match handle.events.blocking_recv() {
-                Some(JobEvent::Done { video, .. }) => break video,
-                Some(JobEvent::Failed(err)) => return Err(err.into()),
-                Some(_) => {}
-                None => anyhow::bail!("the engine stopped"),
-            }
-        };
+        let video = handle.blocking_wait(|_, _| {})?;
         engine.shutdown();
         let upsampled = resample(&low_res, output.frames, output.height, output.width)?;
         let error = (video - upsampled)?.abs()?.max_all()?.to_scalar::<f32>()?;

@@ -149,9 +149,4 @@ impl<'a> StageReport<'a> {
         };
         self.events.send(event).await.map_err(|_| CallerGone)
     }
-
-    /// Resolves when the caller has gone away.
-    pub async fn caller_gone(&self) {
-        self.events.closed().await;
-    }
 }
