@@ -13,52 +13,13 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail, ensure};
 use candle_core::Device;
 use support::cluster::{Cluster, GATEWAY_BIN, STAGE_BIN, Service, tiny_model};
+use support::gateway::{final_video, generate, request};
 use tonic::Code;
 use vidcascade_engine::EmbeddedCascade;
 use vidcascade_proto::v1::gateway_client::GatewayClient;
 use vidcascade_proto::v1::video_stage_client::VideoStageClient;
 use vidcascade_proto::v1::{self, generate_event::Event, stage_event};
 use vidcascade_spec::GenerateRequest;
-
-fn request(prompt: &str, seed: u64) -> v1::GenerateRequest {
-    v1::GenerateRequest {
-        prompt: prompt.into(),
-        seed: Some(seed),
-        ..Default::default()
-    }
-}
-
-/// Collects a whole gateway stream (or its error status).
-async fn generate(
-    cluster: &Cluster,
-    request: v1::GenerateRequest,
-) -> Result<Vec<Event>, tonic::Status> {
-    let channel = cluster
-        .gateway
-        .channel()
-        .await
-        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-    let mut stream = GatewayClient::new(channel)
-        .generate(request)
-        .await?
-        .into_inner();
-    let mut events = Vec::new();
-    while let Some(event) = stream.message().await? {
-        events.extend(event.event);
-    }
-    Ok(events)
-}
-
-fn final_video(events: &[Event]) -> anyhow::Result<v1::Video> {
-    let mut assembler = vidcascade_proto::wire::VideoAssembler::new();
-    let mut whole = None;
-    for event in events {
-        if let Event::Completed(completed) = event {
-            whole = assembler.push(completed.video.clone().context("chunk")?)?;
-        }
-    }
-    whole.context("no complete final video")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_generation_streams_every_stage_in_order_and_matches_the_in_process_cascade()
@@ -242,7 +203,13 @@ async fn invalid_requests_name_the_field_and_the_service_keeps_serving() -> anyh
         }
         Ok(_) => bail!("accepted an unknown 100 KB stage name"),
     }
-    // Longer than the tiny encoder's 16 tokens: the client's fault, not INTERNAL.
+    // The limits are published...
+    let info = GatewayClient::new(cluster.gateway.channel().await?)
+        .info(v1::InfoRequest {})
+        .await?
+        .into_inner();
+    assert_eq!((info.max_prompt_tokens, info.max_prompt_bytes), (16, 2048));
+    // ...and longer than the tiny encoder's 16 tokens is the client's fault, not INTERNAL.
     let too_many_tokens = request(&vec!["red"; 20].join(" "), 1);
     for (request, field) in [
         (
@@ -565,20 +532,8 @@ async fn a_dead_replica_is_skipped_by_retrying_on_another() -> anyhow::Result<()
     let cluster = Cluster::start(&model, &[]).await?;
     // A second gateway whose base stage has a dead replica listed first.
     let dead = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
-    let mut args = vec![
-        "--model".to_string(),
-        model.display().to_string(),
-        "--encoder".into(),
-        cluster.encoder.grpc.to_string(),
-    ];
-    for stage in &cluster.stages {
-        args.push("--stage".into());
-        if stage.name == "base" {
-            args.push(format!("base={dead},{}", stage.grpc));
-        } else {
-            args.push(format!("{}={}", stage.name, stage.grpc));
-        }
-    }
+    let base = cluster.stage("base").grpc;
+    let args = cluster.gateway_args(&[("base", format!("{dead},{base}"))]);
     let gateway = Service::start(GATEWAY_BIN, "gateway-2", &args)?;
     gateway.wait_serving(Duration::from_secs(30)).await?;
     for seed in 0..3 {

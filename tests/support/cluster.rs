@@ -220,6 +220,26 @@ impl Cluster {
         })
     }
 
+    /// Flags for another gateway over this cluster's encoder and stages, with the replicas of
+    /// the stages named in `targets` replaced by the given target (`host:port[,host:port]`).
+    pub fn gateway_args(&self, targets: &[(&str, String)]) -> Vec<String> {
+        let mut args = vec![
+            "--model".to_string(),
+            self.model.display().to_string(),
+            "--encoder".into(),
+            self.encoder.grpc.to_string(),
+        ];
+        for stage in &self.stages {
+            let target = targets
+                .iter()
+                .find(|(name, _)| *name == stage.name)
+                .map_or_else(|| stage.grpc.to_string(), |(_, target)| target.clone());
+            args.push("--stage".into());
+            args.push(format!("{}={target}", stage.name));
+        }
+        args
+    }
+
     pub fn stage(&self, name: &str) -> &Service {
         self.stages
             .iter()

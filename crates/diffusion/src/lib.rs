@@ -24,6 +24,7 @@ pub mod threshold;
 
 pub use error::DiffusionError;
 pub use sampler::{
-    ModelRow, SampleState, SampleStep, SamplerKind, SamplerSettings, VelocityModel, step_batch,
+    Checkpoint, ModelRow, SampleState, SampleStep, SamplerKind, SamplerSettings, VelocityModel,
+    step_batch,
 };
 pub use schedule::CosineSchedule;

@@ -24,6 +24,17 @@ impl GaussianNoise {
         Self { rng }
     }
 
+    /// Where the stream is: the ChaCha word position, recorded in a resumable checkpoint.
+    pub fn position(&self) -> u128 {
+        self.rng.get_word_pos()
+    }
+
+    /// Moves the stream to `position` (from [`Self::position`] of the same seed and stream), so
+    /// a resumed sample draws exactly the noise the interrupted one would have drawn next.
+    pub fn seek(&mut self, position: u128) {
+        self.rng.set_word_pos(position);
+    }
+
     /// `count` standard normal values.
     pub fn values(&mut self, count: usize) -> Vec<f32> {
         (0..count)
@@ -51,6 +62,17 @@ mod tests {
         assert_eq!(a, b);
         assert_ne!(a, c);
         assert_ne!(a, d);
+    }
+
+    #[test]
+    fn a_seeked_stream_continues_where_the_first_left_off() {
+        let mut first = GaussianNoise::new(42, 0);
+        first.values(1000);
+        let position = first.position();
+        let expected = first.values(64);
+        let mut resumed = GaussianNoise::new(42, 0);
+        resumed.seek(position);
+        assert_eq!(resumed.values(64), expected);
     }
 
     #[test]

@@ -145,6 +145,51 @@ impl SampleState {
         })
     }
 
+    /// A resumable snapshot of this sample between steps: its latent, steps completed and
+    /// noise position. [`Self::resume`] on a fresh state of the same request (same seed,
+    /// settings and shape) continues the run exactly, on this process or another.
+    pub fn checkpoint(&self) -> Checkpoint {
+        Checkpoint {
+            latent: self.z.clone(),
+            completed_steps: self.completed,
+            noise_position: self.noise.position(),
+        }
+    }
+
+    /// Continues from `checkpoint` instead of step 0. This state must be a fresh one of the
+    /// same request: the checkpoint's latent must have this state's shape and be finite, and it
+    /// must leave at least one step to run.
+    pub fn resume(&mut self, checkpoint: Checkpoint) -> Result<(), DiffusionError> {
+        let steps = self.settings.steps;
+        if checkpoint.completed_steps == 0 || checkpoint.completed_steps >= steps {
+            return Err(DiffusionError::InvalidSetting {
+                field: "resume.step",
+                reason: format!(
+                    "must be between 1 and {} (the run has {steps} steps), got {}",
+                    steps.saturating_sub(1),
+                    checkpoint.completed_steps
+                ),
+            });
+        }
+        if checkpoint.latent.dims() != self.z.dims() {
+            return Err(DiffusionError::Shape {
+                what: "resumed latent",
+                expected: self.z.dims().to_vec(),
+                found: checkpoint.latent.dims().to_vec(),
+            });
+        }
+        let latent = checkpoint.latent.to_dtype(self.z.dtype())?;
+        ensure_finite(
+            &latent.unsqueeze(0)?,
+            "resumed latent",
+            checkpoint.completed_steps,
+        )?;
+        self.z = latent;
+        self.completed = checkpoint.completed_steps;
+        self.noise.seek(checkpoint.noise_position);
+        Ok(())
+    }
+
     /// The current latent `[C, F, H, W]`; the final video in [-1, 1] once [`Self::is_done`].
     pub fn latent(&self) -> &Tensor {
         &self.z
@@ -174,6 +219,17 @@ impl SampleState {
     pub fn current_time(&self) -> f64 {
         self.grid[self.completed.min(self.settings.steps)]
     }
+}
+
+/// A sample between two steps, as [`SampleState::checkpoint`] records it.
+#[derive(Debug, Clone)]
+pub struct Checkpoint {
+    /// The latent `z` after `completed_steps` steps, `[C, F, H, W]`.
+    pub latent: Tensor,
+    /// Steps completed.
+    pub completed_steps: usize,
+    /// The sample's noise stream position (see [`GaussianNoise::position`]).
+    pub noise_position: u128,
 }
 
 /// Rejects NaN or infinity in a `[B, ...]` tensor, naming the first bad sample.
@@ -586,6 +642,58 @@ mod tests {
         assert_eq!(a, run(11)?);
         assert_ne!(a, run(12)?);
         assert!(a.iter().all(|v| (-1.0..=1.0).contains(v)));
+        Ok(())
+    }
+
+    #[test]
+    fn a_resumed_sample_ends_bit_for_bit_where_the_undisturbed_one_does() -> anyhow::Result<()> {
+        let model = LinearModel::new(0.2, -0.1);
+        let settings = SamplerSettings {
+            kind: SamplerKind::Ancestral,
+            steps: 6,
+            guidance: 2.0,
+            ..SamplerSettings::default()
+        };
+        let fresh = || SampleState::new(&[3, 2, 4, 4], settings, 5, 0, &Device::Cpu);
+        let run = |state: &mut SampleState| -> anyhow::Result<Vec<f32>> {
+            while !state.is_done() {
+                step_batch(&model, &mut [&mut *state])?.remove(0)?;
+            }
+            Ok(state.latent().flatten_all()?.to_vec1::<f32>()?)
+        };
+        let undisturbed = run(&mut fresh()?)?;
+
+        let mut interrupted = fresh()?;
+        for _ in 0..3 {
+            step_batch(&model, &mut [&mut interrupted])?.remove(0)?;
+        }
+        let checkpoint = interrupted.checkpoint();
+        let mut resumed = fresh()?;
+        resumed.resume(checkpoint.clone())?;
+        assert_eq!(resumed.completed_steps(), 3);
+        assert_eq!(run(&mut resumed)?, undisturbed);
+
+        let mut bad = checkpoint.clone();
+        bad.completed_steps = 6;
+        assert!(matches!(
+            fresh()?.resume(bad),
+            Err(DiffusionError::InvalidSetting {
+                field: "resume.step",
+                ..
+            })
+        ));
+        let mut bad = checkpoint.clone();
+        bad.latent = Tensor::zeros((3, 2, 4, 5), candle_core::DType::F32, &Device::Cpu)?;
+        assert!(matches!(
+            fresh()?.resume(bad),
+            Err(DiffusionError::Shape { .. })
+        ));
+        let mut bad = checkpoint;
+        bad.latent = (bad.latent * f64::NAN)?;
+        assert!(matches!(
+            fresh()?.resume(bad),
+            Err(DiffusionError::NonFinite { .. })
+        ));
         Ok(())
     }
 

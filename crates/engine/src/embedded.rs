@@ -289,6 +289,8 @@ impl StageCall<Tensor> for EmbeddedCascade {
             settings: call.stage.settings,
             preview_every: call.preview_every as usize,
             deadline: Some(call.deadline),
+            checkpoint_every: 0,
+            resume: None,
         })?;
         let fps = call.stage.manifest.output.map_or(0.0, |shape| shape.fps);
         let mut queued = Duration::ZERO;
@@ -299,6 +301,7 @@ impl StageCall<Tensor> for EmbeddedCascade {
                     step,
                     total_steps,
                     preview,
+                    ..
                 } => {
                     report.progress(step, total_steps).await?;
                     if let Some(x0) = preview {

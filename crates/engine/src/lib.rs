@@ -21,3 +21,4 @@ pub use error::EngineError;
 pub use stage::DiffusionStage;
 pub use stage_worker::{EngineConfig, EngineStats, JobEvent, JobHandle, StageEngine, StageJob};
 pub use text_worker::{TextEngine, TextEngineConfig};
+pub use vidcascade_diffusion::Checkpoint;

@@ -219,7 +219,7 @@ impl DiffusionStage {
         Ok((state, conditioning))
     }
 
-    fn diffusion_error(&self, source: DiffusionError) -> EngineError {
+    pub(crate) fn diffusion_error(&self, source: DiffusionError) -> EngineError {
         EngineError::Diffusion {
             stage: self.name().to_string(),
             source,

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use candle_core::Tensor;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
-use vidcascade_diffusion::{DiffusionError, SampleState, SampleStep, step_batch};
+use vidcascade_diffusion::{Checkpoint, DiffusionError, SampleState, SampleStep, step_batch};
 use vidcascade_spec::ResolvedSettings;
 
 use crate::EngineError;
@@ -69,6 +69,19 @@ pub struct StageJob {
     pub preview_every: usize,
     /// Stop when this instant passes.
     pub deadline: Option<Instant>,
+    /// Attach a resumable [`Checkpoint`] to every this many steps (never after the last);
+    /// 0 = never.
+    pub checkpoint_every: usize,
+    /// Continue an interrupted run of this same request from its checkpoint instead of step 0.
+    pub resume: Option<Checkpoint>,
+}
+
+impl StageJob {
+    /// Denoising steps this job still has to run.
+    pub fn steps_to_run(&self) -> usize {
+        let done = self.resume.as_ref().map_or(0, |c| c.completed_steps);
+        self.settings.steps.saturating_sub(done)
+    }
 }
 
 /// What a request hears back, in order: `Admitted`, then `Step`s (with previews), then exactly
@@ -88,6 +101,8 @@ pub enum JobEvent {
         total_steps: usize,
         /// The x0 estimate `[3, F, H, W]`, on preview steps only.
         preview: Option<Tensor>,
+        /// The sample after this step, on checkpoint steps only.
+        checkpoint: Option<Checkpoint>,
     },
     /// The video `[3, F, H, W]` in [-1, 1].
     Done {
@@ -95,7 +110,7 @@ pub enum JobEvent {
         video: Tensor,
         /// Time from admission to completion.
         run: Duration,
-        /// Steps run.
+        /// Steps run by this engine (fewer than the total for a resumed run).
         steps: usize,
     },
     /// The request failed (its deadline passed, its input was bad, its sample went non-finite);
@@ -279,7 +294,7 @@ impl StageEngine {
     pub fn submit(&self, job: StageJob) -> Result<JobHandle, EngineError> {
         let (tx, rx) = unbounded_channel();
         let cancel = Arc::new(AtomicBool::new(false));
-        let steps = job.settings.steps as u64;
+        let steps = job.steps_to_run() as u64;
         let queued = Queued {
             job,
             events: tx,
@@ -335,6 +350,9 @@ struct Active {
     cancel: Arc<AtomicBool>,
     deadline: Option<Instant>,
     preview_every: usize,
+    checkpoint_every: usize,
+    /// Steps already done when this engine got the sample (a resumed run).
+    resumed_at: usize,
     admitted: Instant,
     span: tracing::Span,
 }
@@ -374,7 +392,7 @@ impl Worker {
     fn admit(&mut self) -> bool {
         // Callers that left while queued free their slot now, not when their turn comes.
         for gone in self.queue.remove_abandoned(Queued::is_abandoned) {
-            self.stats.steps_done(gone.job.settings.steps);
+            self.stats.steps_done(gone.job.steps_to_run());
             EngineStats::count(&self.stats.cancelled);
         }
         let room = self.config.max_batch_size.saturating_sub(self.active.len());
@@ -402,7 +420,7 @@ impl Worker {
     /// Builds a queued request's sample, or answers it: gone callers are dropped, bad inputs
     /// fail alone.
     fn prepare(&self, queued: Queued) -> Option<Active> {
-        let steps = queued.job.settings.steps;
+        let steps = queued.job.steps_to_run();
         if queued.is_abandoned() {
             self.stats.steps_done(steps);
             EngineStats::count(&self.stats.cancelled);
@@ -416,8 +434,20 @@ impl Worker {
             seed: job.seed,
             settings: job.settings,
         };
-        match self.stage.prepare(&input) {
+        let prepared = self
+            .stage
+            .prepare(&input)
+            .and_then(|(mut state, conditioning)| {
+                if let Some(checkpoint) = job.resume.clone() {
+                    state
+                        .resume(checkpoint)
+                        .map_err(|source| self.stage.diffusion_error(source))?;
+                }
+                Ok((state, conditioning))
+            });
+        match prepared {
             Ok((state, conditioning)) => {
+                let resumed_at = state.completed_steps();
                 let _ = queued.events.send(JobEvent::Admitted {
                     queued: queued.enqueued.elapsed(),
                 });
@@ -429,6 +459,8 @@ impl Worker {
                     cancel: queued.cancel,
                     deadline: job.deadline,
                     preview_every: job.preview_every,
+                    checkpoint_every: job.checkpoint_every,
+                    resumed_at,
                     admitted: Instant::now(),
                 })
             }
@@ -533,10 +565,13 @@ impl Worker {
         let step = a.state.completed_steps();
         let total = a.state.total_steps();
         let due = a.preview_every > 0 && (step.is_multiple_of(a.preview_every) || step == total);
+        let checkpoint_due =
+            a.checkpoint_every > 0 && step.is_multiple_of(a.checkpoint_every) && step < total;
         a.send(JobEvent::Step {
             step,
             total_steps: total,
             preview: x0.filter(|_| due),
+            checkpoint: checkpoint_due.then(|| a.state.checkpoint()),
         });
         if !a.state.is_done() {
             return Some(a);
@@ -545,7 +580,7 @@ impl Worker {
         a.send(JobEvent::Done {
             video: a.state.latent().clone(),
             run: a.admitted.elapsed(),
-            steps: total,
+            steps: total - a.resumed_at,
         });
         None
     }

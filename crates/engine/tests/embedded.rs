@@ -231,7 +231,7 @@ fn a_deadline_reaches_the_engine_which_stops_the_stage() -> anyhow::Result<()> {
     assert_eq!(err.error_type(), ErrorType::DeadlineExceeded, "{err}");
     assert!(
         err.to_string()
-            .contains("deadline exceeded in stage `base` after"),
+            .contains("deadline exceeded in stage `base`: waited "),
         "{err}"
     );
     assert!(started.elapsed() < Duration::from_secs(10));
@@ -364,6 +364,8 @@ fn an_untrained_residual_super_resolution_stage_returns_its_upsampled_input() ->
             settings,
             preview_every: 0,
             deadline: None,
+            checkpoint_every: 0,
+            resume: None,
         })?;
         let video = handle.blocking_wait(|_, _| {})?;
         engine.shutdown();

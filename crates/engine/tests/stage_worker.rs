@@ -52,6 +52,8 @@ fn job(f: &Fixture, seed: u64, steps: usize) -> anyhow::Result<StageJob> {
         settings,
         preview_every: 0,
         deadline: None,
+        checkpoint_every: 0,
+        resume: None,
     })
 }
 

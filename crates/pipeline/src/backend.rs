@@ -3,6 +3,7 @@
 //! clients of its replica sets.
 
 use std::future::Future;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
@@ -109,6 +110,40 @@ impl From<CallerGone> for CallError {
     }
 }
 
+/// Where the current stage call stands, for the message of a deadline that passes during it.
+#[derive(Debug, Clone, Default)]
+pub struct StageClock {
+    /// The stage and when it was called, once one is.
+    pub called: Option<(String, Instant)>,
+    /// When the first step was reported.
+    pub first_step: Option<Instant>,
+    /// Steps reported, of how many.
+    pub steps: (usize, usize),
+}
+
+impl StageClock {
+    /// Where the time went, as of now: "in stage `base`: waited 35.2 s for its first step,
+    /// then ran 12 of 32 steps in 84.8 s".
+    pub fn describe(&self) -> String {
+        let Some((stage, called)) = &self.called else {
+            return "before any stage ran".into();
+        };
+        let secs = |d: Duration| format!("{:.1} s", d.as_secs_f64());
+        let (done, total) = self.steps;
+        match self.first_step {
+            None => format!(
+                "in stage `{stage}`: waited {} and ran no step",
+                secs(called.elapsed())
+            ),
+            Some(first) => format!(
+                "in stage `{stage}`: waited {} for its first step, then ran {done} of {total} steps in {}",
+                secs(first.duration_since(*called)),
+                secs(first.elapsed())
+            ),
+        }
+    }
+}
+
 /// Where a stage call reports its progress and previews: into the run's event stream, labelled
 /// with the stage and clip.
 #[derive(Debug)]
@@ -116,20 +151,31 @@ pub struct StageReport<'a> {
     events: &'a mpsc::Sender<Event>,
     stage: &'a str,
     clip: usize,
+    clock: &'a Mutex<StageClock>,
 }
 
 impl<'a> StageReport<'a> {
-    /// A reporter for `stage` of `clip` into `events`.
-    pub fn new(events: &'a mpsc::Sender<Event>, stage: &'a str, clip: usize) -> Self {
+    /// A reporter for `stage` of `clip` into `events`, keeping `clock` up to date.
+    pub fn new(
+        events: &'a mpsc::Sender<Event>,
+        stage: &'a str,
+        clip: usize,
+        clock: &'a Mutex<StageClock>,
+    ) -> Self {
         Self {
             events,
             stage,
             clip,
+            clock,
         }
     }
 
     /// Step `step` of `total_steps` is done.
     pub async fn progress(&self, step: usize, total_steps: usize) -> Result<(), CallerGone> {
+        if let Ok(mut clock) = self.clock.lock() {
+            clock.first_step.get_or_insert_with(Instant::now);
+            clock.steps = (step, total_steps);
+        }
         let event = Event::Progress {
             stage: self.stage.to_string(),
             step,

@@ -17,7 +17,8 @@ pub mod plan;
 pub mod run;
 
 pub use backend::{
-    CallError, Embeddings, StageCall, StageCallRequest, StageOutcome, StageReport, TextEncoding,
+    CallError, CallerGone, Embeddings, StageCall, StageCallRequest, StageOutcome, StageReport,
+    TextEncoding,
 };
 pub use error::PipelineError;
 pub use event::{Event, StageTiming};

@@ -7,8 +7,6 @@
 //! limits); `preview_every` at most [`MAX_PREVIEW_EVERY`]. Field names in errors are the
 //! gateway's (`stage_overrides[base].steps`), the public API's spelling.
 
-use std::time::Duration;
-
 use vidcascade_spec::manifest::{Manifest, StageKind, StageManifest, VideoShape};
 use vidcascade_spec::request::{check_prompt, clip_seed, echo, stage_seed};
 use vidcascade_spec::{GenerateRequest, ResolvedSettings, StageOverrides};
@@ -31,17 +29,6 @@ pub struct StagePlan {
     pub overrides: StageOverrides,
     /// The settings they resolve to.
     pub settings: ResolvedSettings,
-}
-
-impl StagePlan {
-    /// Relative cost of one call (see [`ResolvedSettings::cost`]).
-    pub fn cost(&self) -> f64 {
-        let voxels = self
-            .manifest
-            .output
-            .map_or(1, |s| s.frames * s.height * s.width);
-        self.settings.cost(voxels)
-    }
 }
 
 /// What a run will do.
@@ -73,16 +60,6 @@ impl Plan {
             frames: self.clip_shape.frames * self.clips.len(),
             ..self.clip_shape
         }
-    }
-
-    /// Costs of the stage calls still to run from stage `stage` of clip `clip` on.
-    pub fn remaining_costs(&self, clip: usize, stage: usize) -> Vec<f64> {
-        let per_clip: Vec<f64> = self.stages.iter().map(StagePlan::cost).collect();
-        let mut costs: Vec<f64> = per_clip[stage.min(per_clip.len())..].to_vec();
-        for _ in clip + 1..self.clips.len() {
-            costs.extend_from_slice(&per_clip);
-        }
-        costs
     }
 }
 
@@ -241,16 +218,6 @@ fn plan_stages(
         .collect()
 }
 
-/// The share of `remaining` for the first of `costs` (the stage calls still to run), in
-/// proportion to its cost; what a stage does not use rolls over to the next.
-pub fn deadline_share(remaining: Duration, costs: &[f64]) -> Duration {
-    let total: f64 = costs.iter().sum();
-    match costs.first() {
-        Some(&first) if total > 0.0 => remaining.mul_f64((first / total).clamp(0.0, 1.0)),
-        _ => remaining,
-    }
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -381,7 +348,6 @@ pub(crate) mod tests {
         let planned = plan(&request, &manifest, 0)?;
         assert_eq!(planned.clips, vec!["red", "blue", "blue"]);
         assert_eq!(planned.final_shape().frames, 12);
-        assert_eq!(planned.remaining_costs(1, 2).len(), 1 + 3);
         assert_ne!(planned.stage_seed(1, 0), planned.stage_seed(0, 0));
         request.segments = vec![Segment {
             prompt: "red".into(),
@@ -392,19 +358,5 @@ pub(crate) mod tests {
             "segments[0].seconds"
         );
         Ok(())
-    }
-
-    #[test]
-    fn deadlines_are_shared_by_cost() {
-        let share = deadline_share(Duration::from_secs(10), &[1.0, 3.0]);
-        assert_eq!(share, Duration::from_millis(2500));
-        assert_eq!(
-            deadline_share(Duration::from_secs(4), &[2.0]),
-            Duration::from_secs(4)
-        );
-        assert_eq!(
-            deadline_share(Duration::from_secs(4), &[]),
-            Duration::from_secs(4)
-        );
     }
 }

@@ -1,7 +1,14 @@
 //! Running a [`Plan`]: per clip, the text encoder, then every diffusion stage in order, each
-//! conditioned on the previous stage's RGB8 output, under one deadline shared by expected cost.
-//! The run stops as soon as the deadline passes or the event receiver is dropped; dropping the
-//! stage call's future is what cancels it in every backend.
+//! conditioned on the previous stage's RGB8 output, under the caller's one deadline.
+//!
+//! Every call may use all the time left (less a small margin, so that a stage that runs out of
+//! time answers before the run's own timer fires): no stage's queue time eats a fixed share, so
+//! the run fails only when the caller's deadline really passes, and the error says where the time
+//! went ("in stage `base`: waited 35.2 s for its first step, then ran 12 of 32 steps in 84.8 s,
+//! of a 120.0 s deadline"). The run stops as soon as the deadline passes or the event receiver
+//! is dropped; dropping the stage call's future is what cancels it in every backend.
+
+use std::sync::Mutex;
 
 use std::time::{Duration, Instant};
 
@@ -10,18 +17,14 @@ use vidcascade_spec::{ErrorType, StageKind, Video};
 
 use crate::PipelineError;
 use crate::backend::{
-    CallError, Embeddings, StageCall, StageCallRequest, StageReport, TextEncoding,
+    CallError, Embeddings, StageCall, StageCallRequest, StageClock, StageReport, TextEncoding,
 };
 use crate::event::{Event, StageTiming};
-use crate::plan::{Plan, deadline_share};
+use crate::plan::Plan;
 
-/// Share of the remaining deadline the text encoder may use.
-const ENCODER_SHARE: f64 = 0.05;
-/// The text encoder's time never drops below this.
-const ENCODER_MIN: Duration = Duration::from_millis(500);
-/// Time kept back from each stage's deadline share, so a stage that runs out of time reports
-/// where it stopped before the run's own timer fires.
-const STAGE_DEADLINE_MARGIN: Duration = Duration::from_millis(100);
+/// Time kept back from each call's deadline (at most 5 % of what is left), so a call that runs
+/// out of time answers before the run's own timer fires.
+const CALL_DEADLINE_MARGIN: Duration = Duration::from_millis(100);
 
 /// Identity and time limits of one run.
 #[derive(Debug, Clone, Copy)]
@@ -47,25 +50,31 @@ where
     T: TextEncoding,
     S: StageCall<T::Embedding>,
 {
+    let clock = Mutex::new(StageClock::default());
     let mut run = Run {
         plan,
         limits,
         events,
         timings: Vec::new(),
+        clock: &clock,
     };
     tokio::select! {
         result = run.execute(encoder, stages) => result,
-        () = tokio::time::sleep_until(limits.deadline.into()) => {
-            Err(run_deadline_exceeded(limits, "running the cascade"))
-        }
+        () = tokio::time::sleep_until(limits.deadline.into()) => Err(limits.deadline_exceeded(&clock)),
         () = events.closed() => Err(PipelineError::Cancelled),
     }
 }
 
-fn run_deadline_exceeded(limits: RunLimits<'_>, during: &str) -> PipelineError {
-    PipelineError::DeadlineExceeded {
-        during: during.to_string(),
-        elapsed: limits.started.elapsed(),
+impl RunLimits<'_> {
+    /// The caller's deadline passed; `clock` says where.
+    fn deadline_exceeded(&self, clock: &Mutex<StageClock>) -> PipelineError {
+        let what = clock
+            .lock()
+            .map_or_else(|_| "running the cascade".into(), |c| c.describe());
+        PipelineError::DeadlineExceeded {
+            what,
+            deadline: self.deadline.saturating_duration_since(self.started),
+        }
     }
 }
 
@@ -74,6 +83,7 @@ struct Run<'a> {
     limits: RunLimits<'a>,
     events: &'a mpsc::Sender<Event>,
     timings: Vec<StageTiming>,
+    clock: &'a Mutex<StageClock>,
 }
 
 impl Run<'_> {
@@ -84,21 +94,33 @@ impl Run<'_> {
             .map_err(|_| PipelineError::Cancelled)
     }
 
-    fn remaining(&self, during: &str) -> Result<Duration, PipelineError> {
+    /// Starts the clock of a call of `stage` and gives its deadline: the run's, less a margin.
+    fn start_call(&self, stage: &str, total_steps: usize) -> Result<Instant, PipelineError> {
+        if let Ok(mut clock) = self.clock.lock() {
+            *clock = StageClock {
+                called: Some((stage.to_string(), Instant::now())),
+                first_step: None,
+                steps: (0, total_steps),
+            };
+        }
         let remaining = self
             .limits
             .deadline
             .saturating_duration_since(Instant::now());
         if remaining.is_zero() {
-            return Err(run_deadline_exceeded(self.limits, during));
+            return Err(self.limits.deadline_exceeded(self.clock));
         }
-        Ok(remaining)
+        Ok(self.limits.deadline - CALL_DEADLINE_MARGIN.min(remaining / 20))
     }
 
-    /// A failed call of `stage`: the caller leaving is a cancellation, not a stage failure.
+    /// A failed call of `stage`: the caller leaving is a cancellation, not a stage failure, and
+    /// a call that ran out of time is the run's deadline passing.
     fn call_failed(&self, stage: &str, source: CallError) -> PipelineError {
         if source.error_type == ErrorType::Cancelled && self.events.is_closed() {
             return PipelineError::Cancelled;
+        }
+        if source.error_type == ErrorType::DeadlineExceeded {
+            return self.limits.deadline_exceeded(self.clock);
         }
         PipelineError::Stage {
             stage: stage.to_string(),
@@ -145,13 +167,10 @@ impl Run<'_> {
             clip,
         })
         .await?;
-        let timeout = self
-            .remaining(&format!("waiting for `{name}`"))?
-            .mul_f64(ENCODER_SHARE)
-            .max(ENCODER_MIN);
+        let deadline = self.start_call(&name, 0)?;
         let started = Instant::now();
         let text = encoder
-            .encode(&self.plan.clips[clip], started + timeout)
+            .encode(&self.plan.clips[clip], deadline)
             .await
             .map_err(|source| self.call_failed(&name, source))?;
         let elapsed = started.elapsed();
@@ -191,9 +210,7 @@ impl Run<'_> {
             clip,
         })
         .await?;
-        let remaining = self.remaining(&format!("waiting for stage `{name}`"))?;
-        let remaining = remaining.saturating_sub(STAGE_DEADLINE_MARGIN.min(remaining / 20));
-        let timeout = deadline_share(remaining, &plan.remaining_costs(clip, index));
+        let deadline = self.start_call(name, stage.settings.steps)?;
         let started = Instant::now();
         let call = StageCallRequest {
             request_id: self.limits.request_id,
@@ -203,9 +220,9 @@ impl Run<'_> {
             conditioning: previous,
             seed: plan.stage_seed(clip, index),
             preview_every: plan.preview_every,
-            deadline: started + timeout,
+            deadline,
         };
-        let report = StageReport::new(self.events, name, clip);
+        let report = StageReport::new(self.events, name, clip, self.clock);
         let outcome = stages
             .generate(call, &report)
             .await
@@ -255,6 +272,9 @@ mod tests {
     struct Fake {
         seen: Mutex<Vec<Seen>>,
         fail_at: Option<usize>,
+        /// `(stage, wait, steps)`: that stage reports `steps` steps, then stalls for `wait`
+        /// (queued, or a slow step) before it goes on.
+        stall: Option<(usize, Duration, usize)>,
     }
 
     impl TextEncoding for Fake {
@@ -287,6 +307,14 @@ mod tests {
                     "queue is full",
                 ));
             }
+            if let Some((at, wait, steps)) = self.stall
+                && at == call.index
+            {
+                for step in 1..=steps {
+                    report.progress(step, 2).await?;
+                }
+                tokio::time::sleep(wait).await;
+            }
             report.progress(1, 2).await?;
             report.progress(2, 2).await?;
             let shape = call.stage.manifest.output.expect("diffusion stage");
@@ -317,8 +345,16 @@ mod tests {
     }
 
     async fn collect(plan: &Plan, fake: &Fake) -> (Result<(), PipelineError>, Vec<Event>) {
+        collect_within(plan, fake, Duration::from_secs(60)).await
+    }
+
+    async fn collect_within(
+        plan: &Plan,
+        fake: &Fake,
+        deadline: Duration,
+    ) -> (Result<(), PipelineError>, Vec<Event>) {
         let (tx, mut rx) = mpsc::channel(1024);
-        let result = run(plan, limits(Duration::from_secs(60)), fake, fake, &tx).await;
+        let result = run(plan, limits(deadline), fake, fake, &tx).await;
         drop(tx);
         let mut events = Vec::new();
         while let Some(event) = rx.recv().await {
@@ -400,15 +436,61 @@ mod tests {
         for (i, s) in seen.iter().enumerate() {
             assert_eq!(s.seed, plan.stage_seed(i / 3, s.index));
         }
-        // Each call gets its cost's share of what is left (here, of nearly all 60 s): the first
-        // of six calls its share of the whole, none past the run's deadline.
-        let costs = plan.remaining_costs(0, 0);
-        let first_share = Duration::from_secs(60).mul_f64(costs[0] / costs.iter().sum::<f64>());
-        let first = seen[0].deadline.duration_since(started);
-        assert!(first <= first_share && first + Duration::from_secs(1) > first_share);
+        // Every call may use the time left: each deadline is the run's, less a small margin.
+        for s in &seen {
+            let deadline = s.deadline.duration_since(started);
+            assert!(
+                deadline <= Duration::from_secs(60) && deadline >= Duration::from_millis(59_800),
+                "call {} got {deadline:?} of a 60 s run",
+                s.index
+            );
+        }
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_long_queue_at_one_stage_does_not_fail_a_run_that_can_still_finish()
+    -> anyhow::Result<()> {
+        let plan = plan(&GenerateRequest::new("red"), &manifest(), 0)?;
+        // The base waits 70 % of the deadline for its first step; the rest is quick.
+        let fake = Fake {
+            stall: Some((0, Duration::from_millis(700), 0)),
+            ..Fake::default()
+        };
+        let (result, events) = collect_within(&plan, &fake, Duration::from_secs(1)).await;
+        result?;
+        assert!(events.iter().any(|e| matches!(e, Event::Completed { .. })));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_passed_deadline_says_where_the_time_went() -> anyhow::Result<()> {
+        let plan = plan(&GenerateRequest::new("red"), &manifest(), 0)?;
+        let fake = Fake {
+            stall: Some((1, Duration::from_secs(5), 1)),
+            ..Fake::default()
+        };
+        let (result, _) = collect_within(&plan, &fake, Duration::from_millis(500)).await;
+        let err = result.expect_err("tsr stalls past the deadline");
+        assert_eq!(err.error_type(), ErrorType::DeadlineExceeded);
+        let message = err.to_string();
         assert!(
-            seen.iter()
-                .all(|s| s.deadline <= started + Duration::from_secs(61))
+            message.starts_with("deadline exceeded in stage `tsr`: waited ")
+                && message.contains(" for its first step, then ran 1 of 2 steps in ")
+                && message.ends_with(", of a 0.5 s deadline"),
+            "{message}"
+        );
+
+        let queued = Fake {
+            stall: Some((0, Duration::from_secs(5), 0)),
+            ..Fake::default()
+        };
+        let (result, _) = collect_within(&plan, &queued, Duration::from_millis(300)).await;
+        let message = result.expect_err("base never starts").to_string();
+        assert!(
+            message.starts_with("deadline exceeded in stage `base`: waited 0.")
+                && message.contains("s and ran no step"),
+            "{message}"
         );
         Ok(())
     }

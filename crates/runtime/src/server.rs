@@ -25,6 +25,9 @@ pub struct ServeOptions {
     pub health_names: Vec<String>,
     /// How long in-flight requests may run after a drain starts.
     pub drain_grace: Duration,
+    /// After warm-up, health follows this (SERVING while true) until the drain; `None`: SERVING
+    /// from warm-up to drain. The gateway is ready only while every stage has a live replica.
+    pub readiness: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 /// Addresses a service ended up listening on (ports may have been 0).
@@ -96,7 +99,9 @@ pub async fn serve(
     tokio::select! {
         result = warm_up => {
             result.with_context(|| format!("{label}: warm-up failed"))?;
-            set_all(&reporter, &options.health_names, ServingStatus::Serving).await;
+            let ready = options.readiness.as_ref().is_none_or(|r| *r.borrow());
+            let status = if ready { ServingStatus::Serving } else { ServingStatus::NotServing };
+            set_all(&reporter, &options.health_names, status).await;
             tracing::info!(service = label, warm_up_ms = started.elapsed().as_millis() as u64, "serving");
         }
         () = &mut shutdown => {
@@ -107,11 +112,32 @@ pub async fn serve(
         }
     }
 
-    tokio::select! {
-        () = &mut shutdown => {}
-        result = &mut server => return server_ended(label, result),
+    let mut readiness = options.readiness.clone();
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            result = &mut server => return server_ended(label, result),
+            ready = ready_changed(&mut readiness) => {
+                let status = if ready { ServingStatus::Serving } else { ServingStatus::NotServing };
+                set_all(&reporter, &options.health_names, status).await;
+            }
+        }
     }
     drain(&reporter, &options, on_drain, stop_tx, server).await
+}
+
+/// The next readiness value; pending forever without a readiness source (or once it is gone).
+async fn ready_changed(readiness: &mut Option<tokio::sync::watch::Receiver<bool>>) -> bool {
+    let Some(receiver) = readiness else {
+        return std::future::pending().await;
+    };
+    match receiver.changed().await {
+        Ok(()) => *receiver.borrow_and_update(),
+        Err(_) => {
+            *readiness = None;
+            std::future::pending().await
+        }
+    }
 }
 
 /// The running gRPC server task.
@@ -225,6 +251,10 @@ pub trait Service {
     fn warm_up(&self) -> impl Future<Output = anyhow::Result<()>> + Send;
     /// Stops admitting new work; in-flight work continues.
     fn drain(&self);
+    /// What health follows after warm-up (see [`ServeOptions::readiness`]).
+    fn readiness(&self) -> Option<tokio::sync::watch::Receiver<bool>> {
+        None
+    }
 }
 
 /// Binds the metrics endpoint (if enabled) and the gRPC address, prints the announcement line
@@ -264,6 +294,7 @@ pub async fn serve_service<S: Service>(
         label: service.label(),
         health_names: service.health_names(),
         drain_grace,
+        readiness: service.readiness(),
     };
     serve(
         listener,

@@ -141,15 +141,6 @@ impl StageOverrides {
     }
 }
 
-impl ResolvedSettings {
-    /// Relative cost of a run producing `voxels` output voxels: steps x voxels x network rows
-    /// (2 with guidance). The pipeline shares deadlines by it.
-    pub fn cost(&self, voxels: usize) -> f64 {
-        let rows = if self.guidance == 1.0 { 1.0 } else { 2.0 };
-        self.steps as f64 * voxels as f64 * rows
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -223,19 +214,5 @@ mod tests {
         .expect_err("out of range");
         assert_eq!(err.field, "stage_overrides[ssr].noise_augmentation");
         assert!(err.reason.contains("[0, 1]"), "{}", err.reason);
-    }
-
-    #[test]
-    fn guidance_doubles_the_cost() {
-        let mut settings = ResolvedSettings {
-            sampler: SamplerKind::Ddim,
-            steps: 4,
-            guidance: 1.0,
-            threshold_quantile: None,
-            noise_augmentation: 0.0,
-        };
-        assert_eq!(settings.cost(10), 40.0);
-        settings.guidance = 3.0;
-        assert_eq!(settings.cost(10), 80.0);
     }
 }

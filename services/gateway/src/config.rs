@@ -11,6 +11,7 @@ use vidcascade_runtime::config::{ServerArgs, ServerConfig};
 use vidcascade_spec::Manifest;
 
 use crate::discovery::Target;
+use crate::health::OutlierPolicy;
 
 /// `vidcascade-gateway`: the public API in front of the text encoder and stage services.
 #[derive(Debug, Clone, Parser)]
@@ -41,6 +42,23 @@ pub struct GatewayCli {
     /// Attempts per stage call when replicas answer UNAVAILABLE before streaming.
     #[arg(long, env = "VIDCASCADE_STAGE_ATTEMPTS", default_value_t = 3)]
     pub stage_attempts: usize,
+    /// Ask stages for a resumable checkpoint every this many denoising steps; when a replica
+    /// dies mid-stream the stage resumes from the latest on another replica (0: no
+    /// checkpoints; the stage then restarts from noise).
+    #[arg(long, env = "VIDCASCADE_CHECKPOINT_EVERY", default_value_t = 2)]
+    pub checkpoint_every: u32,
+    /// Reruns of one stage call on another replica after its replica died mid-stream.
+    #[arg(long, env = "VIDCASCADE_STAGE_FAILOVERS", default_value_t = 2)]
+    pub stage_failovers: usize,
+    /// Consecutive failed calls that eject a replica from rotation.
+    #[arg(long, env = "VIDCASCADE_EJECT_AFTER", default_value_t = 3)]
+    pub eject_after: u32,
+    /// First ejection's length in seconds (doubling per repeat, at most 12x).
+    #[arg(long, env = "VIDCASCADE_EJECTION_SECONDS", default_value_t = 5.0)]
+    pub ejection_seconds: f64,
+    /// How often every replica's grpc.health.v1 is probed, in seconds.
+    #[arg(long, env = "VIDCASCADE_HEALTH_PROBE_SECONDS", default_value_t = 2.0)]
+    pub health_probe_seconds: f64,
     /// How often DNS targets are re-resolved, in seconds.
     #[arg(long, env = "VIDCASCADE_DNS_REFRESH_SECONDS", default_value_t = 10.0)]
     pub dns_refresh_seconds: f64,
@@ -71,6 +89,14 @@ pub struct GatewayConfig {
     pub max_waiting: usize,
     /// Attempts per stage call.
     pub stage_attempts: usize,
+    /// Checkpoint period in steps (0: none).
+    pub checkpoint_every: u32,
+    /// Reruns after a replica died mid-stream.
+    pub stage_failovers: usize,
+    /// Outlier ejection.
+    pub outliers: OutlierPolicy,
+    /// Active health probe period.
+    pub health_probe: Duration,
     /// DNS refresh period.
     pub dns_refresh: Duration,
     /// Deadline for requests without one.
@@ -155,7 +181,47 @@ impl GatewayCli {
                 format!("{} is outside 1..=10", self.stage_attempts),
             ));
         }
+        let failover = |setting: &str, value: u64, max: u64| {
+            if value <= max {
+                Ok(())
+            } else {
+                Err(ConfigError::new(setting, format!("{value} is above {max}")))
+            }
+        };
+        failover(
+            "--checkpoint-every / VIDCASCADE_CHECKPOINT_EVERY",
+            self.checkpoint_every.into(),
+            1000,
+        )?;
+        failover(
+            "--stage-failovers / VIDCASCADE_STAGE_FAILOVERS",
+            self.stage_failovers as u64,
+            10,
+        )?;
+        if !(1..=100).contains(&self.eject_after) {
+            return Err(ConfigError::new(
+                "--eject-after / VIDCASCADE_EJECT_AFTER",
+                format!("{} is outside 1..=100", self.eject_after),
+            ));
+        }
+        let base_ejection = seconds(
+            "--ejection-seconds / VIDCASCADE_EJECTION_SECONDS",
+            self.ejection_seconds,
+            0.01..=3600.0,
+        )?;
         Ok(GatewayConfig {
+            checkpoint_every: self.checkpoint_every,
+            stage_failovers: self.stage_failovers,
+            outliers: OutlierPolicy {
+                eject_after: self.eject_after,
+                base_ejection,
+                max_ejection: base_ejection * 12,
+            },
+            health_probe: seconds(
+                "--health-probe-seconds / VIDCASCADE_HEALTH_PROBE_SECONDS",
+                self.health_probe_seconds,
+                0.05..=600.0,
+            )?,
             manifest,
             encoder,
             stages,

@@ -4,6 +4,8 @@ use vidcascade_pipeline::{CallError, PipelineError};
 use vidcascade_proto::convert::{error_type_of, status};
 use vidcascade_spec::ErrorType;
 
+use crate::replicas::is_replica_failure;
+
 /// Why a `Gateway.Generate` call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
@@ -45,6 +47,20 @@ pub enum GatewayError {
         /// Its status.
         status: tonic::Status,
     },
+    /// A replica died under a stage call and no other replica could continue the run.
+    #[error(
+        "stage `{stage}`: its replica failed mid-stream ({reason}) and {failovers} failover(s) to other replicas did not finish the run"
+    )]
+    ReplicaLost {
+        /// The stage.
+        stage: String,
+        /// The replica.
+        address: String,
+        /// What the broken stream said.
+        reason: String,
+        /// Reruns on other replicas before this loss.
+        failovers: usize,
+    },
     /// A stage's answer broke the contract.
     #[error("stage `{stage}` sent a bad response: {reason}")]
     BadResponse {
@@ -60,7 +76,16 @@ impl GatewayError {
     pub fn error_type(&self) -> ErrorType {
         match self {
             Self::Overloaded { .. } => ErrorType::ResourceExhausted,
-            Self::Draining | Self::NoReplicas { .. } => ErrorType::Unavailable,
+            Self::Draining | Self::NoReplicas { .. } | Self::ReplicaLost { .. } => {
+                ErrorType::Unavailable
+            }
+            // A broken connection is the replica's failure: worth retrying, not a bug.
+            Self::Stage { status, .. }
+                if is_replica_failure(status)
+                    && status.code() != tonic::Code::ResourceExhausted =>
+            {
+                ErrorType::Unavailable
+            }
             Self::Pipeline(err) => err.error_type(),
             Self::BadAddress { .. } | Self::BadResponse { .. } => ErrorType::Internal,
             // A stage's INVALID_ARGUMENT means the gateway built a bad request; the client's
@@ -92,6 +117,15 @@ impl From<GatewayError> for CallError {
             } => {
                 tracing::warn!(%stage, %address, code = ?status.code(), "stage call failed");
                 status.message().to_string()
+            }
+            GatewayError::ReplicaLost {
+                stage,
+                address,
+                reason,
+                ..
+            } => {
+                tracing::warn!(%stage, %address, %reason, "replica lost");
+                err.to_string()
             }
             GatewayError::BadAddress { service, .. } => {
                 tracing::warn!(error = %err, "bad replica address");

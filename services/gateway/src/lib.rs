@@ -24,6 +24,7 @@ pub mod config;
 pub mod discovery;
 pub mod error;
 pub mod events;
+pub mod health;
 pub mod replicas;
 pub mod service;
 

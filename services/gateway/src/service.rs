@@ -3,10 +3,10 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
@@ -22,6 +22,7 @@ use vidcascade_runtime::deadline::timeout_from_metadata;
 use vidcascade_runtime::info::{build_info, model_info};
 use vidcascade_runtime::telemetry::set_parent_from;
 use vidcascade_spec::error_type::COMPLETED;
+use vidcascade_spec::request::MAX_PROMPT_BYTES;
 use vidcascade_spec::{ErrorType, Manifest};
 
 use crate::backend::ReplicaBackend;
@@ -29,6 +30,7 @@ use crate::config::GatewayConfig;
 use crate::discovery::discover;
 use crate::error::GatewayError;
 use crate::events::{ClientGone, WireEvents};
+use crate::health::probe_forever;
 use crate::replicas::ReplicaSet;
 
 /// Events buffered per client before the gateway waits for it.
@@ -36,7 +38,8 @@ const EVENT_BUFFER: usize = 32;
 
 struct Inner {
     manifest: Manifest,
-    backend: ReplicaBackend,
+    backend: Arc<ReplicaBackend>,
+    readiness: watch::Receiver<bool>,
     permits: Arc<Semaphore>,
     tickets: Arc<Semaphore>,
     admission: std::sync::Mutex<()>,
@@ -47,6 +50,8 @@ struct Inner {
     max_waiting: usize,
     default_timeout: Duration,
     info: v1::GatewayInfo,
+    /// The text encoder's token limit, as its Info said at warm-up.
+    max_prompt_tokens: AtomicU32,
 }
 
 /// The gateway: cheap to clone, one per process.
@@ -76,6 +81,9 @@ fn gateway_info(config: &GatewayConfig) -> v1::GatewayInfo {
         max_segments: MAX_SEGMENTS as u32,
         max_concurrent_requests: config.max_concurrent as u32,
         max_request_bytes: 4 << 20,
+        // Filled in from the text encoder's Info once it answers (warm-up).
+        max_prompt_tokens: 0,
+        max_prompt_bytes: MAX_PROMPT_BYTES as u32,
     }
 }
 
@@ -87,24 +95,40 @@ impl GatewayServer {
             .stages
             .first()
             .map_or_else(|| "text-encoder".to_string(), |s| s.name.clone());
-        let encoder = ReplicaSet::new(encoder_name, discover(&config.encoder, config.dns_refresh));
+        let encoder = ReplicaSet::new(
+            encoder_name,
+            "vidcascade.v1.TextEncoder",
+            discover(&config.encoder, config.dns_refresh),
+            config.outliers,
+        );
         let stages = manifest
             .diffusion_stages()
             .filter_map(|stage| {
                 config.stages.get(&stage.name).map(|target| {
-                    ReplicaSet::new(stage.name.clone(), discover(target, config.dns_refresh))
+                    ReplicaSet::new(
+                        stage.name.clone(),
+                        format!("vidcascade.v1.VideoStage/{}", stage.name),
+                        discover(target, config.dns_refresh),
+                        config.outliers,
+                    )
                 })
             })
             .collect();
+        let backend = Arc::new(ReplicaBackend {
+            encoder,
+            stages,
+            attempts: config.stage_attempts,
+            checkpoint_every: config.checkpoint_every,
+            failovers: config.stage_failovers,
+        });
+        let (ready, readiness) = watch::channel(false);
+        tokio::spawn(probe_forever(backend.clone(), config.health_probe, ready));
         Self {
             inner: Arc::new(Inner {
                 info: gateway_info(config),
                 manifest,
-                backend: ReplicaBackend {
-                    encoder,
-                    stages,
-                    attempts: config.stage_attempts,
-                },
+                backend,
+                readiness,
                 permits: Arc::new(Semaphore::new(config.max_concurrent)),
                 tickets: Arc::new(Semaphore::new(config.max_concurrent + config.max_waiting)),
                 admission: std::sync::Mutex::new(()),
@@ -114,6 +138,7 @@ impl GatewayServer {
                 draining: AtomicBool::new(false),
                 max_waiting: config.max_waiting,
                 default_timeout: config.default_timeout,
+                max_prompt_tokens: AtomicU32::new(0),
             }),
         }
     }
@@ -137,14 +162,18 @@ impl GatewayServer {
         let mut missing = Vec::new();
         let encoder = backend
             .encoder
-            .call(1, |replica| async move {
+            .ask(|replica| async move {
                 TextEncoderClient::new(replica.channel)
                     .info(v1::InfoRequest {})
                     .await
             })
             .await;
-        if let Err(err) = encoder {
-            missing.push(err.to_string());
+        match encoder {
+            Ok(info) => self
+                .inner
+                .max_prompt_tokens
+                .store(info.get_ref().max_tokens, Ordering::Relaxed),
+            Err(err) => missing.push(err.to_string()),
         }
         for (set, stage) in backend
             .stages
@@ -152,14 +181,14 @@ impl GatewayServer {
             .zip(self.inner.manifest.diffusion_stages())
         {
             let info = set
-                .call(1, |replica| async move {
+                .ask(|replica| async move {
                     VideoStageClient::new(replica.channel)
                         .info(v1::InfoRequest {})
                         .await
                 })
                 .await;
             let info = match info {
-                Ok((info, _)) => info.into_inner(),
+                Ok(info) => info.into_inner(),
                 Err(err) => {
                     missing.push(err.to_string());
                     continue;
@@ -270,7 +299,10 @@ impl Gateway for GatewayServer {
         &self,
         _request: Request<v1::InfoRequest>,
     ) -> Result<Response<v1::GatewayInfo>, Status> {
-        Ok(Response::new(self.inner.info.clone()))
+        Ok(Response::new(v1::GatewayInfo {
+            max_prompt_tokens: self.inner.max_prompt_tokens.load(Ordering::Relaxed),
+            ..self.inner.info.clone()
+        }))
     }
 }
 
@@ -345,8 +377,11 @@ impl Job {
                 return Err(PipelineError::Cancelled.into());
             }
             return Err(PipelineError::DeadlineExceeded {
-                during: "waiting in the gateway's queue".into(),
-                elapsed: self.started.elapsed(),
+                what: format!(
+                    "in the gateway's queue: waited {:.1} s for a slot",
+                    self.started.elapsed().as_secs_f64()
+                ),
+                deadline: self.deadline.saturating_duration_since(self.started),
             }
             .into());
         };
@@ -367,7 +402,7 @@ impl Job {
             started: self.started,
             deadline: self.deadline,
         };
-        let backend = &self.inner.backend;
+        let backend: &ReplicaBackend = &self.inner.backend;
         let running = async move {
             let result = run(&self.plan, limits, backend, backend, &events).await;
             drop(events);
@@ -416,5 +451,9 @@ impl vidcascade_runtime::Service for GatewayServer {
 
     fn drain(&self) {
         self.inner.draining.store(true, Ordering::Relaxed);
+    }
+
+    fn readiness(&self) -> Option<watch::Receiver<bool>> {
+        Some(self.inner.readiness.clone())
     }
 }

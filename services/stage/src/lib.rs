@@ -13,6 +13,7 @@
 //! recent step time: the autoscaling signal), `vidcascade_stage_batch_size` and
 //! `vidcascade_stage_step_seconds` (histograms).
 
+mod checkpoint;
 pub mod config;
 pub mod error;
 mod metrics;

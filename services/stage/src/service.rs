@@ -11,7 +11,9 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument;
 use vidcascade_engine::stage::StageInput;
 use vidcascade_engine::video::{video_from_tensor, video_to_tensor};
-use vidcascade_engine::{DiffusionStage, EngineError, JobEvent, JobHandle, StageEngine, StageJob};
+use vidcascade_engine::{
+    Checkpoint, DiffusionStage, EngineError, JobEvent, JobHandle, StageEngine, StageJob,
+};
 use vidcascade_proto::MAX_STAGE_REQUEST_BYTES;
 use vidcascade_proto::convert::{overrides_from_wire, stage_info, video_from_wire, video_to_wire};
 use vidcascade_proto::v1::video_stage_server::{VideoStage, VideoStageServer};
@@ -23,6 +25,7 @@ use vidcascade_runtime::telemetry::set_parent_from;
 use vidcascade_spec::error_type::COMPLETED;
 use vidcascade_spec::{ErrorType, StageManifest, StageOverrides};
 
+use crate::checkpoint::{checkpoint_from_wire, checkpoint_to_wire};
 use crate::config::StageConfig;
 use crate::error::{StageServiceError, tensor_from_wire};
 use crate::metrics::{count_outcome, publish_gauges};
@@ -137,6 +140,15 @@ impl StageServer {
             settings,
         };
         self.stage.check_input(&input)?;
+        let resume = match &request.resume {
+            None => None,
+            Some(resume) => Some(checkpoint_from_wire(
+                resume,
+                settings.steps,
+                self.stage.output_shape()?,
+                &device,
+            )?),
+        };
         Ok(StageJob {
             text,
             unconditional,
@@ -145,6 +157,8 @@ impl StageServer {
             settings,
             preview_every: request.preview_every as usize,
             deadline,
+            checkpoint_every: request.checkpoint_every as usize,
+            resume,
         })
     }
 
@@ -170,6 +184,8 @@ impl StageServer {
             settings,
             preview_every: 0,
             deadline: None,
+            checkpoint_every: 0,
+            resume: None,
         })?;
         while let Some(event) = handle.events.recv().await {
             match event {
@@ -286,7 +302,14 @@ async fn follow(
                 step,
                 total_steps,
                 preview,
-            } => send_step(tx, stage, fps, (step, total_steps), preview).await?,
+                checkpoint,
+            } => {
+                let sent = send_step(tx, stage, fps, (step, total_steps), preview).await?;
+                match checkpoint {
+                    Some(checkpoint) if sent.is_ok() => send_checkpoint(tx, &checkpoint).await?,
+                    _ => sent,
+                }
+            }
             JobEvent::Done { video, run, steps } => {
                 let video = video_from_tensor(&video, fps).map_err(EngineError::from)?;
                 let done = v1::StageDone {
@@ -334,6 +357,17 @@ async fn send_step(
         clip: 0,
     });
     Ok(send(tx, preview).await)
+}
+
+/// A resumable checkpoint after a step.
+async fn send_checkpoint(
+    tx: &EventSender,
+    checkpoint: &Checkpoint,
+) -> Result<Result<(), CallerGone>, StageServiceError> {
+    match checkpoint_to_wire(checkpoint).map_err(EngineError::from)? {
+        Some(checkpoint) => Ok(send(tx, Event::Checkpoint(checkpoint)).await),
+        None => Ok(Ok(())),
+    }
 }
 
 /// The output video in chunks, then `done`.

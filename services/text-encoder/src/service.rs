@@ -63,13 +63,11 @@ impl EncoderServer {
         deadline: Option<Instant>,
     ) -> Result<v1::EncodeResponse, EncoderServiceError> {
         let embeddings = self.engine.encode(prompts, deadline).await?;
-        let count = embeddings.len();
         Ok(v1::EncodeResponse {
             embeddings: embeddings
                 .iter()
                 .map(tensor_to_wire)
                 .collect::<Result<Vec<_>, _>>()?,
-            truncated: vec![false; count],
         })
     }
 }

@@ -35,3 +35,25 @@ fn held_out_prompts_get_their_colours_and_motion() -> anyhow::Result<()> {
     assert!(summary.motion_accuracy >= 0.8, "{summary:?}");
     Ok(())
 }
+
+#[test]
+fn the_shipped_encoder_takes_prompts_of_64_tokens_and_rejects_longer() -> anyhow::Result<()> {
+    let repository = vidcascade_models::ModelRepository::open(shipped_model())?;
+    let encoder = repository.load_text_encoder(&Device::Cpu)?;
+    assert_eq!(encoder.max_tokens(), 64);
+    let words = "a red circle moving left on a black background";
+    let prompt = |tokens: usize| {
+        let prompt: Vec<&str> = words.split(' ').cycle().take(tokens - 1).collect();
+        prompt.join(" ")
+    };
+    let embedding = encoder.encode(&[&prompt(64)])?.remove(0);
+    assert_eq!(embedding.dims(), &[64, encoder.embedding_dim()]);
+    match encoder.encode(&[&prompt(65)]) {
+        Err(vidcascade_models::ModelError::PromptTooLong {
+            tokens: 65,
+            limit: 64,
+            ..
+        }) => Ok(()),
+        other => anyhow::bail!("a 65-token prompt: {other:?}"),
+    }
+}

@@ -342,6 +342,8 @@ fn main() -> anyhow::Result<()> {
                                 settings,
                                 preview_every: 1,
                                 deadline: None,
+                                checkpoint_every: 0,
+                                resume: None,
                             })?;
                             let x = handle.blocking_wait(|step, x0| {
                                 if i == 0

@@ -343,6 +343,8 @@ fn main() -> anyhow::Result<()> {
                         settings,
                         preview_every: 0,
                         deadline: None,
+                        checkpoint_every: 0,
+                        resume: None,
                     })?
                     .blocking_wait(|_, _| {})?;
                 engine.shutdown();
