@@ -245,13 +245,18 @@ fn frame_bytes(width: u32, height: u32) -> Result<usize, WireError> {
     if height == 0 {
         return Err(WireError::invalid("height", "at least 1", height));
     }
-    usize::try_from(u64::from(width) * u64::from(height) * CHANNELS).map_err(|_| {
-        WireError::invalid(
-            "width",
-            "a frame size that fits in usize",
-            format!("{width}x{height}"),
-        )
-    })
+    // u32::MAX^2 * 3 does not fit in u64: multiply with checks.
+    u64::from(width)
+        .checked_mul(u64::from(height))
+        .and_then(|pixels| pixels.checked_mul(CHANNELS))
+        .and_then(|bytes| usize::try_from(bytes).ok())
+        .ok_or_else(|| {
+            WireError::invalid(
+                "width",
+                "a frame size that fits in usize",
+                format!("{width}x{height}"),
+            )
+        })
 }
 
 fn check_fps(fps: f32) -> Result<(), WireError> {
@@ -766,6 +771,20 @@ mod tests {
 
         let err = assemble(chunk_video(&bad, 450)).expect_err("short frame in chunk 2");
         assert_eq!(err.within("output_chunk").field(), "output_chunk.frames[2]");
+    }
+
+    #[test]
+    fn a_frame_size_past_u64_is_an_error_not_an_overflow() {
+        // Found by proto/tests/wire_properties.rs: u32::MAX^2 * 3 overflowed u64.
+        let mut assembler = VideoAssembler::new();
+        let huge = v1::Video {
+            width: u32::MAX,
+            height: u32::MAX,
+            fps: 8.0,
+            ..v1::Video::default()
+        };
+        let err = assembler.push(huge).expect_err("no such frame fits");
+        assert_eq!(err.field(), "width");
     }
 
     #[test]

@@ -40,8 +40,8 @@ pub fn run(args: ClientArgs) -> anyhow::Result<()> {
 }
 
 async fn generate(args: ClientArgs) -> anyhow::Result<()> {
-    let mut client = connect(&args.addr).await?;
-    let stages = diffusion_stages(&mut client).await?;
+    let mut client = connect(&args).await?;
+    let stages = diffusion_stages(&mut client, args.api_key.as_deref()).await?;
     let request = build_request(&args, &stages)?;
     let started = Instant::now();
     let mut stream = client
@@ -60,10 +60,34 @@ async fn generate(args: ClientArgs) -> anyhow::Result<()> {
     write_result(&args, &writer.options, video, &timings, started)
 }
 
-/// A gateway client connected to `addr`.
-async fn connect(addr: &str) -> anyhow::Result<GatewayClient<Channel>> {
-    let channel = Channel::from_shared(addr.to_owned())
-        .with_context(|| format!("--addr `{addr}` is not a URL like http://127.0.0.1:50051"))?
+/// A request carrying the API key, when there is one.
+fn authorized<T>(message: T, api_key: Option<&str>) -> anyhow::Result<Request<T>> {
+    let mut request = Request::new(message);
+    if let Some(key) = api_key {
+        let value = format!("Bearer {key}")
+            .parse()
+            .context("--api-key / VIDCASCADE_API_KEY is not valid metadata (printable ASCII)")?;
+        request.metadata_mut().insert("authorization", value);
+    }
+    Ok(request)
+}
+
+/// A gateway client connected to `--addr` (over TLS, trusting `--ca`, for https:// URLs).
+async fn connect(args: &ClientArgs) -> anyhow::Result<GatewayClient<Channel>> {
+    let addr = args.addr.as_str();
+    let mut endpoint = Channel::from_shared(addr.to_owned())
+        .with_context(|| format!("--addr `{addr}` is not a URL like http://127.0.0.1:50051"))?;
+    if addr.starts_with("https://") {
+        let ca = args
+            .ca
+            .as_ref()
+            .context("an https:// gateway needs --ca (the PEM CA certificate to trust)")?;
+        let pem = std::fs::read(ca).with_context(|| format!("reading --ca {}", ca.display()))?;
+        let tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(pem));
+        endpoint = endpoint.tls_config(tls).context("setting up TLS")?;
+    }
+    let channel = endpoint
         .connect_timeout(Duration::from_secs(5))
         .connect()
         .await
@@ -74,9 +98,12 @@ async fn connect(addr: &str) -> anyhow::Result<GatewayClient<Channel>> {
 }
 
 /// The names of the gateway's diffusion stages (every stage but the text encoder).
-async fn diffusion_stages(client: &mut GatewayClient<Channel>) -> anyhow::Result<Vec<String>> {
+async fn diffusion_stages(
+    client: &mut GatewayClient<Channel>,
+    api_key: Option<&str>,
+) -> anyhow::Result<Vec<String>> {
     let info = client
-        .info(v1::InfoRequest {})
+        .info(authorized(v1::InfoRequest {}, api_key)?)
         .await
         .map_err(status_error)?
         .into_inner();
@@ -108,7 +135,7 @@ fn build_request(
         }),
         ..Default::default()
     };
-    let mut request = Request::new(request);
+    let mut request = authorized(request, args.api_key.as_deref())?;
     request.set_timeout(Duration::from_secs_f64(args.timeout));
     Ok(request)
 }

@@ -82,6 +82,12 @@ pub struct ClientArgs {
     /// Give up after this many seconds (the deadline travels to every stage).
     #[arg(long, default_value_t = 300.0)]
     timeout: f64,
+    /// API key of a gateway that requires one (sent as `authorization: Bearer <key>`).
+    #[arg(long, env = "VIDCASCADE_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// PEM CA certificate to trust for an https:// gateway.
+    #[arg(long, env = "VIDCASCADE_CA")]
+    ca: Option<std::path::PathBuf>,
 }
 
 /// `vidcascade serve`.

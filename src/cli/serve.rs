@@ -48,6 +48,8 @@ fn validate(args: &ServeArgs) -> Result<Plan, ConfigError> {
         otlp_endpoint: None,
         drain_grace_seconds: GRACE.as_secs_f64(),
         log: args.log.clone(),
+        max_streams_per_connection: 128,
+        tls: Default::default(),
     }
     .validate()?;
     let engine = args.engine.validate()?;
@@ -154,7 +156,12 @@ async fn serve(plan: Plan) -> anyhow::Result<()> {
     let encoder = EncoderServer::load(&plan.encoder)?;
     let (listener, encoder_addr) = bind_internal().await?;
     println!("text-encoder  {encoder_addr}");
-    backends.spawn(serve_service(listener, encoder, GRACE, backends_stopped()));
+    backends.spawn(serve_service(
+        listener,
+        encoder,
+        plan.encoder.server.clone(),
+        backends_stopped(),
+    ));
 
     let mut stages = Vec::new();
     for config in &plan.stages {
@@ -165,7 +172,7 @@ async fn serve(plan: Plan) -> anyhow::Result<()> {
         backends.spawn(serve_service(
             listener,
             stage_server,
-            GRACE,
+            config.server.clone(),
             backends_stopped(),
         ));
     }
@@ -175,7 +182,12 @@ async fn serve(plan: Plan) -> anyhow::Result<()> {
     let gateway = GatewayServer::new(&gateway_config);
     let listener = bind_grpc(plan.server.listen).await?;
     let gateway_addr = listener.local_addr()?;
-    let gateway = tokio::spawn(serve_service(listener, gateway, GRACE, gateway_stopped()));
+    let gateway = tokio::spawn(serve_service(
+        listener,
+        gateway,
+        plan.server.clone(),
+        gateway_stopped(),
+    ));
     println!("gateway  http://{gateway_addr}");
     println!(
         "try: vidcascade client \"a red circle moving left on a black background\" --addr http://{gateway_addr}"

@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use tonic::transport::Channel;
+use tonic::transport::{Channel, ClientTlsConfig};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -20,6 +20,8 @@ pub struct Service {
     pub child: Child,
     pub grpc: SocketAddr,
     pub metrics: Option<SocketAddr>,
+    /// How to reach a TLS listener (the CA to trust, a client certificate); `None`: plaintext.
+    pub client_tls: Option<ClientTlsConfig>,
 }
 
 impl Drop for Service {
@@ -58,15 +60,23 @@ impl Service {
             grpc,
             metrics: field("metrics="),
             child,
+            client_tls: None,
         })
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.grpc)
+        match self.client_tls {
+            Some(_) => format!("https://{}", self.grpc),
+            None => format!("http://{}", self.grpc),
+        }
     }
 
     pub async fn channel(&self) -> anyhow::Result<Channel> {
-        Ok(Channel::from_shared(self.url())?.connect().await?)
+        let mut endpoint = Channel::from_shared(self.url())?;
+        if let Some(tls) = &self.client_tls {
+            endpoint = endpoint.tls_config(tls.clone())?;
+        }
+        Ok(endpoint.connect().await?)
     }
 
     /// Waits until grpc.health.v1 says SERVING for the whole server.

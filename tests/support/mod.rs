@@ -1,4 +1,5 @@
 //! Helpers shared by the end-to-end tests.
 
+pub mod certs;
 pub mod cluster;
 pub mod gateway;

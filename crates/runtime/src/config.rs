@@ -10,6 +10,9 @@ use std::process::exit;
 use std::time::Duration;
 
 use clap::{Args, Parser};
+use tonic::transport::ServerTlsConfig;
+
+use crate::tls::ServerTlsArgs;
 
 /// Exit status for invalid configuration (`EX_USAGE`).
 pub const EXIT_CONFIG: i32 = 64;
@@ -38,17 +41,30 @@ impl ConfigError {
 #[derive(Debug, Clone, Args)]
 pub struct ServerArgs {
     /// Address the gRPC server listens on (port 0 picks a free port; the chosen address is
-    /// printed on stdout).
-    #[arg(long, env = "VIDCASCADE_LISTEN", default_value = "0.0.0.0:50051")]
+    /// printed on stdout). Loopback unless told otherwise: in a container, set 0.0.0.0:PORT.
+    #[arg(long, env = "VIDCASCADE_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
 
     /// Address of the Prometheus `/metrics` endpoint, or `off`.
     #[arg(
         long,
         env = "VIDCASCADE_METRICS_LISTEN",
-        default_value = "0.0.0.0:9090"
+        default_value = "127.0.0.1:9090"
     )]
     pub metrics_listen: String,
+
+    /// Most concurrent gRPC streams one client connection may open (HTTP/2
+    /// SETTINGS_MAX_CONCURRENT_STREAMS); more wait for the client's own transport.
+    #[arg(
+        long,
+        env = "VIDCASCADE_MAX_STREAMS_PER_CONNECTION",
+        default_value_t = 128
+    )]
+    pub max_streams_per_connection: u32,
+
+    /// TLS of the gRPC listener.
+    #[command(flatten)]
+    pub tls: ServerTlsArgs,
 
     /// OTLP/gRPC endpoint for traces (e.g. `http://otel-collector:4317`); unset = no export.
     #[arg(long, env = "VIDCASCADE_OTLP_ENDPOINT")]
@@ -76,6 +92,10 @@ pub struct ServerConfig {
     pub drain_grace: Duration,
     /// Log filter directive.
     pub log: String,
+    /// Per-connection stream limit.
+    pub max_streams_per_connection: u32,
+    /// TLS (and client-certificate) settings; `None` = plaintext.
+    pub tls: Option<ServerTlsConfig>,
 }
 
 impl ServerArgs {
@@ -118,7 +138,15 @@ impl ServerArgs {
         tracing_subscriber::EnvFilter::try_new(&self.log).map_err(|err| {
             ConfigError::new("--log / VIDCASCADE_LOG", format!("`{}`: {err}", self.log))
         })?;
+        if !(1..=100_000).contains(&self.max_streams_per_connection) {
+            return Err(ConfigError::new(
+                "--max-streams-per-connection / VIDCASCADE_MAX_STREAMS_PER_CONNECTION",
+                format!("{} is outside 1..=100000", self.max_streams_per_connection),
+            ));
+        }
         Ok(ServerConfig {
+            max_streams_per_connection: self.max_streams_per_connection,
+            tls: self.tls.validate()?,
             listen: self.listen,
             metrics_listen,
             otlp_endpoint: self.otlp_endpoint.clone(),
@@ -181,6 +209,11 @@ mod tests {
     fn defaults_are_valid() -> Result<(), ConfigError> {
         let config = parse(&[])?;
         assert_eq!(config.drain_grace, Duration::from_secs(30));
+        assert!(
+            config.listen.ip().is_loopback(),
+            "binds loopback unless told otherwise"
+        );
+        assert!(config.metrics_listen.is_some_and(|m| m.ip().is_loopback()));
         assert!(config.metrics_listen.is_some());
         Ok(())
     }

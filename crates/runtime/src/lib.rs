@@ -11,6 +11,7 @@
 //! - [`metrics`]: a Prometheus recorder and its `/metrics` HTTP endpoint;
 //! - [`info`]: the build and model descriptions every `Info` answer carries;
 //! - [`deadline`]: the caller's `grpc-timeout`;
+//! - [`tls`]: TLS on every listener, client certificates (mTLS) for the internal services;
 //! - [`server`]: grpc.health.v1 (NOT_SERVING until warmed up and again while draining), server
 //!   reflection, and graceful drain on SIGTERM/SIGINT with a grace period.
 
@@ -20,6 +21,7 @@ pub mod info;
 pub mod metrics;
 pub mod server;
 pub mod telemetry;
+pub mod tls;
 
 pub use config::exit_config;
 pub use config::{ConfigError, ServerArgs, parse_or_exit};

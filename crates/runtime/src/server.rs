@@ -12,7 +12,7 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::Routes;
-use tonic::transport::Server;
+use tonic::transport::{Server, ServerTlsConfig};
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
@@ -28,6 +28,13 @@ pub struct ServeOptions {
     /// After warm-up, health follows this (SERVING while true) until the drain; `None`: SERVING
     /// from warm-up to drain. The gateway is ready only while every stage has a live replica.
     pub readiness: Option<tokio::sync::watch::Receiver<bool>>,
+    /// Services server reflection lists (health and reflection are added to them); the
+    /// descriptors of others stay unlisted.
+    pub public_services: Vec<String>,
+    /// TLS of the listener; `None` = plaintext.
+    pub tls: Option<ServerTlsConfig>,
+    /// HTTP/2 concurrent streams per connection.
+    pub max_streams_per_connection: u32,
 }
 
 /// Addresses a service ended up listening on (ports may have been 0).
@@ -89,9 +96,9 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
     on_drain: impl FnOnce(),
 ) -> anyhow::Result<()> {
-    let (reporter, routes) = add_health_and_reflection(routes, &options.health_names).await?;
+    let (reporter, routes) = add_health_and_reflection(routes, &options).await?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let mut server = spawn_server(listener, routes, stop_rx);
+    let mut server = spawn_server(listener, routes, &options, stop_rx)?;
 
     let label = options.label.as_str();
     tokio::pin!(shutdown);
@@ -143,19 +150,24 @@ async fn ready_changed(readiness: &mut Option<tokio::sync::watch::Receiver<bool>
 /// The running gRPC server task.
 type ServerTask = tokio::task::JoinHandle<Result<(), tonic::transport::Error>>;
 
-/// Adds grpc.health.v1 (every name NOT_SERVING for now) and both reflection versions to
-/// `routes`; returns the health reporter with the routes.
+/// Adds grpc.health.v1 (every name NOT_SERVING for now) and both reflection versions, listing
+/// the public services only, to `routes`; returns the health reporter with the routes.
 async fn add_health_and_reflection(
     routes: Routes,
-    health_names: &[String],
+    options: &ServeOptions,
 ) -> anyhow::Result<(HealthReporter, Routes)> {
     let (reporter, health_service) = tonic_health::server::health_reporter();
-    set_all(&reporter, health_names, ServingStatus::NotServing).await;
+    set_all(&reporter, &options.health_names, ServingStatus::NotServing).await;
     // Both reflection versions: grpcurl up to 1.8 and many tools still speak only v1alpha.
     let reflection = || {
-        tonic_reflection::server::Builder::configure()
+        let builder = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(vidcascade_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .with_service_name("grpc.health.v1.Health");
+        options
+            .public_services
+            .iter()
+            .fold(builder, |builder, name| builder.with_service_name(name))
     };
     let reflection_v1 = reflection()
         .build_v1()
@@ -174,17 +186,24 @@ async fn add_health_and_reflection(
 fn spawn_server(
     listener: TcpListener,
     routes: Routes,
+    options: &ServeOptions,
     stop: tokio::sync::oneshot::Receiver<()>,
-) -> ServerTask {
+) -> anyhow::Result<ServerTask> {
     let incoming = TcpListenerStream::new(listener);
-    tokio::spawn(async move {
-        Server::builder()
+    let mut builder = Server::builder().max_concurrent_streams(options.max_streams_per_connection);
+    if let Some(tls) = options.tls.clone() {
+        builder = builder
+            .tls_config(tls)
+            .context("setting up TLS (--tls-cert / --tls-key / --tls-client-ca)")?;
+    }
+    Ok(tokio::spawn(async move {
+        builder
             .add_routes(routes)
             .serve_with_incoming_shutdown(incoming, async {
                 let _ = stop.await;
             })
             .await
-    })
+    }))
 }
 
 /// Goes NOT_SERVING, stops admitting work (`on_drain`), stops the server and lets in-flight
@@ -251,6 +270,8 @@ pub trait Service {
     fn warm_up(&self) -> impl Future<Output = anyhow::Result<()>> + Send;
     /// Stops admitting new work; in-flight work continues.
     fn drain(&self);
+    /// The services server reflection lists (see [`ServeOptions::public_services`]).
+    fn public_services(&self) -> Vec<String>;
     /// What health follows after warm-up (see [`ServeOptions::readiness`]).
     fn readiness(&self) -> Option<tokio::sync::watch::Receiver<bool>> {
         None
@@ -279,22 +300,26 @@ pub async fn run_service<S: Service>(
         metrics,
     };
     println!("{}", bound.announcement(&service.label()));
-    serve_service(listener, service, config.drain_grace, shutdown).await
+    serve_service(listener, service, config.clone(), shutdown).await
 }
 
-/// Serves `service` on an already bound `listener` until `shutdown`, then drains for up to
-/// `drain_grace` (several services in one process: `vidcascade serve`).
+/// Serves `service` on an already bound `listener` with `config`'s TLS and limits until
+/// `shutdown`, then drains for up to its grace period (several services in one process:
+/// `vidcascade serve`).
 pub async fn serve_service<S: Service>(
     listener: TcpListener,
     service: S,
-    drain_grace: Duration,
+    config: crate::config::ServerConfig,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let options = ServeOptions {
         label: service.label(),
         health_names: service.health_names(),
-        drain_grace,
+        drain_grace: config.drain_grace,
         readiness: service.readiness(),
+        public_services: service.public_services(),
+        tls: config.tls,
+        max_streams_per_connection: config.max_streams_per_connection,
     };
     serve(
         listener,

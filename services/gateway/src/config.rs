@@ -10,6 +10,10 @@ use vidcascade_runtime::config::model_setting_error;
 use vidcascade_runtime::config::{ServerArgs, ServerConfig};
 use vidcascade_spec::Manifest;
 
+use tonic::transport::ClientTlsConfig;
+use vidcascade_runtime::tls::ClientTlsArgs;
+
+use crate::auth::ApiKeys;
 use crate::discovery::Target;
 use crate::health::OutlierPolicy;
 
@@ -69,6 +73,19 @@ pub struct GatewayCli {
         default_value_t = 600.0
     )]
     pub default_timeout_seconds: f64,
+    /// File of API keys, one per line (`#` comments); set (or VIDCASCADE_API_KEYS), every
+    /// Gateway call needs `authorization: Bearer <key>`.
+    #[arg(long, env = "VIDCASCADE_API_KEYS_FILE")]
+    pub api_keys_file: Option<PathBuf>,
+    /// API keys, comma-separated (environment only: command lines are visible to every user).
+    #[arg(skip = std::env::var("VIDCASCADE_API_KEYS").ok())]
+    pub api_keys: Option<String>,
+    /// Calls per minute per API key (per client IP without keys); 0 = unlimited.
+    #[arg(long, env = "VIDCASCADE_RATE_LIMIT_PER_MINUTE", default_value_t = 0)]
+    pub rate_limit_per_minute: u32,
+    /// TLS to the text encoder and stages.
+    #[command(flatten)]
+    pub upstream_tls: ClientTlsArgs,
     /// Server flags.
     #[command(flatten)]
     pub server: ServerArgs,
@@ -101,6 +118,12 @@ pub struct GatewayConfig {
     pub dns_refresh: Duration,
     /// Deadline for requests without one.
     pub default_timeout: Duration,
+    /// API keys (none: open).
+    pub api_keys: ApiKeys,
+    /// Calls per minute per caller (0: unlimited).
+    pub rate_limit_per_minute: u32,
+    /// TLS to the upstream services.
+    pub upstream_tls: Option<ClientTlsConfig>,
     /// Common server settings.
     pub server: ServerConfig,
 }
@@ -209,7 +232,17 @@ impl GatewayCli {
             self.ejection_seconds,
             0.01..=3600.0,
         )?;
+        let api_keys = ApiKeys::load(self.api_keys_file.as_deref(), self.api_keys.as_deref())
+            .map_err(|reason| {
+                ConfigError::new(
+                    "--api-keys-file / VIDCASCADE_API_KEYS_FILE / VIDCASCADE_API_KEYS",
+                    reason,
+                )
+            })?;
         Ok(GatewayConfig {
+            api_keys,
+            rate_limit_per_minute: self.rate_limit_per_minute,
+            upstream_tls: self.upstream_tls.validate()?,
             checkpoint_every: self.checkpoint_every,
             stage_failovers: self.stage_failovers,
             outliers: OutlierPolicy {

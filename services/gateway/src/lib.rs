@@ -19,6 +19,7 @@
 //! `vidcascade_gateway_waiting`, `vidcascade_gateway_request_seconds`,
 //! `vidcascade_gateway_stage_seconds{stage}`, `vidcascade_gateway_stage_retries_total{stage}`.
 
+pub mod auth;
 pub mod backend;
 pub mod config;
 pub mod discovery;

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use tonic::Code;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use crate::discovery::Discovery;
 use crate::error::GatewayError;
@@ -67,11 +67,20 @@ pub fn is_replica_failure(status: &tonic::Status) -> bool {
     }
 }
 
+/// How the gateway talks to every replica: ejection policy and TLS.
+#[derive(Debug, Clone, Default)]
+pub struct Upstream {
+    /// When failing replicas leave rotation.
+    pub policy: OutlierPolicy,
+    /// TLS (with the gateway's client certificate for mTLS); `None` = plaintext.
+    pub tls: Option<ClientTlsConfig>,
+}
+
 /// The replicas of one service.
 pub struct ReplicaSet {
     name: String,
     health_service: String,
-    policy: OutlierPolicy,
+    upstream: Upstream,
     _discovery: Box<dyn Discovery>,
     addresses: watch::Receiver<Vec<String>>,
     replicas: Mutex<HashMap<String, Replica>>,
@@ -89,18 +98,18 @@ impl std::fmt::Debug for ReplicaSet {
 
 impl ReplicaSet {
     /// Replicas of service `name` (used in errors and metrics) as `discovery` finds them;
-    /// probed as grpc.health.v1 service `health_service`, ejected by `policy`.
+    /// probed as grpc.health.v1 service `health_service`, reached as `upstream` says.
     pub fn new(
         name: impl Into<String>,
         health_service: impl Into<String>,
         discovery: Box<dyn Discovery>,
-        policy: OutlierPolicy,
+        upstream: Upstream,
     ) -> Self {
         let addresses = discovery.watch();
         Self {
             name: name.into(),
             health_service: health_service.into(),
-            policy,
+            upstream,
             _discovery: discovery,
             addresses,
             replicas: Mutex::new(HashMap::new()),
@@ -142,12 +151,21 @@ impl ReplicaSet {
     }
 
     fn connect(&self, address: &str) -> Result<Replica, GatewayError> {
-        let channel = Endpoint::from_shared(format!("http://{address}"))
-            .map_err(|err| GatewayError::BadAddress {
-                service: self.name.clone(),
-                address: address.to_string(),
-                reason: err.to_string(),
-            })?
+        let bad = |err: tonic::transport::Error| GatewayError::BadAddress {
+            service: self.name.clone(),
+            address: address.to_string(),
+            reason: err.to_string(),
+        };
+        let scheme = if self.upstream.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{address}")).map_err(bad)?;
+        if let Some(tls) = &self.upstream.tls {
+            endpoint = endpoint.tls_config(tls.clone()).map_err(bad)?;
+        }
+        let channel = endpoint
             .connect_timeout(Duration::from_secs(2))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(30))
@@ -156,7 +174,7 @@ impl ReplicaSet {
         Ok(Replica {
             address: address.to_string(),
             channel,
-            health: Arc::new(ReplicaHealth::new(self.policy)),
+            health: Arc::new(ReplicaHealth::new(self.upstream.policy)),
             in_flight: Arc::new(AtomicUsize::new(0)),
         })
     }
@@ -306,9 +324,12 @@ mod tests {
             Box::new(StaticDiscovery::new(
                 addresses.iter().map(|a| a.to_string()).collect(),
             )),
-            OutlierPolicy {
-                eject_after: 2,
-                ..OutlierPolicy::default()
+            Upstream {
+                policy: OutlierPolicy {
+                    eject_after: 2,
+                    ..OutlierPolicy::default()
+                },
+                tls: None,
             },
         )
     }

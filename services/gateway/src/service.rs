@@ -25,13 +25,14 @@ use vidcascade_spec::error_type::COMPLETED;
 use vidcascade_spec::request::MAX_PROMPT_BYTES;
 use vidcascade_spec::{ErrorType, Manifest};
 
+use crate::auth::{Guard, RateLimiter};
 use crate::backend::ReplicaBackend;
 use crate::config::GatewayConfig;
 use crate::discovery::discover;
 use crate::error::GatewayError;
 use crate::events::{ClientGone, WireEvents};
 use crate::health::probe_forever;
-use crate::replicas::ReplicaSet;
+use crate::replicas::{ReplicaSet, Upstream};
 
 /// Events buffered per client before the gateway waits for it.
 const EVENT_BUFFER: usize = 32;
@@ -52,6 +53,8 @@ struct Inner {
     info: v1::GatewayInfo,
     /// The text encoder's token limit, as its Info said at warm-up.
     max_prompt_tokens: AtomicU32,
+    /// API keys and rate limit of every Gateway call.
+    guard: Guard,
 }
 
 /// The gateway: cheap to clone, one per process.
@@ -95,11 +98,15 @@ impl GatewayServer {
             .stages
             .first()
             .map_or_else(|| "text-encoder".to_string(), |s| s.name.clone());
+        let upstream = Upstream {
+            policy: config.outliers,
+            tls: config.upstream_tls.clone(),
+        };
         let encoder = ReplicaSet::new(
             encoder_name,
             "vidcascade.v1.TextEncoder",
             discover(&config.encoder, config.dns_refresh),
-            config.outliers,
+            upstream.clone(),
         );
         let stages = manifest
             .diffusion_stages()
@@ -109,7 +116,7 @@ impl GatewayServer {
                         stage.name.clone(),
                         format!("vidcascade.v1.VideoStage/{}", stage.name),
                         discover(target, config.dns_refresh),
-                        config.outliers,
+                        upstream.clone(),
                     )
                 })
             })
@@ -139,6 +146,10 @@ impl GatewayServer {
                 max_waiting: config.max_waiting,
                 default_timeout: config.default_timeout,
                 max_prompt_tokens: AtomicU32::new(0),
+                guard: Guard::new(
+                    config.api_keys.clone(),
+                    RateLimiter::new(config.rate_limit_per_minute),
+                ),
             }),
         }
     }
@@ -441,8 +452,15 @@ impl vidcascade_runtime::Service for GatewayServer {
         vec!["vidcascade.v1.Gateway".into()]
     }
 
+    fn public_services(&self) -> Vec<String> {
+        vec!["vidcascade.v1.Gateway".into()]
+    }
+
     fn routes(&self) -> tonic::service::Routes {
-        tonic::service::Routes::new(GatewayRpcServer::new(self.clone()))
+        tonic::service::Routes::new(GatewayRpcServer::with_interceptor(
+            self.clone(),
+            self.inner.guard.clone(),
+        ))
     }
 
     fn warm_up(&self) -> impl Future<Output = anyhow::Result<()>> + Send {

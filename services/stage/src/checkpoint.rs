@@ -134,4 +134,30 @@ mod tests {
         assert_eq!(field(&nan, 8), "resume.latent");
         Ok(())
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// Any `resume` a caller sends is accepted only when it fits the run, and never panics.
+        #[test]
+        fn any_resume_field_is_checked_before_use(
+            step in proptest::prelude::any::<u32>(),
+            steps in 1usize..12,
+            shape in proptest::collection::vec(
+                proptest::prop_oneof![0u64..5, proptest::prelude::Just(u64::MAX)], 0..5),
+            dtype in 0i32..5,
+            data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512),
+            noise_position in proptest::prelude::any::<u64>(),
+        ) {
+            let resume = v1::StageCheckpoint {
+                step,
+                latent: Some(v1::Tensor { dtype, shape, data }),
+                noise_position,
+            };
+            if let Ok(checkpoint) = checkpoint_from_wire(&resume, steps, OUTPUT, &Device::Cpu) {
+                proptest::prop_assert!((1..steps).contains(&checkpoint.completed_steps));
+                proptest::prop_assert_eq!(checkpoint.latent.dims(), &[3, 2, 4, 4]);
+            }
+        }
+    }
 }

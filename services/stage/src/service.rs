@@ -394,6 +394,10 @@ impl vidcascade_runtime::Service for StageServer {
         ]
     }
 
+    fn public_services(&self) -> Vec<String> {
+        vec!["vidcascade.v1.VideoStage".into()]
+    }
+
     fn routes(&self) -> tonic::service::Routes {
         tonic::service::Routes::new(
             VideoStageServer::new(self.clone()).max_decoding_message_size(MAX_STAGE_REQUEST_BYTES),

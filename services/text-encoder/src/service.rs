@@ -112,6 +112,10 @@ impl vidcascade_runtime::Service for EncoderServer {
         vec!["vidcascade.v1.TextEncoder".into()]
     }
 
+    fn public_services(&self) -> Vec<String> {
+        vec!["vidcascade.v1.TextEncoder".into()]
+    }
+
     fn routes(&self) -> tonic::service::Routes {
         tonic::service::Routes::new(TextEncoderServer::new(self.clone()))
     }
