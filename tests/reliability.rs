@@ -223,8 +223,11 @@ async fn the_gateway_is_not_serving_while_a_stage_has_no_live_replica() -> anyho
     signal(stage, "-STOP")?;
     let down = until_health(&cluster.gateway, ServingStatus::NotServing).await;
     signal(stage, "-CONT")?;
-    down?;
-    until_health(&cluster.gateway, ServingStatus::Serving).await?;
+    let down = down?;
+    let up = until_health(&cluster.gateway, ServingStatus::Serving).await?;
+    eprintln!(
+        "gateway NOT_SERVING {down:?} after the stage stopped, SERVING {up:?} after it resumed"
+    );
     final_video(&generate_on(&cluster.gateway, request("a red circle", 1)).await?)?;
     Ok(())
 }
@@ -295,7 +298,8 @@ async fn overload_ends_every_request_by_its_deadline_and_the_next_one_succeeds()
             "a request ended {elapsed:?} into its {deadline:?} deadline ({code:?})"
         );
     }
-    eprintln!("overload outcomes of 40: {counts:?}");
+    let latest = outcomes.iter().map(|(_, elapsed)| *elapsed).max();
+    eprintln!("overload outcomes of 40: {counts:?}, the last ended {latest:?} in");
     assert!(counts.get("Ok").is_some_and(|&ok| ok >= 1), "{counts:?}");
 
     let memory_after = rss_mib(base)? + rss_mib(&cluster.gateway)?;

@@ -762,6 +762,44 @@ async fn a_burst_never_admits_more_than_the_limits_and_positions_count_the_queue
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_request_hears_its_new_position_when_the_line_moves() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let model = tiny_model(dir.path())?;
+    let gateway_args = ["--max-concurrent", "1", "--max-waiting", "3"];
+    let cluster = Cluster::start_with(&model, &[], &gateway_args).await?;
+    let channel = cluster.gateway.channel().await?;
+    let mut streams = Vec::new();
+    for seed in 0..4 {
+        let mut long = request("a red circle", seed);
+        long.stage_overrides.insert(
+            "base".into(),
+            v1::SamplerSettings {
+                steps: Some(1000),
+                ..Default::default()
+            },
+        );
+        let mut stream = GatewayClient::new(channel.clone())
+            .generate(long)
+            .await?
+            .into_inner();
+        match stream.message().await?.and_then(|e| e.event) {
+            Some(Event::Accepted(a)) => assert_eq!(a.queue_position, seed as u32),
+            other => bail!("expected Accepted first, got {other:?}"),
+        }
+        streams.push(stream);
+    }
+    // The second request's caller leaves: the last one moves from 3 to 2.
+    let mut last = streams.pop().context("four streams")?;
+    drop(streams.remove(1));
+    let moved = tokio::time::timeout(Duration::from_secs(10), last.message()).await??;
+    match moved.and_then(|e| e.event) {
+        Some(Event::Accepted(a)) => assert_eq!(a.queue_position, 2),
+        other => bail!("expected a new position, got {other:?}"),
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_queued_request_whose_caller_left_frees_its_slot_and_never_runs() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let model = tiny_model(dir.path())?;

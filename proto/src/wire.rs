@@ -351,6 +351,11 @@ pub fn chunk_video(video: &v1::Video, max_chunk_bytes: usize) -> Vec<v1::Video> 
     chunks
 }
 
+/// Largest video a [`VideoAssembler`] assembles (1 GiB; Imagen Video's final 128 frames of
+/// 1280x768 RGB8 are 360 MiB): a first chunk announcing more is refused before any frame is
+/// kept, so a peer cannot make the receiver hold unbounded memory one small chunk at a time.
+pub const MAX_ASSEMBLED_BYTES: usize = 1 << 30;
+
 /// Puts a chunked video back together, checking each chunk as it arrives.
 ///
 /// Push the chunks of one video in the order they came; [`VideoAssembler::push`]
@@ -398,10 +403,21 @@ impl VideoAssembler {
     fn push_inner(&mut self, mut chunk: v1::Video) -> Result<Option<v1::Video>, WireError> {
         let expected_index = match &self.partial {
             None => {
-                frame_bytes(chunk.width, chunk.height)?;
+                let frame = frame_bytes(chunk.width, chunk.height)?;
                 check_fps(chunk.fps)?;
                 if chunk.total_frames == 0 {
                     return Err(WireError::invalid("total_frames", "at least 1", 0));
+                }
+                // Checked on the first chunk, before anything accumulates.
+                if frame.saturating_mul(chunk.total_frames as usize) > MAX_ASSEMBLED_BYTES {
+                    return Err(WireError::invalid(
+                        "total_frames",
+                        format!("a video of at most {MAX_ASSEMBLED_BYTES} bytes"),
+                        format!(
+                            "{} frames of {}x{}",
+                            chunk.total_frames, chunk.width, chunk.height
+                        ),
+                    ));
                 }
                 0
             }
@@ -785,6 +801,17 @@ mod tests {
         };
         let err = assembler.push(huge).expect_err("no such frame fits");
         assert_eq!(err.field(), "width");
+        // A small first chunk announcing a video past the limit is refused at once.
+        let announced = v1::Video {
+            width: 1280,
+            height: 768,
+            fps: 8.0,
+            total_frames: u32::MAX,
+            frames: vec![vec![0; 1280 * 768 * 3]],
+            ..v1::Video::default()
+        };
+        let err = assembler.push(announced).expect_err("4 billion frames");
+        assert_eq!(err.field(), "total_frames");
     }
 
     #[test]

@@ -296,6 +296,7 @@ impl StageCall<Tensor> for EmbeddedCascade {
         let mut queued = Duration::ZERO;
         while let Some(event) = handle.events.recv().await {
             match event {
+                JobEvent::Queued { .. } => {}
                 JobEvent::Admitted { queued: waited } => queued = waited,
                 JobEvent::Step {
                     step,

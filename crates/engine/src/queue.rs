@@ -93,6 +93,15 @@ impl<T> JobQueue<T> {
         gone
     }
 
+    /// Visits every waiting job with the number of jobs ahead of it.
+    pub fn for_each_waiting(&self, mut visit: impl FnMut(usize, &mut T)) {
+        if let Ok(mut state) = self.state.lock() {
+            for (ahead, job) in state.waiting.iter_mut().enumerate() {
+                visit(ahead, job);
+            }
+        }
+    }
+
     /// Stops accepting jobs; queued ones are still taken.
     pub fn drain(&self) {
         if let Ok(mut state) = self.state.lock() {

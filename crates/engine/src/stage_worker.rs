@@ -88,6 +88,11 @@ impl StageJob {
 /// one of `Done` or `Failed` (a caller that went away hears nothing: nobody is listening).
 #[derive(Debug)]
 pub enum JobEvent {
+    /// The request is still queued, now with `position` requests ahead (sent when it moves).
+    Queued {
+        /// Requests ahead of it in the queue.
+        position: usize,
+    },
     /// The request joined the running batch.
     Admitted {
         /// Time spent queued.
@@ -142,7 +147,7 @@ impl JobHandle {
     ) -> Result<Tensor, EngineError> {
         while let Some(event) = self.events.blocking_recv() {
             match event {
-                JobEvent::Admitted { .. } => {}
+                JobEvent::Queued { .. } | JobEvent::Admitted { .. } => {}
                 JobEvent::Step { step, preview, .. } => on_step(step, preview.as_ref()),
                 JobEvent::Done { video, .. } => return Ok(video),
                 JobEvent::Failed(err) => return Err(err),
@@ -215,6 +220,8 @@ impl EngineStats {
 
 struct Queued {
     job: StageJob,
+    /// Requests ahead of it, as it was last told.
+    position: usize,
     events: UnboundedSender<JobEvent>,
     cancel: Arc<AtomicBool>,
     enqueued: Instant,
@@ -297,6 +304,9 @@ impl StageEngine {
         let steps = job.steps_to_run() as u64;
         let queued = Queued {
             job,
+            // Approximate (the queue may move before the push); the worker's next pass sends
+            // the exact position if it differs.
+            position: self.queue.len(),
             events: tx,
             cancel: cancel.clone(),
             enqueued: Instant::now(),
@@ -391,7 +401,9 @@ impl Worker {
     /// Returns false when the engine should stop.
     fn admit(&mut self) -> bool {
         // Callers that left while queued free their slot now, not when their turn comes.
-        for gone in self.queue.remove_abandoned(Queued::is_abandoned) {
+        let gone = self.queue.remove_abandoned(Queued::is_abandoned);
+        let mut moved = !gone.is_empty();
+        for gone in gone {
             self.stats.steps_done(gone.job.steps_to_run());
             EngineStats::count(&self.stats.cancelled);
         }
@@ -402,10 +414,19 @@ impl Worker {
         else {
             return false;
         };
+        moved |= !taken.is_empty();
         for queued in taken {
             if let Some(active) = self.prepare(queued) {
                 self.active.push(active);
             }
+        }
+        if moved {
+            self.queue.for_each_waiting(|ahead, queued| {
+                if queued.position != ahead {
+                    queued.position = ahead;
+                    let _ = queued.events.send(JobEvent::Queued { position: ahead });
+                }
+            });
         }
         let stats = &self.stats;
         stats

@@ -306,3 +306,41 @@ fn one_requests_non_finite_sample_fails_it_alone_and_the_batch_goes_on() -> anyh
     engine.shutdown();
     Ok(())
 }
+
+#[test]
+fn a_queued_request_hears_its_position_as_the_queue_moves() -> anyhow::Result<()> {
+    let f = fixture()?;
+    let engine = base_engine(
+        &f,
+        EngineConfig {
+            max_batch_size: 1,
+            max_queue: 4,
+            batch_wait: Duration::ZERO,
+        },
+    );
+    let mut running = engine.submit(job(&f, 1, 30)?)?;
+    while !matches!(
+        running.events.blocking_recv(),
+        Some(JobEvent::Admitted { .. })
+    ) {}
+    let second = engine.submit(job(&f, 2, 3)?)?;
+    let third = engine.submit(job(&f, 3, 3)?)?;
+    assert_eq!((second.queue_position, third.queue_position), (0, 1));
+    let events = finish(third);
+    let positions: Vec<usize> = events
+        .iter()
+        .filter_map(|e| match e {
+            JobEvent::Queued { position } => Some(*position),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        positions,
+        vec![0],
+        "moved up once, when the second request joined the batch"
+    );
+    assert!(video(&events).is_some());
+    drop((running, second));
+    engine.shutdown();
+    Ok(())
+}

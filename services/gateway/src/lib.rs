@@ -26,6 +26,7 @@ pub mod discovery;
 pub mod error;
 pub mod events;
 pub mod health;
+pub mod line;
 pub mod replicas;
 pub mod service;
 

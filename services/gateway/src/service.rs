@@ -32,6 +32,7 @@ use crate::discovery::discover;
 use crate::error::GatewayError;
 use crate::events::{ClientGone, WireEvents};
 use crate::health::probe_forever;
+use crate::line::WaitLine;
 use crate::replicas::{ReplicaSet, Upstream};
 
 /// Events buffered per client before the gateway waits for it.
@@ -55,6 +56,8 @@ struct Inner {
     max_prompt_tokens: AtomicU32,
     /// API keys and rate limit of every Gateway call.
     guard: Guard,
+    /// Requests waiting for a slot, in order.
+    line: Arc<WaitLine>,
 }
 
 /// The gateway: cheap to clone, one per process.
@@ -146,6 +149,7 @@ impl GatewayServer {
                 max_waiting: config.max_waiting,
                 default_timeout: config.default_timeout,
                 max_prompt_tokens: AtomicU32::new(0),
+                line: Arc::new(WaitLine::default()),
                 guard: Guard::new(
                     config.api_keys.clone(),
                     RateLimiter::new(config.rate_limit_per_minute),
@@ -368,6 +372,30 @@ impl Job {
         self.tx.send(Ok(message)).await.map_err(|_| ClientGone)
     }
 
+    /// Waits in line for a slot until the deadline or the client leaves, re-sending `accepted`
+    /// with the new position whenever the line moves; `None` without a slot.
+    async fn wait_for_slot(&self, mut sent: usize) -> Option<OwnedSemaphorePermit> {
+        let mut place = self.inner.line.join();
+        let acquire = self.inner.permits.clone().acquire_owned();
+        tokio::pin!(acquire);
+        loop {
+            tokio::select! {
+                permit = &mut acquire => return permit.ok(),
+                () = tokio::time::sleep_until(self.deadline.into()) => return None,
+                () = self.tx.closed() => return None,
+                () = place.moved(), if sent > 0 => {
+                    let position = place.position();
+                    if position < sent {
+                        sent = position;
+                        if self.send(self.wire.accepted(&self.request_id, position)).await.is_err() {
+                            return None;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// Accepted (with the queue position), then a slot under the deadline, then the run.
     async fn admitted_run(&self) -> Result<(), GatewayError> {
         let inner = &self.inner;
@@ -376,11 +404,7 @@ impl Job {
             .await?;
         inner.waiting.fetch_add(1, Ordering::Relaxed);
         metrics::gauge!("vidcascade_gateway_waiting").increment(1.0);
-        let permit = tokio::select! {
-            permit = inner.permits.clone().acquire_owned() => permit.ok(),
-            () = tokio::time::sleep_until(self.deadline.into()) => None,
-            () = self.tx.closed() => None,
-        };
+        let permit = self.wait_for_slot(ahead).await;
         inner.waiting.fetch_sub(1, Ordering::Relaxed);
         metrics::gauge!("vidcascade_gateway_waiting").decrement(1.0);
         let Some(_permit) = permit else {

@@ -191,7 +191,7 @@ impl StageServer {
             match event {
                 JobEvent::Done { .. } => return Ok(()),
                 JobEvent::Failed(err) => return Err(err.into()),
-                JobEvent::Admitted { .. } | JobEvent::Step { .. } => {}
+                JobEvent::Queued { .. } | JobEvent::Admitted { .. } | JobEvent::Step { .. } => {}
             }
         }
         anyhow::bail!("the stage worker stopped during warm-up")
@@ -294,6 +294,12 @@ async fn follow(
         };
         let Some(job_event) = job_event else { break };
         let sent = match job_event {
+            JobEvent::Queued { position } => {
+                let accepted = v1::StageAccepted {
+                    queue_position: position as u32,
+                };
+                send(tx, Event::Accepted(accepted)).await
+            }
             JobEvent::Admitted { queued: waited } => {
                 queued = waited;
                 Ok(())
