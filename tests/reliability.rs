@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
 use support::cluster::{Cluster, GATEWAY_BIN, STAGE_BIN, Service, tiny_model};
-use support::gateway::{final_video, generate_on, request};
+use support::gateway::{collect, final_video, generate_on, request};
 use tonic::Code;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -255,12 +255,7 @@ async fn timed_generation(url: String, seed: u64, deadline: Duration) -> (Code, 
             .connect()
             .await
             .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-        let mut stream = GatewayClient::new(channel)
-            .generate(request)
-            .await?
-            .into_inner();
-        while stream.message().await?.is_some() {}
-        Ok::<(), tonic::Status>(())
+        collect(channel, request).await
     }
     .await;
     let code = outcome.err().map_or(Code::Ok, |status| status.code());

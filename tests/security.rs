@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
 use support::certs::Pki;
-use support::cluster::{Cluster, ENCODER_BIN, GATEWAY_BIN, STAGE_BIN, Service, tiny_model};
-use support::gateway::{final_video, request};
+use support::cluster::{Cluster, Extra, Service, tiny_model};
+use support::gateway::{collect, final_video, request};
 use tonic::Code;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
@@ -29,56 +29,30 @@ async fn secured_cluster(
     pki: &Pki,
     dir: &std::path::Path,
 ) -> anyhow::Result<Cluster> {
-    let repository = vidcascade_models::ModelRepository::open(model)?;
-    let model_arg = model.display().to_string();
-    let mut encoder_args = vec!["--model".to_string(), model_arg.clone()];
-    encoder_args.extend(pki.server_flags(true));
-    let mut encoder = Service::start(ENCODER_BIN, "text-encoder", &encoder_args)?;
-    encoder.client_tls = Some(pki.client(true)?);
-    let mut stages = Vec::new();
-    for stage in repository.manifest().diffusion_stages() {
-        let mut args = vec![
-            "--model".to_string(),
-            model_arg.clone(),
-            "--stage".into(),
-            stage.name.clone(),
-        ];
-        args.extend(pki.server_flags(true));
-        let mut service = Service::start(STAGE_BIN, &stage.name, &args)?;
-        service.client_tls = Some(pki.client(true)?);
-        stages.push(service);
-    }
     let keys = dir.join("keys.txt");
     std::fs::write(&keys, format!("# test keys\n{KEY}\n"))?;
-    let mut gateway_args = vec![
-        "--model".to_string(),
-        model_arg,
-        "--encoder".into(),
-        encoder.grpc.to_string(),
-        "--upstream-ca".into(),
-        pki.ca.display().to_string(),
+    let path = |p: &std::path::Path| p.display().to_string();
+    let mut gateway = vec![
+        "--upstream-ca".to_string(),
+        path(&pki.ca),
         "--upstream-cert".into(),
-        pki.client_cert.display().to_string(),
+        path(&pki.client_cert),
         "--upstream-key".into(),
-        pki.client_key.display().to_string(),
+        path(&pki.client_key),
         "--api-keys-file".into(),
-        keys.display().to_string(),
+        path(&keys),
         "--rate-limit-per-minute".into(),
         "5".into(),
     ];
-    for stage in &stages {
-        gateway_args.extend(["--stage".into(), format!("{}={}", stage.name, stage.grpc)]);
-    }
-    gateway_args.extend(pki.server_flags(false));
-    let mut gateway = Service::start(GATEWAY_BIN, "gateway", &gateway_args)?;
-    gateway.client_tls = Some(pki.client(false)?);
-    gateway.wait_serving(Duration::from_secs(60)).await?;
-    Ok(Cluster {
-        model: model.to_path_buf(),
-        encoder,
-        stages,
+    gateway.extend(pki.server_flags(false));
+    let extra = Extra {
+        encoder: pki.server_flags(true),
+        stages: pki.server_flags(true),
         gateway,
-    })
+        backend_tls: Some(pki.client(true)?),
+        gateway_tls: Some(pki.client(false)?),
+    };
+    Cluster::launch(model, extra).await
 }
 
 fn keyed<T>(message: T, key: Option<&str>) -> anyhow::Result<tonic::Request<T>> {
@@ -95,22 +69,8 @@ async fn generate_with(
     cluster: &Cluster,
     key: Option<&str>,
 ) -> anyhow::Result<Result<Vec<Event>, tonic::Status>> {
-    let mut client = GatewayClient::new(cluster.gateway.channel().await?);
-    let outcome = async {
-        let mut stream = client
-            .generate(
-                keyed(request("a red circle", 1), key)
-                    .map_err(|e| tonic::Status::internal(e.to_string()))?,
-            )
-            .await?
-            .into_inner();
-        let mut events = Vec::new();
-        while let Some(event) = stream.message().await? {
-            events.extend(event.event);
-        }
-        Ok(events)
-    };
-    Ok(outcome.await)
+    let channel = cluster.gateway.channel().await?;
+    Ok(collect(channel, keyed(request("a red circle", 1), key)?).await)
 }
 
 async fn listed_services(service: &Service) -> anyhow::Result<Vec<String>> {

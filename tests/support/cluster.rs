@@ -171,6 +171,43 @@ pub const ENCODER_BIN: &str = env!("CARGO_BIN_EXE_vidcascade-text-encoder");
 pub const STAGE_BIN: &str = env!("CARGO_BIN_EXE_vidcascade-stage");
 pub const GATEWAY_BIN: &str = env!("CARGO_BIN_EXE_vidcascade-gateway");
 
+/// Flags of a gateway over `encoder` and `stages`, with the stages named in `targets` pointed
+/// at the given target instead.
+fn gateway_flags(
+    model: &Path,
+    encoder: &Service,
+    stages: &[Service],
+    targets: &[(&str, String)],
+) -> Vec<String> {
+    let mut args = vec![
+        "--model".to_string(),
+        model.display().to_string(),
+        "--encoder".into(),
+        encoder.grpc.to_string(),
+    ];
+    for stage in stages {
+        let target = targets
+            .iter()
+            .find(|(name, _)| *name == stage.name)
+            .map_or_else(|| stage.grpc.to_string(), |(_, target)| target.clone());
+        args.push("--stage".into());
+        args.push(format!("{}={target}", stage.name));
+    }
+    args
+}
+
+/// Extra flags per role and the TLS a test client uses to reach them.
+#[derive(Default)]
+pub struct Extra {
+    pub encoder: Vec<String>,
+    pub stages: Vec<String>,
+    pub gateway: Vec<String>,
+    /// How tests reach the encoder and stages.
+    pub backend_tls: Option<ClientTlsConfig>,
+    /// How tests reach the gateway.
+    pub gateway_tls: Option<ClientTlsConfig>,
+}
+
 /// Encoder, one replica per diffusion stage, and a gateway over them.
 pub struct Cluster {
     pub model: PathBuf,
@@ -192,20 +229,25 @@ impl Cluster {
         stage_args: &[&str],
         extra_gateway_args: &[&str],
     ) -> anyhow::Result<Self> {
+        let owned = |args: &[&str]| args.iter().map(|a| a.to_string()).collect();
+        let extra = Extra {
+            stages: owned(stage_args),
+            gateway: owned(extra_gateway_args),
+            ..Extra::default()
+        };
+        Self::launch(model, extra).await
+    }
+
+    /// Starts everything for `model` with `extra` flags and client TLS per role; waits until
+    /// the gateway is SERVING.
+    pub async fn launch(model: &Path, extra: Extra) -> anyhow::Result<Self> {
         let repository = vidcascade_models::ModelRepository::open(model)?;
         let model_arg = model.display().to_string();
-        let encoder = Service::start(
-            ENCODER_BIN,
-            "text-encoder",
-            &["--model".into(), model_arg.clone()],
-        )?;
+        let mut encoder_args = vec!["--model".to_string(), model_arg.clone()];
+        encoder_args.extend(extra.encoder.iter().cloned());
+        let mut encoder = Service::start(ENCODER_BIN, "text-encoder", &encoder_args)?;
+        encoder.client_tls = extra.backend_tls.clone();
         let mut stages = Vec::new();
-        let mut gateway_args = vec![
-            "--model".to_string(),
-            model_arg.clone(),
-            "--encoder".into(),
-            encoder.grpc.to_string(),
-        ];
         for stage in repository.manifest().diffusion_stages() {
             let mut args = vec![
                 "--model".to_string(),
@@ -213,14 +255,15 @@ impl Cluster {
                 "--stage".into(),
                 stage.name.clone(),
             ];
-            args.extend(stage_args.iter().map(|a| a.to_string()));
-            let service = Service::start(STAGE_BIN, &stage.name, &args)?;
-            gateway_args.push("--stage".into());
-            gateway_args.push(format!("{}={}", stage.name, service.grpc));
+            args.extend(extra.stages.iter().cloned());
+            let mut service = Service::start(STAGE_BIN, &stage.name, &args)?;
+            service.client_tls = extra.backend_tls.clone();
             stages.push(service);
         }
-        gateway_args.extend(extra_gateway_args.iter().map(|a| a.to_string()));
-        let gateway = Service::start(GATEWAY_BIN, "gateway", &gateway_args)?;
+        let mut gateway_args = gateway_flags(model, &encoder, &stages, &[]);
+        gateway_args.extend(extra.gateway.iter().cloned());
+        let mut gateway = Service::start(GATEWAY_BIN, "gateway", &gateway_args)?;
+        gateway.client_tls = extra.gateway_tls;
         gateway.wait_serving(Duration::from_secs(60)).await?;
         Ok(Self {
             model: model.to_path_buf(),
@@ -233,21 +276,7 @@ impl Cluster {
     /// Flags for another gateway over this cluster's encoder and stages, with the replicas of
     /// the stages named in `targets` replaced by the given target (`host:port[,host:port]`).
     pub fn gateway_args(&self, targets: &[(&str, String)]) -> Vec<String> {
-        let mut args = vec![
-            "--model".to_string(),
-            self.model.display().to_string(),
-            "--encoder".into(),
-            self.encoder.grpc.to_string(),
-        ];
-        for stage in &self.stages {
-            let target = targets
-                .iter()
-                .find(|(name, _)| *name == stage.name)
-                .map_or_else(|| stage.grpc.to_string(), |(_, target)| target.clone());
-            args.push("--stage".into());
-            args.push(format!("{}={target}", stage.name));
-        }
-        args
+        gateway_flags(&self.model, &self.encoder, &self.stages, targets)
     }
 
     pub fn stage(&self, name: &str) -> &Service {

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 use anyhow::Context;
+use tonic::transport::Channel;
 use vidcascade_proto::v1::gateway_client::GatewayClient;
 use vidcascade_proto::v1::{self, generate_event::Event};
 
@@ -34,6 +35,14 @@ pub async fn generate_on(
         .channel()
         .await
         .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    collect(channel, tonic::Request::new(request)).await
+}
+
+/// Sends `request` (with its metadata) on `channel` and collects the whole stream.
+pub async fn collect(
+    channel: Channel,
+    request: tonic::Request<v1::GenerateRequest>,
+) -> Result<Vec<Event>, tonic::Status> {
     let mut stream = GatewayClient::new(channel)
         .generate(request)
         .await?
