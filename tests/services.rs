@@ -155,6 +155,54 @@ async fn a_generation_streams_every_stage_in_order_and_matches_the_in_process_ca
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_described_and_warm_up_and_start_up_count_as_nothing() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let model = tiny_model(dir.path())?;
+    let cluster = Cluster::start(&model, &[]).await?;
+    let base = cluster.stage("base");
+    for service in [base, &cluster.encoder, &cluster.gateway] {
+        let text = service.metrics_text().await?;
+        let body = text.split("\r\n\r\n").nth(1).unwrap_or(&text);
+        for line in body.lines().filter(|l| l.starts_with("# TYPE ")) {
+            let name = line.split_whitespace().nth(2).unwrap_or_default();
+            assert!(
+                body.contains(&format!("# HELP {name} ")),
+                "{}: {name} has no # HELP",
+                service.name
+            );
+        }
+        let build = support::cluster::metric_value(&text, "vidcascade_build_info", &[]);
+        assert_eq!(build, Some(1.0), "{}: vidcascade_build_info", service.name);
+    }
+    // The warm-up step and the gateway's start-up checks are not traffic.
+    let steps = base
+        .metric("vidcascade_stage_step_seconds_count", &[("stage", "base")])
+        .await?;
+    assert_eq!(steps, 0.0, "the warm-up step was counted");
+    let encodes = cluster
+        .encoder
+        .metric("vidcascade_encoder_seconds_count", &[])
+        .await?;
+    assert_eq!(encodes, 0.0, "the encoder's warm-up was counted");
+    let retries = cluster
+        .gateway
+        .metric("vidcascade_gateway_stage_retries_total", &[])
+        .await?;
+    assert_eq!(retries, 0.0, "start-up probes counted as retries");
+    // A generation is counted, its latency labelled by outcome.
+    final_video(&generate(&cluster, request("a red circle", 1)).await?)?;
+    let latency = cluster
+        .gateway
+        .metric(
+            "vidcascade_gateway_request_seconds_count",
+            &[("outcome", "completed")],
+        )
+        .await?;
+    assert_eq!(latency, 1.0);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_requests_name_the_field_and_the_service_keeps_serving() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let model = tiny_model(dir.path())?;

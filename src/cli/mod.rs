@@ -99,7 +99,7 @@ pub struct ServeArgs {
     #[arg(long, default_value = "127.0.0.1:50051")]
     listen: std::net::SocketAddr,
     /// Address of the shared Prometheus `/metrics` endpoint, or `off`.
-    #[arg(long, default_value = "127.0.0.1:9090")]
+    #[arg(long, default_value = "127.0.0.1:50052")]
     metrics_listen: String,
     /// Every stage's queue and batching, with the flags of `vidcascade-stage`.
     #[command(flatten)]

@@ -48,6 +48,7 @@ fn validate(args: &ServeArgs) -> Result<Plan, ConfigError> {
         otlp_endpoint: None,
         drain_grace_seconds: GRACE.as_secs_f64(),
         log: args.log.clone(),
+        log_format: Default::default(),
         max_streams_per_connection: 128,
         tls: Default::default(),
     }
@@ -139,8 +140,12 @@ fn stop_signal() -> (watch::Sender<bool>, impl Fn() -> Stopped) {
 type Stopped = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 async fn serve(plan: Plan) -> anyhow::Result<()> {
-    let _telemetry =
-        vidcascade_runtime::telemetry::init("vidcascade-serve", &plan.server.log, None)?;
+    let _telemetry = vidcascade_runtime::telemetry::init(
+        "vidcascade-serve",
+        &plan.server.log,
+        plan.server.log_format,
+        None,
+    )?;
     // Two groups, stopped in dependency order: the gateway first, the services behind it after
     // its in-flight generations have gone through every stage.
     let (stop_backends, backends_stopped) = stop_signal();

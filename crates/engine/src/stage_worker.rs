@@ -220,6 +220,8 @@ impl EngineStats {
 
 struct Queued {
     job: StageJob,
+    /// Counted in the metrics (false for warm-up).
+    metered: bool,
     /// Requests ahead of it, as it was last told.
     position: usize,
     events: UnboundedSender<JobEvent>,
@@ -299,11 +301,21 @@ impl StageEngine {
     /// Queues a request, or rejects it at once when the queue is full or the engine drains.
     /// The request's span is a child of the caller's current span.
     pub fn submit(&self, job: StageJob) -> Result<JobHandle, EngineError> {
+        self.enqueue(job, true)
+    }
+
+    /// As [`Self::submit`], left out of the step metrics (a service's warm-up is not traffic).
+    pub fn submit_unmetered(&self, job: StageJob) -> Result<JobHandle, EngineError> {
+        self.enqueue(job, false)
+    }
+
+    fn enqueue(&self, job: StageJob, metered: bool) -> Result<JobHandle, EngineError> {
         let (tx, rx) = unbounded_channel();
         let cancel = Arc::new(AtomicBool::new(false));
         let steps = job.steps_to_run() as u64;
         let queued = Queued {
             job,
+            metered,
             // Approximate (the queue may move before the push); the worker's next pass sends
             // the exact position if it differs.
             position: self.queue.len(),
@@ -361,6 +373,7 @@ struct Active {
     deadline: Option<Instant>,
     preview_every: usize,
     checkpoint_every: usize,
+    metered: bool,
     /// Steps already done when this engine got the sample (a resumed run).
     resumed_at: usize,
     admitted: Instant,
@@ -481,6 +494,7 @@ impl Worker {
                     deadline: job.deadline,
                     preview_every: job.preview_every,
                     checkpoint_every: job.checkpoint_every,
+                    metered: queued.metered,
                     resumed_at,
                     admitted: Instant::now(),
                 })
@@ -555,13 +569,16 @@ impl Worker {
     }
 
     fn record_step(&self, elapsed: Duration) {
+        self.stats.record_step(elapsed, self.active.len());
+        if !self.active.iter().any(|a| a.metered) {
+            return;
+        }
         let stage = self.stage.name().to_string();
         // No-ops unless the process installed a metrics recorder (the services do).
         metrics::histogram!("vidcascade_stage_step_seconds", "stage" => stage.clone())
             .record(elapsed.as_secs_f64());
         metrics::histogram!("vidcascade_stage_batch_size", "stage" => stage)
             .record(self.active.len() as f64);
-        self.stats.record_step(elapsed, self.active.len());
     }
 
     /// Sends each request its step (or its own failure) and keeps the unfinished ones.

@@ -41,6 +41,8 @@ type Reply = oneshot::Sender<Result<Vec<Tensor>, EngineError>>;
 struct EncodeJob {
     prompts: Vec<String>,
     deadline: Option<Instant>,
+    /// Counted in the metrics (false for warm-up).
+    metered: bool,
     reply: Reply,
     span: tracing::Span,
 }
@@ -124,11 +126,26 @@ impl TextEngine {
         prompts: Vec<String>,
         deadline: Option<Instant>,
     ) -> Result<Vec<Tensor>, EngineError> {
+        self.run(prompts, deadline, true).await
+    }
+
+    /// As [`Self::encode`], left out of the metrics (a service's warm-up is not traffic).
+    pub async fn warm_up(&self, prompts: Vec<String>) -> Result<Vec<Tensor>, EngineError> {
+        self.run(prompts, None, false).await
+    }
+
+    async fn run(
+        &self,
+        prompts: Vec<String>,
+        deadline: Option<Instant>,
+        metered: bool,
+    ) -> Result<Vec<Tensor>, EngineError> {
         self.check(&prompts)?;
         let (reply, answer) = oneshot::channel();
         let job = EncodeJob {
             prompts,
             deadline,
+            metered,
             reply,
             span: tracing::info_span!("encoder.queued"),
         };
@@ -197,8 +214,10 @@ fn work(encoder: &TextEncoder, queue: &JobQueue<EncodeJob>) {
             let started = Instant::now();
             let prompts: Vec<&str> = job.prompts.iter().map(String::as_str).collect();
             let result = encoder.encode(&prompts).map_err(prompt_error);
-            metrics::histogram!("vidcascade_encoder_seconds")
-                .record(started.elapsed().as_secs_f64());
+            if job.metered {
+                metrics::histogram!("vidcascade_encoder_seconds")
+                    .record(started.elapsed().as_secs_f64());
+            }
             let _ = job.reply.send(result);
         }
     }

@@ -12,6 +12,7 @@ use std::time::Duration;
 use clap::{Args, Parser};
 use tonic::transport::ServerTlsConfig;
 
+use crate::telemetry::LogFormat;
 use crate::tls::ServerTlsArgs;
 
 /// Exit status for invalid configuration (`EX_USAGE`).
@@ -45,11 +46,12 @@ pub struct ServerArgs {
     #[arg(long, env = "VIDCASCADE_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
 
-    /// Address of the Prometheus `/metrics` endpoint, or `off`.
+    /// Address of the Prometheus `/metrics` endpoint, or `off` (the default port sits beside
+    /// gRPC's, away from Prometheus's own 9090 and the exporters' 9100-9999).
     #[arg(
         long,
         env = "VIDCASCADE_METRICS_LISTEN",
-        default_value = "127.0.0.1:9090"
+        default_value = "127.0.0.1:50052"
     )]
     pub metrics_listen: String,
 
@@ -77,6 +79,10 @@ pub struct ServerArgs {
     /// Log filter (`tracing` `EnvFilter` syntax, e.g. `info,vidcascade_gateway_service=debug`).
     #[arg(long, env = "VIDCASCADE_LOG", default_value = "info")]
     pub log: String,
+
+    /// Log line format on stderr.
+    #[arg(long, env = "VIDCASCADE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 }
 
 /// [`ServerArgs`] after validation.
@@ -92,6 +98,8 @@ pub struct ServerConfig {
     pub drain_grace: Duration,
     /// Log filter directive.
     pub log: String,
+    /// Log line format.
+    pub log_format: LogFormat,
     /// Per-connection stream limit.
     pub max_streams_per_connection: u32,
     /// TLS (and client-certificate) settings; `None` = plaintext.
@@ -106,7 +114,7 @@ impl ServerArgs {
             text => Some(text.parse::<SocketAddr>().map_err(|err| {
                 ConfigError::new(
                     "--metrics-listen / VIDCASCADE_METRICS_LISTEN",
-                    format!("`{text}` is not an address like 0.0.0.0:9090 or `off` ({err})"),
+                    format!("`{text}` is not an address like 0.0.0.0:50052 or `off` ({err})"),
                 )
             })?),
         };
@@ -152,6 +160,7 @@ impl ServerArgs {
             otlp_endpoint: self.otlp_endpoint.clone(),
             drain_grace: Duration::from_secs_f64(self.drain_grace_seconds),
             log: self.log.clone(),
+            log_format: self.log_format,
         })
     }
 }

@@ -349,8 +349,12 @@ where
         .context("starting the tokio runtime")
         .and_then(|runtime| {
             runtime.block_on(async {
-                let _telemetry =
-                    crate::telemetry::init(service, &config.log, config.otlp_endpoint.as_deref())?;
+                let _telemetry = crate::telemetry::init(
+                    service,
+                    &config.log,
+                    config.log_format,
+                    config.otlp_endpoint.as_deref(),
+                )?;
                 // Before `body` loads the model: metric handles taken while loading (a stage's
                 // gauges) would otherwise bind to the no-op recorder for good.
                 if config.metrics_listen.is_some() {

@@ -9,10 +9,14 @@ use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
+use std::io::IsTerminal;
 use tonic::metadata::{MetadataKey, MetadataMap, MetadataValue};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
+
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer;
 use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 
 /// Flushes pending spans when dropped; keep it alive for the life of the process.
@@ -29,17 +33,45 @@ impl Drop for TelemetryGuard {
     }
 }
 
-/// Installs the global subscriber: logs filtered by `filter`, plus OTLP span export to
-/// `otlp_endpoint` under `service_name` when given. Call once, inside the tokio runtime.
+/// How log lines look on stderr.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines, coloured only when stderr is a terminal.
+    #[default]
+    Text,
+    /// One JSON object per line (for log collectors).
+    Json,
+}
+
+/// The stderr log layer in `format`.
+fn log_layer<S>(format: LogFormat) -> Box<dyn Layer<S> + Send + Sync>
+where
+    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+{
+    match format {
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal())
+            .boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .with_writer(std::io::stderr)
+            .boxed(),
+    }
+}
+
+/// Installs the global subscriber: logs filtered by `filter` in `format`, plus OTLP span export
+/// to `otlp_endpoint` under `service_name` when given. Call once, inside the tokio runtime.
 /// A second call (several services in one process) keeps the first subscriber.
 pub fn init(
     service_name: &str,
     filter: &str,
+    format: LogFormat,
     otlp_endpoint: Option<&str>,
 ) -> anyhow::Result<TelemetryGuard> {
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     let filter = EnvFilter::try_new(filter)?;
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = log_layer(format);
     let Some(endpoint) = otlp_endpoint else {
         let _ = tracing_subscriber::registry()
             .with(filter)

@@ -349,7 +349,7 @@ impl Job {
             Err(err) => err.error_type().label(),
         };
         count_outcome(label);
-        metrics::histogram!("vidcascade_gateway_request_seconds")
+        metrics::histogram!("vidcascade_gateway_request_seconds", "outcome" => label)
             .record(self.started.elapsed().as_secs_f64());
         let elapsed_ms = self.started.elapsed().as_millis() as u64;
         match outcome {

@@ -176,7 +176,7 @@ impl StageServer {
         };
         let mut settings = StageOverrides::default().resolve(self.manifest(), "sampler")?;
         settings.steps = 1;
-        let mut handle = self.engine.submit(StageJob {
+        let mut handle = self.engine.submit_unmetered(StageJob {
             text: text.clone(),
             unconditional: text,
             low_res,

@@ -121,7 +121,8 @@ impl vidcascade_runtime::Service for EncoderServer {
     }
 
     async fn warm_up(&self) -> anyhow::Result<()> {
-        self.encode(vec!["warm up".into(), String::new()], None)
+        self.engine
+            .warm_up(vec!["warm up".into(), String::new()])
             .await?;
         Ok(())
     }
