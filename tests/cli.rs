@@ -183,18 +183,21 @@ fn bad_arguments_fail_with_one_clear_line() -> anyhow::Result<()> {
     let blocker = dir.path().join("a-file");
     std::fs::write(&blocker, b"not a folder")?;
     let unwritable = blocker.join("out.gif");
-    assert_clean_failure(
-        &vidcascade(&[
-            "generate",
-            "red",
-            "-o",
-            path(&unwritable),
-            "--model",
-            m,
-            "--steps",
-            "1",
-        ])?,
-        &unwritable.display().to_string(),
+    let out = vidcascade(&[
+        "generate",
+        "red",
+        "-o",
+        path(&unwritable),
+        "--model",
+        m,
+        "--steps",
+        "1",
+    ])?;
+    assert_clean_failure(&out, &unwritable.display().to_string());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("done in"),
+        "the unwritable output was found only after generating: {stderr}"
     );
     assert_clean_failure(
         &vidcascade(&["generate", "red", "--model", m, "--steps", "many"])?,
@@ -206,7 +209,7 @@ fn bad_arguments_fail_with_one_clear_line() -> anyhow::Result<()> {
     );
     assert_clean_failure(
         &vidcascade(&["generate", "red", "--model", m, "--guidance", "99"])?,
-        "stage_overrides[base].guidance",
+        "--guidance base=...: ",
     );
     assert_clean_failure(&vidcascade(&["generate", "--model", m])?, "<PROMPT>");
     // `serve` validates like the service binaries: exit 64, naming the setting.
@@ -255,6 +258,7 @@ fn serve_and_client_generate_through_the_services_and_stop_on_ctrl_c() -> anyhow
         "--seed",
         "3",
     ]);
+    let info = vidcascade(&["info", "--addr", &gateway]);
     let bad_steps = vidcascade(&[
         "client",
         "a red circle",
@@ -276,6 +280,15 @@ fn serve_and_client_generate_through_the_services_and_stop_on_ctrl_c() -> anyhow
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let progress = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !progress.contains("text-encoder: started"),
+        "an empty progress row for the text encoder:\n{progress}"
+    );
+    assert!(
+        progress.contains("base: started (4x8x8 @ 2 fps"),
+        "{progress}"
+    );
     let video = read_gif(&gif)?;
     assert_eq!((video.frames.len(), video.width, video.height), (8, 64, 64));
     for (n, stage, frames) in [(1, "base", 4), (2, "tsr", 8), (3, "ssr", 8)] {
@@ -283,7 +296,26 @@ fn serve_and_client_generate_through_the_services_and_stop_on_ctrl_c() -> anyhow
         assert_eq!(v.frames.len(), frames, "{stage}");
     }
     assert!(dir.path().join("client.preview.png").exists());
-    assert_clean_failure(&bad_steps?, "stage_overrides[base].steps");
+    assert_clean_failure(&bad_steps?, "--steps base=...: ");
+    let info = info?;
+    let listing = String::from_utf8_lossy(&info.stdout);
+    assert!(
+        info.status.success(),
+        "{}",
+        String::from_utf8_lossy(&info.stderr)
+    );
+    for expected in [
+        "base",
+        "tsr",
+        "ssr",
+        "4x8x8 @ 2 fps",
+        "prompts <= 16 tokens and 2048 bytes",
+    ] {
+        assert!(
+            listing.contains(expected),
+            "`{expected}` not in:\n{listing}"
+        );
+    }
     assert!(interrupted.success());
     assert!(status.success(), "serve exited with {status}");
 

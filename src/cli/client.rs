@@ -12,16 +12,17 @@ use vidcascade_proto::v1::gateway_client::GatewayClient;
 use vidcascade_proto::v1::{self, generate_event::Event};
 use vidcascade_proto::wire::VideoAssembler;
 
-use super::ClientArgs;
 use super::files::{filmstrip, preview_path, stage_path, wrote_line};
 use super::progress::Progress;
+use super::{ClientArgs, GatewayAccess};
 
 /// Largest message the client accepts (stage videos and final chunks stay far below it).
 const MAX_MESSAGE_BYTES: usize = 64 << 20;
 
 /// A gRPC status as one readable line.
 fn status_error(status: tonic::Status) -> anyhow::Error {
-    anyhow::anyhow!("gateway answered {:?}: {}", status.code(), status.message())
+    let message = super::in_flag_terms(status.message());
+    anyhow::anyhow!("gateway answered {:?}: {message}", status.code())
 }
 
 /// Runs `client`.
@@ -40,8 +41,8 @@ pub fn run(args: ClientArgs) -> anyhow::Result<()> {
 }
 
 async fn generate(args: ClientArgs) -> anyhow::Result<()> {
-    let mut client = connect(&args).await?;
-    let stages = diffusion_stages(&mut client, args.api_key.as_deref()).await?;
+    let mut client = connect(&args.addr, &args.access).await?;
+    let stages = diffusion_stages(&mut client, args.access.api_key.as_deref()).await?;
     let request = build_request(&args, &stages)?;
     let started = Instant::now();
     let mut stream = client
@@ -61,7 +62,7 @@ async fn generate(args: ClientArgs) -> anyhow::Result<()> {
 }
 
 /// A request carrying the API key, when there is one.
-fn authorized<T>(message: T, api_key: Option<&str>) -> anyhow::Result<Request<T>> {
+pub(super) fn authorized<T>(message: T, api_key: Option<&str>) -> anyhow::Result<Request<T>> {
     let mut request = Request::new(message);
     if let Some(key) = api_key {
         let value = format!("Bearer {key}")
@@ -72,13 +73,15 @@ fn authorized<T>(message: T, api_key: Option<&str>) -> anyhow::Result<Request<T>
     Ok(request)
 }
 
-/// A gateway client connected to `--addr` (over TLS, trusting `--ca`, for https:// URLs).
-async fn connect(args: &ClientArgs) -> anyhow::Result<GatewayClient<Channel>> {
-    let addr = args.addr.as_str();
+/// A gateway client connected to `addr` (over TLS, trusting `--ca`, for https:// URLs).
+pub(super) async fn connect(
+    addr: &str,
+    access: &GatewayAccess,
+) -> anyhow::Result<GatewayClient<Channel>> {
     let mut endpoint = Channel::from_shared(addr.to_owned())
         .with_context(|| format!("--addr `{addr}` is not a URL like http://127.0.0.1:50051"))?;
     if addr.starts_with("https://") {
-        let ca = args
+        let ca = access
             .ca
             .as_ref()
             .context("an https:// gateway needs --ca (the PEM CA certificate to trust)")?;
@@ -135,7 +138,7 @@ fn build_request(
         }),
         ..Default::default()
     };
-    let mut request = authorized(request, args.api_key.as_deref())?;
+    let mut request = authorized(request, args.access.api_key.as_deref())?;
     request.set_timeout(Duration::from_secs_f64(args.timeout));
     Ok(request)
 }
@@ -148,6 +151,8 @@ struct EventWriter<'a> {
     preview: std::path::PathBuf,
     progress: Progress,
     stage_started: Instant,
+    /// Whether the current stage has a progress row (diffusion stages do).
+    showing: bool,
     stage_index: usize,
     stage_video: VideoAssembler,
     final_video: VideoAssembler,
@@ -165,6 +170,7 @@ impl<'a> EventWriter<'a> {
             preview: preview_path(&args.output.output),
             progress: Progress::new(),
             stage_started: Instant::now(),
+            showing: false,
             stage_index: 0,
             stage_video: VideoAssembler::new(),
             final_video: VideoAssembler::new(),
@@ -179,13 +185,14 @@ impl<'a> EventWriter<'a> {
                 accepted.request_id, accepted.seed, accepted.clips, accepted.queue_position
             ),
             Some(Event::StageStarted(stage)) => {
-                let shape = stage
-                    .output_shape
-                    .map(|s| format!("{}x{}x{} @ {} fps", s.frames, s.height, s.width, s.fps))
-                    .unwrap_or_default();
-                self.progress
-                    .stage_started(&stage.stage, &shape, stage.total_steps as usize);
                 self.stage_started = Instant::now();
+                // As `generate` shows it: a row per diffusion stage, none for the text encoder.
+                self.showing = stage.output_shape.is_some();
+                if let Some(s) = stage.output_shape {
+                    let shape = format!("{}x{}x{} @ {} fps", s.frames, s.height, s.width, s.fps);
+                    self.progress
+                        .stage_started(&stage.stage, &shape, stage.total_steps as usize);
+                }
             }
             Some(Event::Progress(p)) => {
                 self.progress
@@ -235,7 +242,7 @@ impl<'a> EventWriter<'a> {
                 }
             },
         };
-        if whole {
+        if whole && self.showing {
             self.progress
                 .stage_completed(&done.stage, self.stage_started.elapsed());
         }
@@ -252,8 +259,7 @@ fn write_result(
     started: Instant,
 ) -> anyhow::Result<()> {
     let video = video_from_wire(video)?;
-    write_video(&video, &args.output.output, options)
-        .with_context(|| format!("writing {}", args.output.output.display()))?;
+    write_video(&video, &args.output.output, options)?;
     let summary: Vec<String> = timings
         .iter()
         .map(|t| format!("{} {} ms", t.stage, t.run_ms + t.queue_ms))

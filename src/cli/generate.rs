@@ -3,7 +3,6 @@
 
 use std::ops::ControlFlow;
 
-use anyhow::Context;
 use candle_core::Device;
 use vidcascade_engine::EmbeddedCascade;
 use vidcascade_media::{WriteOptions, write_png, write_video};
@@ -31,7 +30,8 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         preview_every: args.output.preview_every.unwrap_or(0) as u32,
         ..GenerateRequest::default()
     };
-    plan(&request, repo.manifest(), args.seed)?;
+    plan(&request, repo.manifest(), args.seed)
+        .map_err(|err| anyhow::anyhow!(super::in_flag_terms(&err.to_string())))?;
 
     let cascade = EmbeddedCascade::from_repository(repo, &Device::Cpu)?;
     let mut writer = EventWriter::new(&args);
@@ -41,8 +41,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     }
     let output = output?;
     let video = &output.final_video;
-    write_video(video, &args.output.output, &writer.options)
-        .with_context(|| format!("writing {}", args.output.output.display()))?;
+    write_video(video, &args.output.output, &writer.options)?;
     let total: f64 = output.encode_elapsed.as_secs_f64()
         + output
             .stages

@@ -29,8 +29,8 @@ pub struct Cli {
 enum Command {
     /// Generate a video from a prompt, running every stage in this process.
     Generate(GenerateArgs),
-    /// Show the model repository's stages, shapes and defaults.
-    Info(ModelArg),
+    /// Show the model repository's (or a running gateway's) stages, shapes, defaults and limits.
+    Info(InfoArgs),
     /// Start the text encoder, every stage and the gateway in this process (development).
     Serve(ServeArgs),
     /// Generate through a running gateway, streaming progress and previews.
@@ -82,12 +82,32 @@ pub struct ClientArgs {
     /// Give up after this many seconds (the deadline travels to every stage).
     #[arg(long, default_value_t = 300.0)]
     timeout: f64,
+    #[command(flatten)]
+    access: GatewayAccess,
+}
+
+/// How to reach a gateway: its address, API key and CA (`client`, `info --addr`).
+#[derive(Debug, Args)]
+struct GatewayAccess {
     /// API key of a gateway that requires one (sent as `authorization: Bearer <key>`).
     #[arg(long, env = "VIDCASCADE_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
     /// PEM CA certificate to trust for an https:// gateway.
     #[arg(long, env = "VIDCASCADE_CA")]
     ca: Option<std::path::PathBuf>,
+}
+
+/// `vidcascade info`.
+#[derive(Debug, Args)]
+pub struct InfoArgs {
+    #[command(flatten)]
+    model: ModelArg,
+    /// Ask the gateway at this address (e.g. http://127.0.0.1:50051) instead of reading
+    /// `--model`.
+    #[arg(long)]
+    addr: Option<String>,
+    #[command(flatten)]
+    access: GatewayAccess,
 }
 
 /// `vidcascade serve`.
@@ -129,7 +149,8 @@ struct OutputArgs {
 impl OutputArgs {
     /// Checks the cheap things before any work starts.
     fn check(&self) -> anyhow::Result<()> {
-        vidcascade_media::OutputFormat::from_path(&self.output)?;
+        // Before any work: a path that cannot be written fails now, not after the generation.
+        vidcascade_media::check_writable(&self.output)?;
         if self.scale == 0 || self.scale > 64 {
             bail!("--scale must be in 1..=64, got {}", self.scale);
         }
@@ -137,6 +158,22 @@ impl OutputArgs {
             bail!("--preview-every must be at least 1");
         }
         Ok(())
+    }
+}
+
+/// A validation message in the words the user typed: `stage_overrides[base].steps: ...` (the
+/// API's field) becomes `--steps base=...: ...` (the flag that set it).
+fn in_flag_terms(message: &str) -> String {
+    let Some(rest) = message.strip_prefix("stage_overrides[") else {
+        return message.to_string();
+    };
+    let Some((stage, rest)) = rest.split_once("].") else {
+        return message.to_string();
+    };
+    let (setting, reason) = rest.split_once(':').unwrap_or((rest, ""));
+    match setting {
+        "steps" | "guidance" | "sampler" => format!("--{setting} {stage}=...:{reason}"),
+        _ => message.to_string(),
     }
 }
 
@@ -233,7 +270,7 @@ where
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Generate(args) => generate::run(args),
-        Command::Info(model) => info::run(&model.model),
+        Command::Info(args) => info::run(&args),
         Command::Serve(args) => serve::run(args),
         Command::Client(args) => client::run(args),
     }
@@ -250,4 +287,22 @@ fn open_repository(path: &std::path::Path) -> anyhow::Result<vidcascade_models::
     }
     vidcascade_models::ModelRepository::open(path)
         .with_context(|| format!("opening model repository {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::in_flag_terms;
+
+    #[test]
+    fn messages_name_the_flag_the_user_typed() {
+        assert_eq!(
+            in_flag_terms("stage_overrides[base].steps: must be in 1..=1000, got 0"),
+            "--steps base=...: must be in 1..=1000, got 0"
+        );
+        assert_eq!(in_flag_terms("prompt: required"), "prompt: required");
+        assert_eq!(
+            in_flag_terms("stage_overrides[tsr].noise_augmentation: in [0, 1]"),
+            "stage_overrides[tsr].noise_augmentation: in [0, 1]"
+        );
+    }
 }

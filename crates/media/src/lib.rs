@@ -68,26 +68,26 @@ pub enum OutputError {
     },
     /// The file system refused: a folder could not be created, a file could not be created or
     /// written, a stale frame could not be removed.
-    #[error("{}: cannot {action}: {source}", path.display())]
+    // The OS error is part of the message and deliberately not a `source`: a chain-printing
+    // caller (anyhow's `{:#}`) would repeat it.
+    #[error("{}: cannot {action}: {error}", path.display())]
     Io {
         /// The file or folder.
         path: PathBuf,
         /// What was being done, e.g. "create the file".
         action: &'static str,
         /// The OS error.
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The encoder (or muxer) failed.
-    #[error("{}: {format} encoding failed: {source}", path.display())]
+    #[error("{}: {format} encoding failed: {error}", path.display())]
     Encode {
         /// The output path.
         path: PathBuf,
         /// The format or library, e.g. "H.264".
         format: &'static str,
-        /// The library's error.
-        #[source]
-        source: BoxedCause,
+        /// The library's error (in the message, as for `Io`).
+        error: BoxedCause,
     },
 }
 
@@ -112,10 +112,10 @@ impl OutputError {
 
     pub(crate) fn io(path: &Path, action: &'static str) -> impl FnOnce(std::io::Error) -> Self {
         let path = path.to_path_buf();
-        move |source| Self::Io {
+        move |error| Self::Io {
             path,
             action,
-            source,
+            error,
         }
     }
 
@@ -124,10 +124,10 @@ impl OutputError {
         format: &'static str,
     ) -> impl FnOnce(E) -> Self {
         let path = path.to_path_buf();
-        move |source| Self::Encode {
+        move |error| Self::Encode {
             path,
             format,
-            source: source.into(),
+            error: error.into(),
         }
     }
 }
@@ -197,6 +197,31 @@ impl Default for WriteOptions {
     fn default() -> Self {
         Self { scale: 1 }
     }
+}
+
+/// Checks, before any work, that `path` can be written as the video format its name says:
+/// creates the folders it needs and opens the file for writing (an existing file is left as it
+/// is; a file this check created is removed again). A long generation then never ends in "cannot
+/// create the file".
+pub fn check_writable(path: &Path) -> Result<OutputFormat, OutputError> {
+    let format = OutputFormat::from_path(path)?;
+    let (folder, probe) = match format {
+        OutputFormat::PngFrames => (Some(path), path.join(".vidcascade-write-check")),
+        OutputFormat::Gif | OutputFormat::Mp4 => (path.parent(), path.to_path_buf()),
+    };
+    if let Some(folder) = folder.filter(|f| !f.as_os_str().is_empty()) {
+        std::fs::create_dir_all(folder).map_err(OutputError::io(path, "create its folder"))?;
+    }
+    let existed = probe.exists();
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(&probe)
+        .map_err(OutputError::io(path, "create the file"))?;
+    if !existed {
+        std::fs::remove_file(&probe).map_err(OutputError::io(path, "remove the write check"))?;
+    }
+    Ok(format)
 }
 
 /// Writes `video` to `path` in the format its extension names (see [`OutputFormat::from_path`]),
