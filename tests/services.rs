@@ -696,6 +696,29 @@ async fn a_python_grpcio_client_drives_the_gateway() -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_package_generates_and_saves_through_the_gateway() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let model = tiny_model(dir.path())?;
+    let cluster = Cluster::start(&model, &[]).await?;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/clients/python/tests/smoke.py");
+    let output = tokio::process::Command::new("python3")
+        .args([script, "--addr", &cluster.gateway.grpc.to_string()])
+        .arg("--out")
+        .arg(dir.path())
+        .output()
+        .await
+        .context("running python3 (needs `pip install ./clients/python`; .ci/test installs it)")?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "python package failed:\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("python package: ok"), "{stdout}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_deadline_reaches_the_stage_which_stops_at_the_next_step() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let model = tiny_model(dir.path())?;

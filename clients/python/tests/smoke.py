@@ -1,0 +1,54 @@
+#!/usr/bin/env python3
+"""Checks the installed `vidcascade` package against a running gateway (run by tests/services.rs).
+
+Usage: smoke.py --addr 127.0.0.1:50051 --out DIR. Prints "python package: ok" on success.
+"""
+
+import argparse
+import os
+
+import numpy as np
+from PIL import Image
+
+from vidcascade import Client, Completed, GatewayError, Preview, Progress, StageCompleted, save
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--addr", required=True)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+
+    with Client(args.addr) as client:
+        info = client.info()
+        shape = info.clip_shape
+        events = list(client.generate("a red circle moving left", seed=3, steps=2,
+                                      preview_every=1, include_stage_videos=True))
+        assert isinstance(events[-1], Completed), events[-1]
+        final = events[-1]
+        assert final.frames.shape == (shape.frames, shape.height, shape.width, 3), final.frames.shape
+        assert final.frames.dtype == np.uint8
+        steps = [e.step for e in events if isinstance(e, Progress) and e.stage == "base"]
+        assert steps == [1, 2], steps
+        assert any(isinstance(e, Preview) for e in events)
+        stage_videos = [e for e in events if isinstance(e, StageCompleted) and e.frames is not None]
+        assert [e.stage for e in stage_videos] == [s.name for s in info.stages][1:], stage_videos
+        assert [t["stage"] for t in final.timings][0] == info.stages[0].name
+
+        gif = os.path.join(args.out, "out.gif")
+        save(final.frames, gif, fps=final.fps)
+        with Image.open(gif) as image:
+            assert image.n_frames == shape.frames and image.size == (shape.width, shape.height)
+        save(final.frames, os.path.join(args.out, "frames"))
+        assert len(os.listdir(os.path.join(args.out, "frames"))) == shape.frames
+
+        try:
+            list(client.generate("", seed=1))
+            raise AssertionError("an empty prompt was accepted")
+        except GatewayError as err:
+            assert err.code.name == "INVALID_ARGUMENT" and "prompt" in err.message, err
+    print("python package: ok")
+
+
+if __name__ == "__main__":
+    main()
