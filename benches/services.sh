@@ -33,10 +33,18 @@ start() {
   "$BIN/$binary" "$@" --listen 127.0.0.1:0 --metrics-listen off --log warn \
     > "$LOGS/$name.out" 2> "$LOGS/$name.err" &
   echo $! >> "$LOGS/pids"
+  # The announcement counts only once its line is complete (newline-terminated): a grep that
+  # catches it half-written would hand the gateway a blank or truncated address.
+  local addr
   for _ in $(seq 1 200); do
-    if grep -q "listening grpc=" "$LOGS/$name.out" 2>/dev/null; then
-      sed -n 's/.*grpc=\([^ ]*\).*/\1/p' "$LOGS/$name.out"
-      return
+    if [ "$(wc -l < "$LOGS/$name.out" 2>/dev/null || echo 0)" -ge 1 ]; then
+      addr=$(head -n 1 "$LOGS/$name.out" | sed -n 's/.*listening grpc=\([^ ]*\).*/\1/p')
+      if [ -n "$addr" ]; then
+        echo "$addr"
+        return
+      fi
+      echo "$name announced no address: $(head -n 1 "$LOGS/$name.out")" >&2
+      exit 1
     fi
     sleep 0.05
   done
