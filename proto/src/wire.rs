@@ -267,6 +267,27 @@ fn check_fps(fps: f32) -> Result<(), WireError> {
     }
 }
 
+/// The header of a video's first chunk: size, rate, a frame count, and a whole video within
+/// [`MAX_ASSEMBLED_BYTES`] (checked before anything accumulates).
+fn check_first_chunk(chunk: &v1::Video) -> Result<(), WireError> {
+    let frame = frame_bytes(chunk.width, chunk.height)?;
+    check_fps(chunk.fps)?;
+    if chunk.total_frames == 0 {
+        return Err(WireError::invalid("total_frames", "at least 1", 0));
+    }
+    if frame.saturating_mul(chunk.total_frames as usize) > MAX_ASSEMBLED_BYTES {
+        return Err(WireError::invalid(
+            "total_frames",
+            format!("a video of at most {MAX_ASSEMBLED_BYTES} bytes"),
+            format!(
+                "{} frames of {}x{}",
+                chunk.total_frames, chunk.width, chunk.height
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Checks that every frame of `video` holds `expected` bytes; errors name the
 /// frame by its index in the whole video.
 fn check_frames(video: &v1::Video, expected: usize) -> Result<(), WireError> {
@@ -403,22 +424,7 @@ impl VideoAssembler {
     fn push_inner(&mut self, mut chunk: v1::Video) -> Result<Option<v1::Video>, WireError> {
         let expected_index = match &self.partial {
             None => {
-                let frame = frame_bytes(chunk.width, chunk.height)?;
-                check_fps(chunk.fps)?;
-                if chunk.total_frames == 0 {
-                    return Err(WireError::invalid("total_frames", "at least 1", 0));
-                }
-                // Checked on the first chunk, before anything accumulates.
-                if frame.saturating_mul(chunk.total_frames as usize) > MAX_ASSEMBLED_BYTES {
-                    return Err(WireError::invalid(
-                        "total_frames",
-                        format!("a video of at most {MAX_ASSEMBLED_BYTES} bytes"),
-                        format!(
-                            "{} frames of {}x{}",
-                            chunk.total_frames, chunk.width, chunk.height
-                        ),
-                    ));
-                }
+                check_first_chunk(&chunk)?;
                 0
             }
             Some(video) => {

@@ -13,12 +13,14 @@ pub mod error;
 pub mod queue;
 pub mod stage;
 pub mod stage_worker;
+pub mod stats;
 pub mod text_worker;
 pub mod video;
 
 pub use embedded::{CascadeOutput, EmbeddedCascade, StageOutput};
 pub use error::EngineError;
 pub use stage::DiffusionStage;
-pub use stage_worker::{EngineConfig, EngineStats, JobEvent, JobHandle, StageEngine, StageJob};
+pub use stage_worker::{EngineConfig, JobEvent, JobHandle, StageEngine, StageJob};
+pub use stats::EngineStats;
 pub use text_worker::{TextEngine, TextEngineConfig};
 pub use vidcascade_diffusion::Checkpoint;

@@ -147,6 +147,21 @@ fn seconds(
     }
 }
 
+fn in_range(
+    setting: &str,
+    value: u64,
+    range: std::ops::RangeInclusive<u64>,
+) -> Result<(), ConfigError> {
+    if range.contains(&value) {
+        Ok(())
+    } else {
+        Err(ConfigError::new(
+            setting,
+            format!("{value} is outside {}..={}", range.start(), range.end()),
+        ))
+    }
+}
+
 impl GatewayCli {
     /// Checks every setting.
     pub fn validate(&self) -> Result<GatewayConfig, ConfigError> {
@@ -154,84 +169,9 @@ impl GatewayCli {
         let manifest = Manifest::load(&self.model).map_err(model_setting_error)?;
         let encoder = Target::parse(&self.encoder)
             .map_err(|reason| ConfigError::new("--encoder / VIDCASCADE_ENCODER", reason))?;
-        let wanted: Vec<String> = manifest
-            .diffusion_stages()
-            .map(|s| s.name.clone())
-            .collect();
-        let mut stages = BTreeMap::new();
-        for entry in self.stages.iter().filter(|e| !e.trim().is_empty()) {
-            let setting = "--stage / VIDCASCADE_STAGES";
-            let (name, target) = entry.split_once('=').ok_or_else(|| {
-                ConfigError::new(setting, format!("`{entry}` is not NAME=TARGET"))
-            })?;
-            let name = name.trim();
-            if !wanted.iter().any(|w| w == name) {
-                return Err(ConfigError::new(
-                    setting,
-                    format!("`{name}` is not a diffusion stage of the model; it has {wanted:?}"),
-                ));
-            }
-            let target = Target::parse(target)
-                .map_err(|reason| ConfigError::new(setting, format!("{name}: {reason}")))?;
-            if stages.insert(name.to_string(), target).is_some() {
-                return Err(ConfigError::new(
-                    setting,
-                    format!("`{name}` is given twice"),
-                ));
-            }
-        }
-        if let Some(missing) = wanted.iter().find(|w| !stages.contains_key(*w)) {
-            return Err(ConfigError::new(
-                "--stage / VIDCASCADE_STAGES",
-                format!("no replicas for stage `{missing}`; the model needs {wanted:?}"),
-            ));
-        }
-        if !(1..=10_000).contains(&self.max_concurrent) {
-            return Err(ConfigError::new(
-                "--max-concurrent / VIDCASCADE_MAX_CONCURRENT",
-                format!("{} is outside 1..=10000", self.max_concurrent),
-            ));
-        }
-        if self.max_waiting > 100_000 {
-            return Err(ConfigError::new(
-                "--max-waiting / VIDCASCADE_MAX_WAITING",
-                format!("{} is above 100000", self.max_waiting),
-            ));
-        }
-        if !(1..=10).contains(&self.stage_attempts) {
-            return Err(ConfigError::new(
-                "--stage-attempts / VIDCASCADE_STAGE_ATTEMPTS",
-                format!("{} is outside 1..=10", self.stage_attempts),
-            ));
-        }
-        let failover = |setting: &str, value: u64, max: u64| {
-            if value <= max {
-                Ok(())
-            } else {
-                Err(ConfigError::new(setting, format!("{value} is above {max}")))
-            }
-        };
-        failover(
-            "--checkpoint-every / VIDCASCADE_CHECKPOINT_EVERY",
-            self.checkpoint_every.into(),
-            1000,
-        )?;
-        failover(
-            "--stage-failovers / VIDCASCADE_STAGE_FAILOVERS",
-            self.stage_failovers as u64,
-            10,
-        )?;
-        if !(1..=100).contains(&self.eject_after) {
-            return Err(ConfigError::new(
-                "--eject-after / VIDCASCADE_EJECT_AFTER",
-                format!("{} is outside 1..=100", self.eject_after),
-            ));
-        }
-        let base_ejection = seconds(
-            "--ejection-seconds / VIDCASCADE_EJECTION_SECONDS",
-            self.ejection_seconds,
-            0.01..=3600.0,
-        )?;
+        let stages = self.stage_targets(&manifest)?;
+        self.check_limits()?;
+        let outliers = self.outlier_policy()?;
         let api_keys = ApiKeys::load(self.api_keys_file.as_deref(), self.api_keys.as_deref())
             .map_err(|reason| {
                 ConfigError::new(
@@ -245,11 +185,7 @@ impl GatewayCli {
             upstream_tls: self.upstream_tls.validate()?,
             checkpoint_every: self.checkpoint_every,
             stage_failovers: self.stage_failovers,
-            outliers: OutlierPolicy {
-                eject_after: self.eject_after,
-                base_ejection,
-                max_ejection: base_ejection * 12,
-            },
+            outliers,
             health_probe: seconds(
                 "--health-probe-seconds / VIDCASCADE_HEALTH_PROBE_SECONDS",
                 self.health_probe_seconds,
@@ -272,6 +208,90 @@ impl GatewayCli {
                 1.0..=86_400.0,
             )?,
             server,
+        })
+    }
+
+    /// Every `--stage NAME=TARGET`, each a diffusion stage of the model, none missing or twice.
+    fn stage_targets(&self, manifest: &Manifest) -> Result<BTreeMap<String, Target>, ConfigError> {
+        const SETTING: &str = "--stage / VIDCASCADE_STAGES";
+        let wanted: Vec<String> = manifest
+            .diffusion_stages()
+            .map(|s| s.name.clone())
+            .collect();
+        let mut stages = BTreeMap::new();
+        for entry in self.stages.iter().filter(|e| !e.trim().is_empty()) {
+            let (name, target) = entry.split_once('=').ok_or_else(|| {
+                ConfigError::new(SETTING, format!("`{entry}` is not NAME=TARGET"))
+            })?;
+            let name = name.trim();
+            if !wanted.iter().any(|w| w == name) {
+                return Err(ConfigError::new(
+                    SETTING,
+                    format!("`{name}` is not a diffusion stage of the model; it has {wanted:?}"),
+                ));
+            }
+            let target = Target::parse(target)
+                .map_err(|reason| ConfigError::new(SETTING, format!("{name}: {reason}")))?;
+            if stages.insert(name.to_string(), target).is_some() {
+                return Err(ConfigError::new(
+                    SETTING,
+                    format!("`{name}` is given twice"),
+                ));
+            }
+        }
+        if let Some(missing) = wanted.iter().find(|w| !stages.contains_key(*w)) {
+            return Err(ConfigError::new(
+                SETTING,
+                format!("no replicas for stage `{missing}`; the model needs {wanted:?}"),
+            ));
+        }
+        Ok(stages)
+    }
+
+    /// The integer limits, each in its range.
+    fn check_limits(&self) -> Result<(), ConfigError> {
+        in_range(
+            "--max-concurrent / VIDCASCADE_MAX_CONCURRENT",
+            self.max_concurrent as u64,
+            1..=10_000,
+        )?;
+        in_range(
+            "--max-waiting / VIDCASCADE_MAX_WAITING",
+            self.max_waiting as u64,
+            0..=100_000,
+        )?;
+        in_range(
+            "--stage-attempts / VIDCASCADE_STAGE_ATTEMPTS",
+            self.stage_attempts as u64,
+            1..=10,
+        )?;
+        in_range(
+            "--checkpoint-every / VIDCASCADE_CHECKPOINT_EVERY",
+            self.checkpoint_every.into(),
+            0..=1000,
+        )?;
+        in_range(
+            "--stage-failovers / VIDCASCADE_STAGE_FAILOVERS",
+            self.stage_failovers as u64,
+            0..=10,
+        )
+    }
+
+    fn outlier_policy(&self) -> Result<OutlierPolicy, ConfigError> {
+        in_range(
+            "--eject-after / VIDCASCADE_EJECT_AFTER",
+            self.eject_after.into(),
+            1..=100,
+        )?;
+        let base_ejection = seconds(
+            "--ejection-seconds / VIDCASCADE_EJECTION_SECONDS",
+            self.ejection_seconds,
+            0.01..=3600.0,
+        )?;
+        Ok(OutlierPolicy {
+            eject_after: self.eject_after,
+            base_ejection,
+            max_ejection: base_ejection * 12,
         })
     }
 }
