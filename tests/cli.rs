@@ -259,6 +259,25 @@ fn serve_and_client_generate_through_the_services_and_stop_on_ctrl_c() -> anyhow
         "3",
     ]);
     let info = vidcascade(&["info", "--addr", &gateway]);
+    // The same prompt with default flags: the same video through the services as in process.
+    let defaults_client = dir.path().join("defaults-client.gif");
+    let defaults_embedded = dir.path().join("defaults-embedded.gif");
+    let by_client = vidcascade(&[
+        "client",
+        "a blue square",
+        "--addr",
+        &gateway,
+        "-o",
+        path(&defaults_client),
+    ]);
+    let by_generate = vidcascade(&[
+        "generate",
+        "a blue square",
+        "--model",
+        path(&model),
+        "-o",
+        path(&defaults_embedded),
+    ]);
     let bad_steps = vidcascade(&[
         "client",
         "a red circle",
@@ -297,6 +316,18 @@ fn serve_and_client_generate_through_the_services_and_stop_on_ctrl_c() -> anyhow
     }
     assert!(dir.path().join("client.preview.png").exists());
     assert_clean_failure(&bad_steps?, "--steps base=...: ");
+    for (out, what) in [(by_client?, "client"), (by_generate?, "generate")] {
+        assert!(
+            out.status.success(),
+            "{what}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_eq!(
+        std::fs::read(&defaults_client)?,
+        std::fs::read(&defaults_embedded)?,
+        "client and generate with the same defaults made different videos"
+    );
     let info = info?;
     let listing = String::from_utf8_lossy(&info.stdout);
     assert!(

@@ -126,7 +126,7 @@ fn build_request(
     let overrides = args.sampling.overrides(stages)?;
     let request = v1::GenerateRequest {
         prompt: args.prompt.clone(),
-        seed: args.seed,
+        seed: Some(args.seed),
         stage_overrides: overrides
             .iter()
             .map(|(stage, o)| (stage.clone(), overrides_to_wire(o)))

@@ -74,9 +74,10 @@ pub struct ClientArgs {
     addr: String,
     #[command(flatten)]
     output: OutputArgs,
-    /// Seed of all sampling noise; unset lets the gateway pick one (printed).
-    #[arg(long)]
-    seed: Option<u64>,
+    /// Seed of all sampling noise; the default is `generate`'s, so both commands make the same
+    /// video from the same prompt and flags.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
     #[command(flatten)]
     sampling: SamplingArgs,
     /// Give up after this many seconds (the deadline travels to every stage).
