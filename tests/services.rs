@@ -668,54 +668,60 @@ fn bad_configuration_exits_64_naming_the_setting() -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_python_grpcio_client_drives_the_gateway() -> anyhow::Result<()> {
+/// Runs the Python script at `script` (relative to the repository) against a tiny cluster's
+/// gateway with `--addr ADDR` plus `args`, and checks it succeeds and prints `ok_line`.
+async fn python_check(
+    script: &str,
+    args: &[&str],
+    ok_line: &str,
+    needs: &str,
+) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let model = tiny_model(dir.path())?;
     let cluster = Cluster::start(&model, &[]).await?;
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/python/gateway_client.py"
-    );
-    let proto = concat!(env!("CARGO_MANIFEST_DIR"), "/proto");
+    let script = format!("{}/{script}", env!("CARGO_MANIFEST_DIR"));
     let output = tokio::process::Command::new("python3")
-        .args([script, "--addr", &cluster.gateway.grpc.to_string(), "--proto", proto])
+        .arg(script)
+        .args(["--addr", &cluster.gateway.grpc.to_string()])
+        .args(args)
         .arg("--out")
         .arg(dir.path().join("python"))
         .output()
         .await
-        .context("running python3 (the test needs python3 with grpcio and grpcio-tools; .ci/test installs them)")?;
+        .with_context(|| {
+            format!("running python3 (the test needs {needs}; .ci/test installs it)")
+        })?;
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         output.status.success(),
-        "python client failed:\n{stdout}\n{stderr}"
+        "{ok_line} failed:\n{stdout}\n{stderr}"
     );
-    assert!(stdout.contains("python client: ok"), "{stdout}");
+    assert!(stdout.contains(ok_line), "{stdout}");
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_grpcio_client_drives_the_gateway() -> anyhow::Result<()> {
+    let proto = concat!(env!("CARGO_MANIFEST_DIR"), "/proto");
+    python_check(
+        "tests/python/gateway_client.py",
+        &["--proto", proto],
+        "python client: ok",
+        "python3 with grpcio and grpcio-tools",
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_python_package_generates_and_saves_through_the_gateway() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let model = tiny_model(dir.path())?;
-    let cluster = Cluster::start(&model, &[]).await?;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/clients/python/tests/smoke.py");
-    let output = tokio::process::Command::new("python3")
-        .args([script, "--addr", &cluster.gateway.grpc.to_string()])
-        .arg("--out")
-        .arg(dir.path())
-        .output()
-        .await
-        .context("running python3 (needs `pip install ./clients/python`; .ci/test installs it)")?;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "python package failed:\n{stdout}\n{stderr}"
-    );
-    assert!(stdout.contains("python package: ok"), "{stdout}");
-    Ok(())
+    python_check(
+        "clients/python/tests/smoke.py",
+        &[],
+        "python package: ok",
+        "`pip install ./clients/python`",
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

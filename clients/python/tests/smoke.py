@@ -18,6 +18,7 @@ def main():
     parser.add_argument("--addr", required=True)
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
+    os.makedirs(args.out, exist_ok=True)
 
     with Client(args.addr) as client:
         info = client.info()

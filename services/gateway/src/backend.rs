@@ -137,8 +137,8 @@ impl StageCall<v1::Tensor> for ReplicaBackend {
         let mut run = RunState::default();
         let mut failovers = 0;
         loop {
-            let attempt = self.attempt(set, &message, call.deadline).await?;
-            let (stream, first, replica, _in_flight) = attempt;
+            let (stream, first, replica, _in_flight) =
+                self.attempt(set, &message, call.deadline).await?;
             let follower = Follower {
                 stage: set.name(),
                 address: &replica.address,

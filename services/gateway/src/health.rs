@@ -63,6 +63,12 @@ struct State {
     probe: Probe,
 }
 
+impl State {
+    fn is_ejected(&self, now: Instant) -> bool {
+        self.ejected_until.is_some_and(|until| now < until)
+    }
+}
+
 /// One replica's health, shared by the balancer, the calls and the prober.
 #[derive(Debug)]
 pub struct ReplicaHealth {
@@ -124,7 +130,7 @@ impl ReplicaHealth {
 
     /// Whether the replica is ejected at `now`.
     pub fn is_ejected(&self, now: Instant) -> bool {
-        self.with(|s| s.ejected_until.is_some_and(|until| now < until))
+        self.with(|s| s.is_ejected(now))
     }
 
     /// Records an active probe's answer.
@@ -141,7 +147,7 @@ impl ReplicaHealth {
     /// Worth sending calls to: not ejected and not failing its probe (an unprobed replica is
     /// given the benefit of the doubt).
     pub fn is_eligible(&self, now: Instant) -> bool {
-        !self.is_ejected(now) && self.with(|s| s.probe != Probe::Failing)
+        self.with(|s| !s.is_ejected(now) && s.probe != Probe::Failing)
     }
 
     /// Known up: its last probe said SERVING. (An ejected replica may still be live: ejection
