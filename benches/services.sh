@@ -60,7 +60,7 @@ cluster() {
     addr=$(start "$stage" vidcascade-stage --model "$MODEL" --stage "$stage" --max-batch-size "$batch")
     stage_args+=(--stage "$stage=$addr")
   done
-  GATEWAY=$(start gateway vidcascade-gateway --model "$MODEL" --encoder "$ENCODER" "${stage_args[@]}")
+  GATEWAY=$(start gateway vidcascade-gateway --model "$MODEL" --encoder "$ENCODER" "${stage_args[@]}" --http-listen off)
 }
 
 echo "| configuration | mode | concurrency | requests | median s | p90 s | median first stage video s | generations / min |"

@@ -31,6 +31,7 @@ type OpenStdout = std::io::Lines<BufReader<std::process::ChildStdout>>;
 fn start_serve(model: &Path) -> anyhow::Result<(Child, String, OpenStdout)> {
     let mut serve = Command::new(env!("CARGO_BIN_EXE_vidcascade"))
         .args(["serve", "--model", path(model), "--listen", "127.0.0.1:0"])
+        .args(["--http-listen", "127.0.0.1:0"])
         .args(["--metrics-listen", "off", "--log", "warn"])
         .stdout(std::process::Stdio::piped())
         .spawn()?;

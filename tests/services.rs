@@ -31,7 +31,7 @@ async fn a_generation_streams_every_stage_in_order_and_matches_the_in_process_ca
     request.preview_every = 1;
     request.output = Some(v1::OutputOptions {
         include_stage_videos: true,
-        max_chunk_bytes: 0,
+        ..Default::default()
     });
     let events = generate(&cluster, request).await?;
 
@@ -668,59 +668,95 @@ fn bad_configuration_exits_64_naming_the_setting() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs the Python script at `script` (relative to the repository) against a tiny cluster's
-/// gateway with `--addr ADDR` plus `args`, and checks it succeeds and prints `ok_line`.
-async fn python_check(
-    script: &str,
-    args: &[&str],
-    ok_line: &str,
-    needs: &str,
-) -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let model = tiny_model(dir.path())?;
-    let cluster = Cluster::start(&model, &[]).await?;
-    let script = format!("{}/{script}", env!("CARGO_MANIFEST_DIR"));
-    let output = tokio::process::Command::new("python3")
-        .arg(script)
-        .args(["--addr", &cluster.gateway.grpc.to_string()])
-        .args(args)
-        .arg("--out")
-        .arg(dir.path().join("python"))
-        .output()
-        .await
-        .with_context(|| {
-            format!("running python3 (the test needs {needs}; .ci/test installs it)")
+/// A client program in another language, run against a tiny cluster's gateway.
+struct ClientCheck<'a> {
+    /// The interpreter: `python3` or `node`.
+    program: &'a str,
+    /// Its script, relative to the repository.
+    script: &'a str,
+    /// Arguments after `--addr ADDR`.
+    args: &'a [&'a str],
+    /// Whether the script takes `--out DIR` (the Python ones write files there).
+    writes_files: bool,
+    /// The line it prints on success.
+    ok_line: &'a str,
+    /// What it needs installed, for the error when it cannot start.
+    needs: &'a str,
+}
+
+impl ClientCheck<'_> {
+    /// Runs the script and checks it succeeds and prints its ok line.
+    async fn run(&self) -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let model = tiny_model(dir.path())?;
+        let cluster = Cluster::start(&model, &[]).await?;
+        let script = format!("{}/{}", env!("CARGO_MANIFEST_DIR"), self.script);
+        let mut command = tokio::process::Command::new(self.program);
+        command
+            .arg(script)
+            .args(["--addr", &cluster.gateway.grpc.to_string()])
+            .args(self.args);
+        if self.writes_files {
+            command.arg("--out").arg(dir.path().join("out"));
+        }
+        let output = command.output().await.with_context(|| {
+            format!(
+                "running {} (the test needs {}; .ci/test installs it)",
+                self.program, self.needs
+            )
         })?;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "{ok_line} failed:\n{stdout}\n{stderr}"
-    );
-    assert!(stdout.contains(ok_line), "{stdout}");
-    Ok(())
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            output.status.success(),
+            "{} failed:\n{stdout}\n{stderr}",
+            self.ok_line
+        );
+        assert!(stdout.contains(self.ok_line), "{stdout}");
+        Ok(())
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_python_grpcio_client_drives_the_gateway() -> anyhow::Result<()> {
     let proto = concat!(env!("CARGO_MANIFEST_DIR"), "/proto");
-    python_check(
-        "tests/python/gateway_client.py",
-        &["--proto", proto],
-        "python client: ok",
-        "python3 with grpcio and grpcio-tools",
-    )
+    ClientCheck {
+        program: "python3",
+        script: "tests/python/gateway_client.py",
+        args: &["--proto", proto],
+        writes_files: true,
+        ok_line: "python client: ok",
+        needs: "python3 with grpcio and grpcio-tools",
+    }
+    .run()
     .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_python_package_generates_and_saves_through_the_gateway() -> anyhow::Result<()> {
-    python_check(
-        "clients/python/tests/smoke.py",
-        &[],
-        "python package: ok",
-        "`pip install ./clients/python`",
-    )
+    ClientCheck {
+        program: "python3",
+        script: "clients/python/tests/smoke.py",
+        args: &[],
+        writes_files: true,
+        ok_line: "python package: ok",
+        needs: "`pip install ./clients/python`",
+    }
+    .run()
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_example_keeps_seeds_and_overrides_and_gets_a_gif() -> anyhow::Result<()> {
+    ClientCheck {
+        program: "node",
+        script: "clients/node/test.js",
+        args: &[],
+        writes_files: false,
+        ok_line: "node client: ok",
+        needs: "node and `npm ci` in clients/node",
+    }
+    .run()
     .await
 }
 

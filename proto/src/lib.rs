@@ -8,6 +8,8 @@
 //! - [`convert`]: the contract's messages to and from the cascade's own types
 //!   (`vidcascade-spec`): videos, shapes, sampler settings, requests, and the status code of
 //!   each outcome — written once, used by every service and client.
+//! - feature `json`: serde impls of every message in the proto3 JSON mapping (the gateway's
+//!   HTTP API).
 //! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors, for gRPC server reflection.
 
 pub mod convert;
@@ -19,6 +21,8 @@ pub mod v1 {
     #![allow(missing_docs)]
 
     tonic::include_proto!("vidcascade.v1");
+    #[cfg(feature = "json")]
+    include!(concat!(env!("OUT_DIR"), "/vidcascade.v1.serde.rs"));
 }
 
 /// Encoded `google.protobuf.FileDescriptorSet` of every file of `vidcascade.v1`,

@@ -134,7 +134,8 @@ fn build_request(
         preview_every: args.output.preview_every.unwrap_or(0) as u32,
         output: Some(v1::OutputOptions {
             include_stage_videos: args.output.save_stages.is_some(),
-            max_chunk_bytes: 0,
+            // Raw frames: the client scales and encodes them itself, exactly as `generate`.
+            ..Default::default()
         }),
         ..Default::default()
     };

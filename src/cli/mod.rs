@@ -122,6 +122,9 @@ pub struct ServeArgs {
     /// Address of the shared Prometheus `/metrics` endpoint, or `off`.
     #[arg(long, default_value = "127.0.0.1:50052")]
     metrics_listen: String,
+    /// Address of the gateway's HTTP API and browser playground, or `off`.
+    #[arg(long, default_value = "127.0.0.1:50053")]
+    http_listen: String,
     /// Every stage's queue and batching, with the flags of `vidcascade-stage`.
     #[command(flatten)]
     engine: vidcascade_stage::config::EngineArgs,

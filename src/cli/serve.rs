@@ -13,7 +13,9 @@ use tokio::task::JoinSet;
 use vidcascade_gateway::{GatewayCli, GatewayServer};
 use vidcascade_models::ModelRepository;
 use vidcascade_runtime::config::{ServerConfig, exit_config};
-use vidcascade_runtime::{ConfigError, ServerArgs, bind_grpc, serve_service, shutdown_signal};
+use vidcascade_runtime::{
+    ConfigError, HttpSide, ServerArgs, Service, bind_grpc, serve_service, shutdown_signal,
+};
 use vidcascade_stage::{StageConfig, StageServer};
 use vidcascade_text_encoder::config::TextEngineArgs;
 use vidcascade_text_encoder::{EncoderConfig, EncoderServer};
@@ -36,6 +38,8 @@ fn internal_server(gateway: &ServerConfig) -> ServerConfig {
 /// Everything `serve` starts, validated before any port is bound.
 struct Plan {
     server: ServerConfig,
+    /// The gateway's `--http-listen`, validated with its other flags.
+    http_listen: String,
     encoder: EncoderConfig,
     stages: Vec<StageConfig>,
     repository: ModelRepository,
@@ -81,6 +85,7 @@ fn validate(args: &ServeArgs) -> Result<Plan, ConfigError> {
         },
         stages,
         server,
+        http_listen: args.http_listen.clone(),
         repository,
     })
 }
@@ -99,6 +104,8 @@ fn gateway_config(
         encoder.to_string(),
         "--metrics-listen".into(),
         "off".into(),
+        "--http-listen".into(),
+        plan.http_listen.clone(),
     ];
     for (name, address) in stages {
         argv.extend(["--stage".to_string(), format!("{name}={address}")]);
@@ -166,6 +173,7 @@ async fn serve(plan: Plan) -> anyhow::Result<()> {
         encoder,
         plan.encoder.server.clone(),
         backends_stopped(),
+        None,
     ));
 
     let mut stages = Vec::new();
@@ -179,6 +187,7 @@ async fn serve(plan: Plan) -> anyhow::Result<()> {
             stage_server,
             config.server.clone(),
             backends_stopped(),
+            None,
         ));
     }
 
@@ -187,13 +196,24 @@ async fn serve(plan: Plan) -> anyhow::Result<()> {
     let gateway = GatewayServer::new(&gateway_config);
     let listener = bind_grpc(plan.server.listen).await?;
     let gateway_addr = listener.local_addr()?;
+    let http = match gateway.http() {
+        Some((addr, router)) => Some(HttpSide::bind(addr, router, "--http-listen").await?),
+        None => None,
+    };
+    let http_addr = http.as_ref().map(HttpSide::local_addr).transpose()?;
     let gateway = tokio::spawn(serve_service(
         listener,
         gateway,
         plan.server.clone(),
         gateway_stopped(),
+        http,
     ));
     println!("gateway  http://{gateway_addr}");
+    if let Some(http_addr) = http_addr {
+        println!(
+            "playground  http://{http_addr}/  (HTTP API: POST http://{http_addr}/v1/generate)"
+        );
+    }
     println!(
         "try: vidcascade client \"a red circle moving left on a black background\" --addr http://{gateway_addr}"
     );

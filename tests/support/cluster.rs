@@ -20,6 +20,8 @@ pub struct Service {
     pub child: Child,
     pub grpc: SocketAddr,
     pub metrics: Option<SocketAddr>,
+    /// The HTTP API (gateways only).
+    pub http: Option<SocketAddr>,
     /// How to reach a TLS listener (the CA to trust, a client certificate); `None`: plaintext.
     pub client_tls: Option<ClientTlsConfig>,
 }
@@ -59,6 +61,7 @@ impl Service {
             name: name.to_string(),
             grpc,
             metrics: field("metrics="),
+            http: field("http="),
             child,
             client_tls: None,
         })
@@ -184,6 +187,8 @@ fn gateway_flags(
         model.display().to_string(),
         "--encoder".into(),
         encoder.grpc.to_string(),
+        "--http-listen".into(),
+        "127.0.0.1:0".into(),
     ];
     for stage in stages {
         let target = targets

@@ -3,3 +3,4 @@
 pub mod certs;
 pub mod cluster;
 pub mod gateway;
+pub mod http;

@@ -6,8 +6,6 @@
 //! the bigger LZW stream.
 
 use std::borrow::Cow;
-use std::fs::File;
-use std::io::{BufWriter, Write};
 use std::path::Path;
 
 use ::gif::{Encoder, Frame, Repeat};
@@ -23,15 +21,15 @@ const NEUQUANT_SPEED: i32 = 1;
 /// Browsers show delays under 2 centiseconds as 10, so no frame is shorter than this.
 const MIN_DELAY_CS: u16 = 2;
 
-/// Writes `video` (validated by `write_video`) to `path`, upscaled by `scale`.
-pub(super) fn write(video: &Video, path: &Path, scale: usize) -> Result<(), OutputError> {
+/// Encodes `video` (validated by the caller), upscaled by `scale`, as the bytes of a GIF file;
+/// errors name `path`.
+pub(super) fn encode(video: &Video, path: &Path, scale: usize) -> Result<Vec<u8>, OutputError> {
     let too_big = || OutputError::invalid(path, "GIF frames are at most 65535 pixels a side");
     let side = |n: usize| u16::try_from(n).map_err(|_| too_big());
     let (width, height) = (side(video.width)?, side(video.height)?);
     let (scaled_width, scaled_height) = (side(video.width * scale)?, side(video.height * scale)?);
 
-    let file = File::create(path).map_err(OutputError::io(path, "create the file"))?;
-    let mut encoder = Encoder::new(BufWriter::new(file), scaled_width, scaled_height, &[])
+    let mut encoder = Encoder::new(Vec::new(), scaled_width, scaled_height, &[])
         .map_err(OutputError::encode(path, "GIF"))?;
     encoder
         .set_repeat(Repeat::Infinite)
@@ -51,9 +49,7 @@ pub(super) fn write(video: &Video, path: &Path, scale: usize) -> Result<(), Outp
     }
     encoder
         .into_inner()
-        .map_err(OutputError::encode(path, "GIF"))?
-        .flush()
-        .map_err(OutputError::io(path, "write the file"))
+        .map_err(OutputError::encode(path, "GIF"))
 }
 
 /// The delay of frame `k` in centiseconds. GIF delays are whole centiseconds, so each is the

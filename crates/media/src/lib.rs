@@ -3,7 +3,8 @@
 //! (previews, contact sheets).
 //!
 //! The cascade's result is raw RGB8 frames ([`vidcascade_spec::Video`]); this crate turns them
-//! into files, for the command line and the tools (no service links it). Every encoder is pure
+//! into files for the command line and the tools, and into in-memory files ([`encode_video`])
+//! for the gateway, which sends them to clients that asked for an encoded format. Every encoder is pure
 //! Rust or compiled from bundled source, so nothing needs a system ffmpeg. It only writes: the
 //! readers that check the files in tests live in `vidcascade-test-support`.
 //!
@@ -175,6 +176,17 @@ impl OutputFormat {
     }
 }
 
+impl OutputFormat {
+    /// The IANA media type of the format's files.
+    pub fn media_type(self) -> &'static str {
+        match self {
+            Self::Gif => "image/gif",
+            Self::Mp4 => "video/mp4",
+            Self::PngFrames => "image/png",
+        }
+    }
+}
+
 impl fmt::Display for OutputFormat {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -255,11 +267,41 @@ pub fn write_video(
         std::fs::create_dir_all(folder).map_err(OutputError::io(path, action))?;
     }
     match format {
-        OutputFormat::Gif => gif::write(video, path, options.scale)?,
-        OutputFormat::Mp4 => mp4::write(video, path, options.scale)?,
+        OutputFormat::Gif => write_file(path, &gif::encode(video, path, options.scale)?)?,
+        OutputFormat::Mp4 => write_file(path, &mp4::encode_file(video, path, options.scale)?)?,
         OutputFormat::PngFrames => png::write_frames(video, path, options.scale)?,
     }
     Ok(format)
+}
+
+/// Encodes `video` in memory as the files [`write_video`] would write for `format` (one GIF or
+/// MP4, or one PNG per frame), for a server that sends them instead of writing them. Errors
+/// name the file as `video.gif`, `video.mp4` or `frames/`.
+pub fn encode_video(
+    video: &Video,
+    format: OutputFormat,
+    options: &WriteOptions,
+) -> Result<Vec<Vec<u8>>, OutputError> {
+    let name = Path::new(match format {
+        OutputFormat::Gif => "video.gif",
+        OutputFormat::Mp4 => "video.mp4",
+        OutputFormat::PngFrames => "frames/",
+    });
+    validate(video, name, options, format)?;
+    match format {
+        OutputFormat::Gif => Ok(vec![gif::encode(video, name, options.scale)?]),
+        OutputFormat::Mp4 => Ok(vec![mp4::encode_file(video, name, options.scale)?]),
+        OutputFormat::PngFrames => png::encode_frames(video, name, options.scale),
+    }
+}
+
+/// Writes `bytes` to the file `path` (created or truncated), naming it in the error.
+fn write_file(path: &Path, bytes: &[u8]) -> Result<(), OutputError> {
+    use std::io::Write;
+    let mut file = std::fs::File::create(path).map_err(OutputError::io(path, "create the file"))?;
+    file.write_all(bytes)
+        .and_then(|()| file.flush())
+        .map_err(OutputError::io(path, "write the file"))
 }
 
 /// Checks everything about the video that would otherwise fail halfway through a file.
@@ -308,17 +350,33 @@ fn validate(
             ),
         ));
     }
-    let scaled = scaled_size(video, options.scale)
+    check_encodable(
+        format,
+        (video.width, video.height),
+        video.fps,
+        options.scale,
+    )
+    .map_err(|reason| OutputError::invalid(path, reason))
+}
+
+/// Whether `format` can hold a `width x height` video at `fps` upscaled by `scale` (sides within
+/// the format's limit, a positive frame rate for GIF and MP4); the reason when not. A server
+/// checks this when it admits a request, before any work.
+pub fn check_encodable(
+    format: OutputFormat,
+    (width, height): (usize, usize),
+    fps: f32,
+    scale: usize,
+) -> Result<(), String> {
+    let scaled = width
+        .checked_mul(scale)
+        .zip(height.checked_mul(scale))
         .filter(|&(w, h)| w.checked_mul(h).and_then(|n| n.checked_mul(3)).is_some())
-        .ok_or_else(|| OutputError::invalid(path, format!("scale {} overflows", options.scale)))?;
+        .ok_or_else(|| format!("scale {scale} overflows"))?;
     let needs_fps = matches!(format, OutputFormat::Gif | OutputFormat::Mp4);
-    if needs_fps && !(video.fps.is_finite() && video.fps > 0.0) {
-        return Err(OutputError::invalid(
-            path,
-            format!(
-                "{format} needs a positive frame rate, got fps = {}",
-                video.fps
-            ),
+    if needs_fps && !(fps.is_finite() && fps > 0.0) {
+        return Err(format!(
+            "{format} needs a positive frame rate, got fps = {fps}"
         ));
     }
     let max_side = match format {
@@ -327,23 +385,12 @@ fn validate(
         OutputFormat::PngFrames => i32::MAX as usize,
     };
     if scaled.0 > max_side || scaled.1 > max_side {
-        return Err(OutputError::invalid(
-            path,
-            format!(
-                "{}x{} (after scale {}) is too big for {format}: at most {max_side} pixels a side",
-                scaled.0, scaled.1, options.scale
-            ),
+        return Err(format!(
+            "{}x{} (after scale {scale}) is too big for {format}: at most {max_side} pixels a side",
+            scaled.0, scaled.1
         ));
     }
     Ok(())
-}
-
-/// `(width, height)` after an integer upscale, `None` on overflow.
-fn scaled_size(video: &Video, scale: usize) -> Option<(usize, usize)> {
-    Some((
-        video.width.checked_mul(scale)?,
-        video.height.checked_mul(scale)?,
-    ))
 }
 
 /// Nearest-neighbour integer upscale of a `width x height` image with `channels` bytes per
@@ -453,6 +500,33 @@ mod tests {
             "{err}"
         );
         assert!(!path.exists() && !dir.path().join("sub").exists());
+        Ok(())
+    }
+
+    #[test]
+    fn in_memory_files_are_the_written_files() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let video = moving_square(16, 4, 8.0);
+        let options = WriteOptions { scale: 2 };
+        for (name, format) in [
+            ("a.gif", OutputFormat::Gif),
+            ("a.mp4", OutputFormat::Mp4),
+            ("frames", OutputFormat::PngFrames),
+        ] {
+            let path = dir.path().join(name);
+            write_video(&video, &path, &options)?;
+            let files = encode_video(&video, format, &options)?;
+            let written: Vec<Vec<u8>> = match format {
+                OutputFormat::PngFrames => (0..4)
+                    .map(|i| std::fs::read(path.join(format!("frame_{i:04}.png"))))
+                    .collect::<Result<_, _>>()?,
+                _ => vec![std::fs::read(&path)?],
+            };
+            assert_eq!(files, written, "{format}");
+        }
+        let err = encode_video(&moving_square(16, 0, 8.0), OutputFormat::Gif, &options)
+            .expect_err("no frames");
+        assert!(err.to_string().starts_with("video.gif: "), "{err}");
         Ok(())
     }
 

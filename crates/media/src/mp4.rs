@@ -15,8 +15,7 @@
 //!   ("faststart"), so a browser can start playing a file served without range requests.
 
 use std::borrow::Cow;
-use std::fs::File;
-use std::io::{Cursor, Write};
+use std::io::Cursor;
 use std::path::Path;
 
 use ::mp4::{
@@ -65,8 +64,13 @@ struct Encoded {
     samples: Vec<Sample>,
 }
 
-/// Writes `video` (validated by `write_video`) to `path` as MP4, upscaled by `scale`.
-pub(super) fn write(video: &Video, path: &Path, scale: usize) -> Result<(), OutputError> {
+/// Encodes `video` (validated by the caller), upscaled by `scale`, as the bytes of an MP4 file;
+/// errors name `path`.
+pub(super) fn encode_file(
+    video: &Video,
+    path: &Path,
+    scale: usize,
+) -> Result<Vec<u8>, OutputError> {
     let (width, height) = (video.width * scale, video.height * scale);
     let (coded_width, coded_height) = (coded_side(width), coded_side(height));
     let timescale = (f64::from(video.fps) * f64::from(TICKS_PER_FRAME)).round();
@@ -77,13 +81,9 @@ pub(super) fn write(video: &Video, path: &Path, scale: usize) -> Result<(), Outp
         ));
     }
     let encoded = encode(video, scale, (coded_width, coded_height), path)?;
-    let bytes = mux(encoded, (coded_width, coded_height), timescale as u32)
+    mux(encoded, (coded_width, coded_height), timescale as u32)
         .and_then(faststart)
-        .map_err(OutputError::encode(path, "MP4"))?;
-    let mut file = File::create(path).map_err(OutputError::io(path, "create the file"))?;
-    file.write_all(&bytes)
-        .and_then(|()| file.flush())
-        .map_err(OutputError::io(path, "write the file"))
+        .map_err(OutputError::encode(path, "MP4"))
 }
 
 /// Encodes every frame of `video`, upscaled by `scale` and padded to the coded size, as H.264:

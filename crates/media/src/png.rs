@@ -1,8 +1,6 @@
 //! PNG: single RGB8 images (previews, contact sheets) and folders of numbered frames
 //! (`frame_0000.png`, `frame_0001.png`, ...), lossless.
 
-use std::fs::File;
-use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 
 use ::png::{BitDepth, ColorType, Encoder};
@@ -33,9 +31,41 @@ pub(super) fn write_frames(video: &Video, dir: &Path, scale: usize) -> Result<()
     Ok(())
 }
 
+/// Every frame of `video` (validated by the caller), upscaled by `scale`, as the bytes of one PNG
+/// file each; errors name `path`.
+pub(super) fn encode_frames(
+    video: &Video,
+    path: &Path,
+    scale: usize,
+) -> Result<Vec<Vec<u8>>, OutputError> {
+    let (width, height) = (video.width * scale, video.height * scale);
+    video
+        .frames
+        .iter()
+        .map(|frame| {
+            let rgb = upscale(frame, video.width, video.height, 3, scale);
+            encode_png(path, width, height, &rgb)
+        })
+        .collect()
+}
+
 /// Writes one `width x height` RGB8 image (row-major, RGB interleaved) to `path` as a PNG,
 /// creating parent folders as needed.
 pub fn write_png(path: &Path, width: usize, height: usize, rgb: &[u8]) -> Result<(), OutputError> {
+    let bytes = encode_png(path, width, height, rgb)?;
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(OutputError::io(path, "create its folder"))?;
+    }
+    super::write_file(path, &bytes)
+}
+
+/// The bytes of a PNG file holding one `width x height` RGB8 image; errors name `path`.
+pub(super) fn encode_png(
+    path: &Path,
+    width: usize,
+    height: usize,
+    rgb: &[u8],
+) -> Result<Vec<u8>, OutputError> {
     let expected = width.checked_mul(height).and_then(|n| n.checked_mul(3));
     if expected != Some(rgb.len()) || width == 0 || height == 0 {
         return Err(OutputError::invalid(
@@ -56,11 +86,8 @@ pub fn write_png(path: &Path, width: usize, height: usize, rgb: &[u8]) -> Result
             })
     };
     let (png_width, png_height) = (side(width)?, side(height)?);
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(OutputError::io(path, "create its folder"))?;
-    }
-    let file = File::create(path).map_err(OutputError::io(path, "create the file"))?;
-    let mut encoder = Encoder::new(BufWriter::new(file), png_width, png_height);
+    let mut bytes = Vec::new();
+    let mut encoder = Encoder::new(&mut bytes, png_width, png_height);
     encoder.set_color(ColorType::Rgb);
     encoder.set_depth(BitDepth::Eight);
     let mut writer = encoder
@@ -69,8 +96,8 @@ pub fn write_png(path: &Path, width: usize, height: usize, rgb: &[u8]) -> Result
     writer
         .write_image_data(rgb)
         .map_err(OutputError::encode(path, "PNG"))?;
-    // `finish` flushes the BufWriter, so a failed final write (a full disk) is reported here.
-    writer.finish().map_err(OutputError::encode(path, "PNG"))
+    writer.finish().map_err(OutputError::encode(path, "PNG"))?;
+    Ok(bytes)
 }
 
 #[cfg(test)]

@@ -26,6 +26,6 @@ pub mod tls;
 pub use config::exit_config;
 pub use config::{ConfigError, ServerArgs, parse_or_exit};
 pub use server::{
-    Bound, ServeOptions, Service, bind_grpc, run_main, run_service, serve, serve_service,
+    Bound, HttpSide, ServeOptions, Service, bind_grpc, run_main, run_service, serve, serve_service,
     shutdown_signal,
 };

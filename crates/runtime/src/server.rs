@@ -44,15 +44,68 @@ pub struct Bound {
     pub grpc: SocketAddr,
     /// Prometheus `/metrics`, when enabled.
     pub metrics: Option<SocketAddr>,
+    /// The service's HTTP API, when it has one.
+    pub http: Option<SocketAddr>,
 }
 
 impl Bound {
     /// The line a binary prints on stdout once bound, which tests and `vidcascade serve` read.
     pub fn announcement(&self, service: &str) -> String {
-        match self.metrics {
-            Some(metrics) => format!("{service} listening grpc={} metrics={metrics}", self.grpc),
-            None => format!("{service} listening grpc={}", self.grpc),
+        let mut line = format!("{service} listening grpc={}", self.grpc);
+        if let Some(metrics) = self.metrics {
+            line += &format!(" metrics={metrics}");
         }
+        if let Some(http) = self.http {
+            line += &format!(" http={http}");
+        }
+        line
+    }
+}
+
+/// A service's HTTP API beside its gRPC one: the bound listener and the routes. It starts and
+/// drains with the gRPC server: on shutdown it stops accepting, lets open responses (event
+/// streams) finish within the same grace period, then cuts them.
+#[derive(Debug)]
+pub struct HttpSide {
+    /// Where it listens.
+    pub listener: TcpListener,
+    /// What it serves.
+    pub router: axum::Router,
+}
+
+impl HttpSide {
+    /// Binds `addr` for `router`, naming `setting` on failure.
+    pub async fn bind(
+        addr: SocketAddr,
+        router: axum::Router,
+        setting: &str,
+    ) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the HTTP address {addr} ({setting})"))?;
+        Ok(Self { listener, router })
+    }
+
+    /// The address it listens on.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `stop` fires, then finishes open responses.
+    fn spawn(
+        self,
+        stop: tokio::sync::oneshot::Receiver<()>,
+    ) -> tokio::task::JoinHandle<std::io::Result<()>> {
+        let app = self
+            .router
+            .into_make_service_with_connect_info::<SocketAddr>();
+        tokio::spawn(async move {
+            axum::serve(self.listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = stop.await;
+                })
+                .await
+        })
     }
 }
 
@@ -95,14 +148,18 @@ pub async fn serve(
     warm_up: impl Future<Output = anyhow::Result<()>>,
     shutdown: impl Future<Output = ()>,
     on_drain: impl FnOnce(),
+    http: Option<HttpSide>,
 ) -> anyhow::Result<()> {
     let (reporter, routes) = add_health_and_reflection(routes, &options).await?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let mut server = spawn_server(listener, routes, &options, stop_rx)?;
+    let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let http = http.map(|http| http.spawn(http_stopped));
 
     let label = options.label.as_str();
     tokio::pin!(shutdown);
     let started = std::time::Instant::now();
+    let mut stopped = false;
     tokio::select! {
         result = warm_up => {
             result.with_context(|| format!("{label}: warm-up failed"))?;
@@ -113,6 +170,7 @@ pub async fn serve(
         }
         () = &mut shutdown => {
             tracing::info!(service = label, "stopped before warm-up finished");
+            stopped = true;
         }
         result = &mut server => {
             return server_ended(label, result);
@@ -120,9 +178,10 @@ pub async fn serve(
     }
 
     let mut readiness = options.readiness.clone();
-    loop {
+    // A finished `shutdown` must not be polled again.
+    while !stopped {
         tokio::select! {
-            () = &mut shutdown => break,
+            () = &mut shutdown => stopped = true,
             result = &mut server => return server_ended(label, result),
             ready = ready_changed(&mut readiness) => {
                 let status = if ready { ServingStatus::Serving } else { ServingStatus::NotServing };
@@ -130,7 +189,33 @@ pub async fn serve(
             }
         }
     }
-    drain(&reporter, &options, on_drain, stop_tx, server).await
+    let _ = stop_http.send(());
+    let drained = drain(&reporter, &options, on_drain, stop_tx, server).await;
+    if let Some(http) = http {
+        finish_http(http, options.drain_grace, &options.label).await;
+    }
+    drained
+}
+
+/// Waits for the HTTP side's open responses for up to `grace` (counted from now, after the
+/// gRPC drain), then cuts them.
+async fn finish_http(
+    mut http: tokio::task::JoinHandle<std::io::Result<()>>,
+    grace: Duration,
+    label: &str,
+) {
+    match tokio::time::timeout(grace, &mut http).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(err))) => tracing::warn!(service = label, error = %err, "HTTP server failed"),
+        Ok(Err(err)) => tracing::warn!(service = label, error = %err, "HTTP server task failed"),
+        Err(_) => {
+            http.abort();
+            tracing::warn!(
+                service = label,
+                "grace period over; open HTTP responses were cut"
+            );
+        }
+    }
 }
 
 /// The next readiness value; pending forever without a readiness source (or once it is gone).
@@ -276,6 +361,10 @@ pub trait Service {
     fn readiness(&self) -> Option<tokio::sync::watch::Receiver<bool>> {
         None
     }
+    /// The service's HTTP API and the address it should listen on, if it has one.
+    fn http(&self) -> Option<(SocketAddr, axum::Router)> {
+        None
+    }
 }
 
 /// Binds the metrics endpoint (if enabled) and the gRPC address, prints the announcement line
@@ -295,22 +384,28 @@ pub async fn run_service<S: Service>(
         None => None,
     };
     let listener = bind_grpc(config.listen).await?;
+    let http = match service.http() {
+        Some((addr, router)) => Some(HttpSide::bind(addr, router, "--http-listen").await?),
+        None => None,
+    };
     let bound = Bound {
         grpc: listener.local_addr()?,
         metrics,
+        http: http.as_ref().map(HttpSide::local_addr).transpose()?,
     };
     println!("{}", bound.announcement(&service.label()));
-    serve_service(listener, service, config.clone(), shutdown).await
+    serve_service(listener, service, config.clone(), shutdown, http).await
 }
 
-/// Serves `service` on an already bound `listener` with `config`'s TLS and limits until
-/// `shutdown`, then drains for up to its grace period (several services in one process:
-/// `vidcascade serve`).
+/// Serves `service` on an already bound `listener` (and its HTTP API on `http`, when given)
+/// with `config`'s TLS and limits until `shutdown`, then drains for up to its grace period
+/// (several services in one process: `vidcascade serve`).
 pub async fn serve_service<S: Service>(
     listener: TcpListener,
     service: S,
     config: crate::config::ServerConfig,
     shutdown: impl Future<Output = ()>,
+    http: Option<HttpSide>,
 ) -> anyhow::Result<()> {
     let options = ServeOptions {
         label: service.label(),
@@ -328,6 +423,7 @@ pub async fn serve_service<S: Service>(
         service.warm_up(),
         shutdown,
         || service.drain(),
+        http,
     )
     .await
 }

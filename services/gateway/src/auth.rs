@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use subtle::ConstantTimeEq;
+use tonic::metadata::MetadataMap;
 use tonic::{Request, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
@@ -151,12 +152,11 @@ impl Guard {
         }
     }
 
-    fn caller(&self, request: &Request<()>) -> Result<Caller, Status> {
+    fn caller(&self, metadata: &MetadataMap, peer: Option<IpAddr>) -> Result<Caller, Status> {
         if !self.keys.is_enabled() {
-            return Ok(Caller::Address(request.remote_addr().map(|a| a.ip())));
+            return Ok(Caller::Address(peer));
         }
-        let presented = request
-            .metadata()
+        let presented = metadata
             .get("authorization")
             .and_then(|value| value.to_str().ok())
             .and_then(|value| value.strip_prefix("Bearer "))
@@ -170,25 +170,33 @@ impl Guard {
             .map(Caller::Key)
             .ok_or_else(|| Status::unauthenticated("the API key is not valid"))
     }
+
+    /// Lets a call from `peer` with `metadata` through, or says why not: UNAUTHENTICATED, or
+    /// RESOURCE_EXHAUSTED with a `RetryInfo` detail. gRPC calls pass here through the
+    /// interceptor, HTTP calls from the HTTP handlers.
+    pub fn check(&self, metadata: &MetadataMap, peer: Option<IpAddr>) -> Result<(), Status> {
+        let caller = self.caller(metadata, peer)?;
+        let Err(wait) = self.limiter.take(caller, Instant::now()) else {
+            return Ok(());
+        };
+        metrics::counter!("vidcascade_gateway_rate_limited_total").increment(1);
+        let message = format!(
+            "rate limit of {} calls per minute exceeded; retry in {:.1} s",
+            self.limiter.per_minute,
+            wait.as_secs_f64()
+        );
+        let details = ErrorDetails::with_retry_info(Some(wait));
+        Err(Status::with_error_details(
+            tonic::Code::ResourceExhausted,
+            message,
+            details,
+        ))
+    }
 }
 
 impl tonic::service::Interceptor for Guard {
     fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
-        let caller = self.caller(&request)?;
-        if let Err(wait) = self.limiter.take(caller, Instant::now()) {
-            metrics::counter!("vidcascade_gateway_rate_limited_total").increment(1);
-            let message = format!(
-                "rate limit of {} calls per minute exceeded; retry in {:.1} s",
-                self.limiter.per_minute,
-                wait.as_secs_f64()
-            );
-            let details = ErrorDetails::with_retry_info(Some(wait));
-            return Err(Status::with_error_details(
-                tonic::Code::ResourceExhausted,
-                message,
-                details,
-            ));
-        }
+        self.check(request.metadata(), request.remote_addr().map(|a| a.ip()))?;
         Ok(request)
     }
 }

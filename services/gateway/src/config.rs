@@ -1,6 +1,7 @@
 //! Flags of `vidcascade-gateway` (each with a `VIDCASCADE_*` variable), validated before binding.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -83,6 +84,15 @@ pub struct GatewayCli {
     /// Calls per minute per API key (per client IP without keys); 0 = unlimited.
     #[arg(long, env = "VIDCASCADE_RATE_LIMIT_PER_MINUTE", default_value_t = 0)]
     pub rate_limit_per_minute: u32,
+    /// Address of the HTTP API (`POST /v1/generate` with server-sent events, `GET /v1/info`,
+    /// `/healthz`, `/readyz`, the playground at `/`), or `off`. Plaintext: terminate TLS in
+    /// front of it (an ingress); API keys and the rate limit apply as on gRPC.
+    #[arg(
+        long,
+        env = "VIDCASCADE_HTTP_LISTEN",
+        default_value = "127.0.0.1:50053"
+    )]
+    pub http_listen: String,
     /// TLS to the text encoder and stages.
     #[command(flatten)]
     pub upstream_tls: ClientTlsArgs,
@@ -124,6 +134,8 @@ pub struct GatewayConfig {
     pub rate_limit_per_minute: u32,
     /// TLS to the upstream services.
     pub upstream_tls: Option<ClientTlsConfig>,
+    /// HTTP API address, if enabled.
+    pub http_listen: Option<SocketAddr>,
     /// Common server settings.
     pub server: ServerConfig,
 }
@@ -180,6 +192,7 @@ impl GatewayCli {
                 )
             })?;
         Ok(GatewayConfig {
+            http_listen: self.http_listen(&server)?,
             api_keys,
             rate_limit_per_minute: self.rate_limit_per_minute,
             upstream_tls: self.upstream_tls.validate()?,
@@ -209,6 +222,28 @@ impl GatewayCli {
             )?,
             server,
         })
+    }
+
+    /// The HTTP address (`off` or empty: none), on a port of its own.
+    fn http_listen(&self, server: &ServerConfig) -> Result<Option<SocketAddr>, ConfigError> {
+        let setting = "--http-listen / VIDCASCADE_HTTP_LISTEN";
+        let addr = match self.http_listen.trim() {
+            "off" | "" => return Ok(None),
+            text => text.parse::<SocketAddr>().map_err(|err| {
+                ConfigError::new(
+                    setting,
+                    format!("`{text}` is not an address like 0.0.0.0:50053 or `off` ({err})"),
+                )
+            })?,
+        };
+        let taken = [Some(server.listen), server.metrics_listen];
+        if addr.port() != 0 && taken.contains(&Some(addr)) {
+            return Err(ConfigError::new(
+                setting,
+                format!("{addr} is also the gRPC or metrics address; use another port"),
+            ));
+        }
+        Ok(Some(addr))
     }
 
     /// Every `--stage NAME=TARGET`, each a diffusion stage of the model, none missing or twice.

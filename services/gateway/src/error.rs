@@ -61,6 +61,15 @@ pub enum GatewayError {
         /// Reruns on other replicas before this loss.
         failovers: usize,
     },
+    /// Encoding a video in the requested format failed (admission checked that it fits, so
+    /// this is a bug).
+    #[error("encoding {what} failed: {reason}")]
+    Encode {
+        /// Which video, e.g. "the final video as GIF".
+        what: String,
+        /// The encoder's error.
+        reason: String,
+    },
     /// A stage's answer broke the contract.
     #[error("stage `{stage}` sent a bad response: {reason}")]
     BadResponse {
@@ -87,7 +96,9 @@ impl GatewayError {
                 ErrorType::Unavailable
             }
             Self::Pipeline(err) => err.error_type(),
-            Self::BadAddress { .. } | Self::BadResponse { .. } => ErrorType::Internal,
+            Self::BadAddress { .. } | Self::BadResponse { .. } | Self::Encode { .. } => {
+                ErrorType::Internal
+            }
             // A stage's INVALID_ARGUMENT means the gateway built a bad request; the client's
             // request was valid, so report INTERNAL rather than blame the client.
             Self::Stage { status, .. } => match error_type_of(status.code()) {

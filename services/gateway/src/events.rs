@@ -1,12 +1,15 @@
 //! The pipeline's events as `vidcascade.v1.GenerateEvent`s: videos chunked below the message
-//! limit, stage videos only when the client asked for them, timings on the last final chunk.
+//! limit (raw frames) or encoded and cut into byte ranges (`OutputOptions.format`), stage
+//! videos only when the client asked for them, timings on the last final chunk.
 
+use vidcascade_media::OutputFormat;
 use vidcascade_pipeline::{Event, PipelineError, Plan, StageTiming};
 use vidcascade_proto::convert::{kind_to_wire, shape_to_wire, video_to_wire};
 use vidcascade_proto::v1::{self, generate_event};
 use vidcascade_proto::wire::{DEFAULT_CHUNK_BYTES, chunk_video};
 use vidcascade_spec::Video;
 
+use crate::encoding::encode_pieces;
 use crate::error::GatewayError;
 
 /// Largest video chunk the gateway sends (well below gRPC's 4 MiB default).
@@ -27,16 +30,19 @@ impl From<ClientGone> for GatewayError {
 pub struct WireEvents {
     include_stage_videos: bool,
     chunk_bytes: usize,
+    /// The encoded format asked for; `None` sends raw frames.
+    format: Option<OutputFormat>,
     seed: u64,
     clips: usize,
     final_shape: v1::VideoShape,
 }
 
 impl WireEvents {
-    /// The wire options of a planned request.
-    pub fn new(plan: &Plan, output: &v1::OutputOptions) -> Self {
+    /// The wire options of a planned request (`format` already checked against the plan).
+    pub fn new(plan: &Plan, output: &v1::OutputOptions, format: Option<OutputFormat>) -> Self {
         Self {
             include_stage_videos: output.include_stage_videos,
+            format,
             chunk_bytes: match output.max_chunk_bytes as usize {
                 0 => DEFAULT_CHUNK_BYTES,
                 n => n.min(MAX_CHUNK_BYTES),
@@ -58,14 +64,25 @@ impl WireEvents {
         })
     }
 
-    fn chunks(&self, video: &Video) -> Vec<v1::Video> {
-        chunk_video(&video_to_wire(video), self.chunk_bytes)
+    /// The video as raw chunks, or as encoded pieces when a format was asked for.
+    async fn pieces(&self, video: Video, what: &str) -> Result<Vec<Piece>, GatewayError> {
+        match self.format {
+            None => Ok(chunk_video(&video_to_wire(&video), self.chunk_bytes)
+                .into_iter()
+                .map(Piece::Raw)
+                .collect()),
+            Some(format) => {
+                let what = format!("{what} as {format}");
+                let pieces = encode_pieces(video, format, self.chunk_bytes, what).await?;
+                Ok(pieces.into_iter().map(Piece::Encoded).collect())
+            }
+        }
     }
 
     /// The wire events of one pipeline event, in order.
-    pub fn convert(&self, event: Event) -> Vec<generate_event::Event> {
+    pub async fn convert(&self, event: Event) -> Result<Vec<generate_event::Event>, GatewayError> {
         use generate_event::Event as Wire;
-        match event {
+        Ok(match event {
             Event::StageStarted {
                 stage,
                 kind,
@@ -95,53 +112,94 @@ impl WireEvents {
                 step,
                 video,
                 clip,
-            } => vec![Wire::Preview(v1::Preview {
-                stage,
-                step: step as u32,
-                video: Some(video_to_wire(&video)),
-                clip: clip as u32,
-            })],
+            } => vec![self.preview(stage, step, video, clip).await?],
             Event::StageCompleted {
                 stage, clip, video, ..
-            } => self.stage_completed(stage, clip, video.filter(|_| self.include_stage_videos)),
-            Event::Completed { video, timings } => self.completed(&video, timings),
-        }
+            } => {
+                let video = video.filter(|_| self.include_stage_videos);
+                self.stage_completed(stage, clip, video).await?
+            }
+            Event::Completed { video, timings } => self.completed(video, timings).await?,
+        })
     }
 
-    /// One `StageCompleted` per chunk of `video`, or one without a video.
-    fn stage_completed(
+    /// A preview, whole: raw, or every encoded piece in one message.
+    async fn preview(
+        &self,
+        stage: String,
+        step: usize,
+        video: Video,
+        clip: usize,
+    ) -> Result<generate_event::Event, GatewayError> {
+        let (video, encoded) = match self.format {
+            None => (Some(video_to_wire(&video)), Vec::new()),
+            Some(_) => {
+                let what = format!("the preview of stage `{stage}`");
+                let pieces = self.pieces(video, &what).await?;
+                (
+                    None,
+                    pieces.into_iter().filter_map(Piece::encoded).collect(),
+                )
+            }
+        };
+        Ok(generate_event::Event::Preview(v1::Preview {
+            stage,
+            step: step as u32,
+            video,
+            clip: clip as u32,
+            encoded,
+        }))
+    }
+
+    /// One `StageCompleted` per piece of `video`, or one without a video.
+    async fn stage_completed(
         &self,
         stage: String,
         clip: usize,
         video: Option<Video>,
-    ) -> Vec<generate_event::Event> {
-        let chunks: Vec<Option<v1::Video>> = match video {
-            Some(video) => self.chunks(&video).into_iter().map(Some).collect(),
+    ) -> Result<Vec<generate_event::Event>, GatewayError> {
+        let pieces: Vec<Option<Piece>> = match video {
+            Some(video) => {
+                let what = format!("the video of stage `{stage}`");
+                self.pieces(video, &what)
+                    .await?
+                    .into_iter()
+                    .map(Some)
+                    .collect()
+            }
             None => vec![None],
         };
-        chunks
+        Ok(pieces
             .into_iter()
-            .map(|chunk| {
+            .map(|piece| {
+                let (video, encoded) = Piece::split(piece);
                 generate_event::Event::StageCompleted(v1::StageCompleted {
                     stage: stage.clone(),
-                    video: chunk,
+                    video,
                     clip: clip as u32,
+                    encoded,
                 })
             })
-            .collect()
+            .collect())
     }
 
-    /// The final video in chunks, the timings on the last one.
-    fn completed(&self, video: &Video, timings: Vec<StageTiming>) -> Vec<generate_event::Event> {
-        let chunks = self.chunks(video);
-        let last = chunks.len().saturating_sub(1);
+    /// The final video in pieces, the timings on the last one.
+    async fn completed(
+        &self,
+        video: Video,
+        timings: Vec<StageTiming>,
+    ) -> Result<Vec<generate_event::Event>, GatewayError> {
+        let pieces = self.pieces(video, "the final video").await?;
+        let last = pieces.len().saturating_sub(1);
         let mut timings = Some(timings.into_iter().map(timing_to_wire).collect());
-        chunks
+        Ok(pieces
             .into_iter()
             .enumerate()
-            .map(|(i, chunk)| {
+            .map(|(i, piece)| {
+                let (video, encoded) = Piece::split(Some(piece));
                 generate_event::Event::Completed(v1::Completed {
-                    video: Some(chunk),
+                    video,
+                    encoded,
                     timings: if i == last {
                         timings.take().unwrap_or_default()
                     } else {
@@ -149,7 +207,33 @@ impl WireEvents {
                     },
                 })
             })
-            .collect()
+            .collect())
+    }
+}
+
+/// One piece of a video on the wire.
+enum Piece {
+    /// A chunk of raw frames.
+    Raw(v1::Video),
+    /// A byte range of an encoded file.
+    Encoded(v1::EncodedVideo),
+}
+
+impl Piece {
+    /// The `(video, encoded)` fields of a message carrying `piece`.
+    fn split(piece: Option<Self>) -> (Option<v1::Video>, Option<v1::EncodedVideo>) {
+        match piece {
+            Some(Self::Raw(video)) => (Some(video), None),
+            Some(Self::Encoded(encoded)) => (None, Some(encoded)),
+            None => (None, None),
+        }
+    }
+
+    fn encoded(self) -> Option<v1::EncodedVideo> {
+        match self {
+            Self::Encoded(encoded) => Some(encoded),
+            Self::Raw(_) => None,
+        }
     }
 }
 

@@ -29,6 +29,7 @@ use crate::auth::{Guard, RateLimiter};
 use crate::backend::ReplicaBackend;
 use crate::config::GatewayConfig;
 use crate::discovery::discover;
+use crate::encoding::{check_plan, requested_format};
 use crate::error::GatewayError;
 use crate::events::{ClientGone, WireEvents};
 use crate::health::probe_forever;
@@ -58,6 +59,10 @@ struct Inner {
     guard: Guard,
     /// Requests waiting for a slot, in order.
     line: Arc<WaitLine>,
+    /// Where the HTTP API listens, if it is on.
+    http_listen: Option<std::net::SocketAddr>,
+    /// Warm-up is done (the services answered and serve the manifest's shapes).
+    warmed_up: AtomicBool,
 }
 
 /// The gateway: cheap to clone, one per process.
@@ -90,6 +95,14 @@ fn gateway_info(config: &GatewayConfig) -> v1::GatewayInfo {
         // Filled in from the text encoder's Info once it answers (warm-up).
         max_prompt_tokens: 0,
         max_prompt_bytes: MAX_PROMPT_BYTES as u32,
+        output_formats: [
+            v1::VideoFormat::RawRgb8,
+            v1::VideoFormat::Gif,
+            v1::VideoFormat::Mp4,
+            v1::VideoFormat::Png,
+        ]
+        .map(|format| format as i32)
+        .to_vec(),
     }
 }
 
@@ -150,6 +163,8 @@ impl GatewayServer {
                 default_timeout: config.default_timeout,
                 max_prompt_tokens: AtomicU32::new(0),
                 line: Arc::new(WaitLine::default()),
+                http_listen: config.http_listen,
+                warmed_up: AtomicBool::new(false),
                 guard: Guard::new(
                     config.api_keys.clone(),
                     RateLimiter::new(config.rate_limit_per_minute),
@@ -158,12 +173,27 @@ impl GatewayServer {
         }
     }
 
+    /// The API keys and rate limit every call passes (the HTTP API checks them itself).
+    pub fn guard(&self) -> &Guard {
+        &self.inner.guard
+    }
+
+    /// Ready for requests: warmed up, every service has a live replica, not draining (what
+    /// grpc.health.v1 reports as SERVING, for HTTP's `/readyz`).
+    pub fn is_ready(&self) -> bool {
+        let inner = &self.inner;
+        inner.warmed_up.load(Ordering::Relaxed)
+            && !inner.draining.load(Ordering::Relaxed)
+            && *inner.readiness.borrow()
+    }
+
     /// Waits until the encoder and every stage answer `Info` on some replica, checking that
     /// each stage serves the shapes the manifest promises.
     async fn wait_for_stages(&self) -> anyhow::Result<()> {
         loop {
             let missing = self.unreachable_stages().await?;
             if missing.is_empty() {
+                self.inner.warmed_up.store(true, Ordering::Relaxed);
                 return Ok(());
             }
             tracing::info!(waiting_for = ?missing, "stages not reachable yet");
@@ -223,12 +253,16 @@ impl GatewayServer {
         Ok(missing)
     }
 
-    /// Draining and capacity checks, then the plan.
-    fn admit(&self, request: &v1::GenerateRequest) -> Result<(Plan, Admitted), GatewayError> {
+    /// Draining and capacity checks, then the plan and how its events go on the wire.
+    fn admit(
+        &self,
+        request: &v1::GenerateRequest,
+    ) -> Result<(Plan, WireEvents, Admitted), GatewayError> {
         let inner = &self.inner;
         if inner.draining.load(Ordering::Relaxed) {
             return Err(GatewayError::Draining);
         }
+        let request_wire = request;
         let request = request_from_wire(request).map_err(|err| {
             let text = err.to_string();
             let reason = text
@@ -237,6 +271,12 @@ impl GatewayServer {
             PipelineError::invalid(err.field(), reason)
         })?;
         let plan = plan(&request, &inner.manifest, rand::random())?;
+        let output = request_wire.output.unwrap_or_default();
+        let format = requested_format(&output)?;
+        if let Some(format) = format {
+            check_plan(&plan, format)?;
+        }
+        let wire = WireEvents::new(&plan, &output, format);
         // One ticket per request running or waiting, taken here or never: a burst cannot
         // overshoot the limits (checking a count and incrementing it later could).
         // The ticket and the position are taken under one lock, so two requests admitted
@@ -256,6 +296,7 @@ impl GatewayServer {
         let ahead = admitted.saturating_sub(inner.max_concurrent);
         Ok((
             plan,
+            wire,
             Admitted {
                 _ticket: ticket,
                 ahead,
@@ -286,8 +327,7 @@ impl Gateway for GatewayServer {
         let timeout =
             timeout_from_metadata(request.metadata())?.unwrap_or(self.inner.default_timeout);
         let started = Instant::now();
-        let output = request.get_ref().output.unwrap_or_default();
-        let (plan, admitted) = match self.admit(request.get_ref()) {
+        let (plan, wire, admitted) = match self.admit(request.get_ref()) {
             Ok(result) => result,
             Err(err) => {
                 count_outcome(err.error_type().label());
@@ -299,7 +339,7 @@ impl Gateway for GatewayServer {
         let job = Job {
             inner: self.inner.clone(),
             request_id,
-            wire: WireEvents::new(&plan, &output),
+            wire,
             plan,
             started,
             deadline: started + timeout,
@@ -448,11 +488,11 @@ impl Job {
             let mut received = received;
             while let Some(event) = received.recv().await {
                 record_stage_time(&event);
-                for message in self.wire.convert(event) {
+                for message in self.wire.convert(event).await? {
                     self.send(message).await?;
                 }
             }
-            Ok::<(), ClientGone>(())
+            Ok::<(), GatewayError>(())
         };
         let (result, forwarded) = tokio::join!(running, forwarding);
         forwarded?;
@@ -497,5 +537,10 @@ impl vidcascade_runtime::Service for GatewayServer {
 
     fn readiness(&self) -> Option<watch::Receiver<bool>> {
         Some(self.inner.readiness.clone())
+    }
+
+    fn http(&self) -> Option<(std::net::SocketAddr, axum::Router)> {
+        let addr = self.inner.http_listen?;
+        Some((addr, crate::http::router(self.clone())))
     }
 }

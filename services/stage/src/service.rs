@@ -361,6 +361,7 @@ async fn send_step(
         step: step as u32,
         video: Some(video_to_wire(&video)),
         clip: 0,
+        encoded: Vec::new(),
     });
     Ok(send(tx, preview).await)
 }
