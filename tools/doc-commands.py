@@ -12,8 +12,8 @@ marker line saying what CI does with it:
     <!-- ci: skip: REASON -->            not run (training for hours, a tool CI cannot install)
 
 A block without a marker fails the check, so a new command is either run or skipped on purpose.
-Each block runs in its own process group (background jobs included), killed when it ends; files
-it leaves in the repository that were not there before are removed. Usage:
+Each block runs in its own process group (background jobs included), killed when it ends; the
+outputs it leaves (new files that git ignores, like out.gif) are removed. Usage:
 
     python3 tools/doc-commands.py [--list] [--only FILE[:LINE]]
 """
@@ -81,20 +81,19 @@ def parse_marker(marker):
     return None, folder.group(1) if folder else ".", "with serve" in rest, excluded
 
 
-def untracked():
+def ignored_paths():
+    """Paths git ignores (outputs like out.gif), top-most folders only."""
     out = subprocess.run(
-        ["git", "ls-files", "--others", "--exclude-standard", "--directory"],
-        cwd=ROOT, capture_output=True, text=True, check=True,
-    ).stdout
-    ignored = subprocess.run(
         ["git", "ls-files", "--others", "--ignored", "--exclude-standard", "--directory"],
         cwd=ROOT, capture_output=True, text=True, check=True,
     ).stdout
-    return set(out.split()) | set(ignored.split())
+    return set(out.split())
 
 
-def remove_new_files(before):
-    for entry in sorted(untracked() - before):
+def remove_new_outputs(before):
+    """Removes the ignored files a block left that were not there before it. Untracked files
+    that git does not ignore are never touched: they may be someone's work in progress."""
+    for entry in sorted(ignored_paths() - before):
         if entry.startswith("target/") or "node_modules" in entry:
             continue
         path = ROOT / entry
@@ -152,7 +151,7 @@ def kept_lines(text, excluded):
 
 def run_block(block, folder, with_serve, excluded):
     script = "\n".join(kept_lines(block.text, excluded))
-    before = untracked()
+    before = ignored_paths()
     serve = start_serve() if with_serve else None
     started = time.monotonic()
     process = subprocess.Popen(
@@ -167,7 +166,7 @@ def run_block(block, folder, with_serve, excluded):
         kill_group(process)
         if serve:
             kill_group(serve)
-        remove_new_files(before)
+        remove_new_outputs(before)
     return code, time.monotonic() - started
 
 
