@@ -229,6 +229,11 @@ async fn http_errors_are_statuses_with_json_and_the_probes_answer() -> anyhow::R
 
     assert_eq!(get(http, "/healthz").await?.status, 200);
     assert_eq!(get(http, "/readyz").await?.status, 200);
+    // Every service's plaintext metrics port answers probes too (the kubelet cannot speak gRPC
+    // over TLS): SERVING after warm-up.
+    let metrics = cluster.stage("base").metrics.context("metrics")?;
+    assert_eq!(get(metrics, "/readyz").await?.status, 200);
+    assert_eq!(get(metrics, "/healthz").await?.text(), "ok\n");
     assert_eq!(get(http, "/nowhere").await?.status, 404);
     let page = get(http, "/").await?;
     assert!(

@@ -4,6 +4,7 @@ mod client;
 mod files;
 mod generate;
 mod info;
+mod plan;
 mod progress;
 mod serve;
 
@@ -35,6 +36,37 @@ enum Command {
     Serve(ServeArgs),
     /// Generate through a running gateway, streaming progress and previews.
     Client(ClientArgs),
+    /// Replicas per stage for an arrival rate and a latency target (from measured capacity).
+    Plan(PlanArgs),
+}
+
+/// `vidcascade plan`.
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// Per-stage capacity (`benches/stages.sh` writes docs/bench/stages.json).
+    #[arg(long, default_value = "docs/bench/stages.json")]
+    capacity: PathBuf,
+    /// Arrival rate, requests per second.
+    #[arg(long)]
+    rate: f64,
+    /// Target 90th-percentile end-to-end latency, seconds.
+    #[arg(long)]
+    p90: f64,
+    /// Every stage's max batch size (`--max-batch-size` of the stages).
+    #[arg(long, default_value_t = 4)]
+    max_batch: usize,
+    /// Most replicas per stage.
+    #[arg(long, default_value_t = 32)]
+    max_replicas: usize,
+    /// Also write a Helm values file with the planned replicas.
+    #[arg(long)]
+    values_out: Option<PathBuf>,
+    /// Every replica shares this one machine's cores (development, `vidcascade serve`); by
+    /// default each replica has CPUs of its own, as pods with their own resources do.
+    #[arg(long)]
+    one_host: bool,
+    #[command(flatten)]
+    model: ModelArg,
 }
 
 #[derive(Debug, Args)]
@@ -277,6 +309,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Info(args) => info::run(&args),
         Command::Serve(args) => serve::run(args),
         Command::Client(args) => client::run(args),
+        Command::Plan(args) => plan::run(&args),
     }
 }
 

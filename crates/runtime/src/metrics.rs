@@ -168,8 +168,16 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
     Ok(handle)
 }
 
-/// Binds the metrics endpoint; returns the bound address and a future that serves it until
-/// the process ends.
+async fn readyz() -> (axum::http::StatusCode, &'static str) {
+    if crate::server::is_serving() {
+        (axum::http::StatusCode::OK, "ready\n")
+    } else {
+        (axum::http::StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+    }
+}
+
+/// Binds the metrics endpoint (`/metrics`, and `/healthz` and `/readyz` for probes); returns
+/// the bound address and a future that serves it until the process ends.
 pub async fn bind(
     addr: SocketAddr,
     handle: PrometheusHandle,
@@ -179,13 +187,17 @@ pub async fn bind(
         .map_err(|err| anyhow::anyhow!("binding the metrics endpoint on {addr}: {err}"))?;
     let local = listener.local_addr()?;
     let upkeep = handle.clone();
-    let app = Router::new().route(
-        "/metrics",
-        get(move || {
-            let handle = handle.clone();
-            async move { handle.render() }
-        }),
-    );
+    let app = Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let handle = handle.clone();
+                async move { handle.render() }
+            }),
+        )
+        // Plaintext probes for a TLS-only gRPC port: the process is up / says SERVING.
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz));
     let serve = async move {
         // Histograms keep a rolling window that needs periodic upkeep.
         let upkeep = async move {

@@ -6,6 +6,7 @@
 //! streams finish for up to the grace period, then exit.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -131,7 +132,17 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// Whether this process's service last reported SERVING: the metrics port's `/readyz`, for
+/// probes that cannot speak gRPC over TLS (the kubelet's).
+static SERVING: AtomicBool = AtomicBool::new(false);
+
+/// What grpc.health.v1 says for the whole server (`""`), as a flag: SERVING or not.
+pub fn is_serving() -> bool {
+    SERVING.load(Ordering::Relaxed)
+}
+
 async fn set_all(reporter: &HealthReporter, names: &[String], status: ServingStatus) {
+    SERVING.store(status == ServingStatus::Serving, Ordering::Relaxed);
     reporter.set_service_status("", status).await;
     for name in names {
         reporter.set_service_status(name.as_str(), status).await;

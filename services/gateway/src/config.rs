@@ -25,8 +25,9 @@ pub struct GatewayCli {
     /// Model repository folder (the gateway reads its manifest to plan the cascade).
     #[arg(long, env = "VIDCASCADE_MODEL", default_value = "models/shapes")]
     pub model: PathBuf,
-    /// Text encoder replicas: `host:port[,host:port...]` or `dns:host:port` (every address the
-    /// name resolves to, re-resolved periodically; a headless Kubernetes Service).
+    /// Text encoder replicas: `host:port[,host:port...]`, `dns:host:port` (every address the
+    /// name resolves to, re-resolved periodically; a headless Kubernetes Service), or
+    /// `kube://service.namespace:port` (the Service's ready EndpointSlice endpoints, watched).
     #[arg(long, env = "VIDCASCADE_ENCODER")]
     pub encoder: String,
     /// Replicas of one diffusion stage, `NAME=TARGET` with TARGET as for --encoder; repeat for

@@ -1,13 +1,16 @@
-//! Where a service's replicas are: a static list, or a DNS name re-resolved periodically.
+//! Where a service's replicas are: a static list, a DNS name re-resolved periodically, or a
+//! Kubernetes Service's EndpointSlices followed live ([`crate::kubernetes`]).
 //!
 //! Discovery publishes the current address list on a `watch` channel; [`crate::replicas`]
 //! keeps one lazily connected channel per address and balances calls across them. Behind a
-//! Kubernetes *headless* Service, DNS returns every ready pod, so per-call balancing works; a
-//! watcher of EndpointSlices (via `kube`) can implement [`Discovery`] the same way.
+//! Kubernetes *headless* Service, DNS returns every ready pod, so per-call balancing works
+//! with `dns:` too; `kube://` sees a pod go (terminating) or come (ready) at once.
 
 use std::time::Duration;
 
 use tokio::sync::watch;
+
+use crate::kubernetes::{KubeDiscovery, KubeService};
 
 /// How to find a service's replicas.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,12 +24,17 @@ pub enum Target {
         /// Port.
         port: u16,
     },
+    /// The ready endpoints of a Kubernetes Service.
+    Kube(KubeService),
 }
 
 impl Target {
-    /// Parses `host:port[,host:port...]` or `dns:host:port`.
+    /// Parses `host:port[,host:port...]`, `dns:host:port` or `kube://service.namespace:port`.
     pub fn parse(text: &str) -> Result<Self, String> {
         let text = text.trim();
+        if let Some(rest) = text.strip_prefix("kube://") {
+            return KubeService::parse(rest).map(Self::Kube);
+        }
         if let Some(rest) = text.strip_prefix("dns:") {
             let rest = rest.trim_start_matches("//");
             let (host, port) = split_host_port(rest)?;
@@ -40,7 +48,7 @@ impl Target {
             .collect::<Result<Vec<_>, _>>()?;
         if addresses.is_empty() {
             return Err(format!(
-                "`{text}` names no replica; expected host:port[,host:port...] or dns:host:port"
+                "`{text}` names no replica; expected host:port[,host:port...], dns:host:port or kube://service.namespace:port"
             ));
         }
         Ok(Self::Static(addresses))
@@ -143,6 +151,7 @@ pub fn discover(target: &Target, refresh: Duration) -> Box<dyn Discovery> {
     match target {
         Target::Static(addresses) => Box::new(StaticDiscovery::new(addresses.clone())),
         Target::Dns { host, port } => Box::new(DnsDiscovery::start(host.clone(), *port, refresh)),
+        Target::Kube(service) => Box::new(KubeDiscovery::start(service.clone())),
     }
 }
 

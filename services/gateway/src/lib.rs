@@ -8,8 +8,8 @@
 //! that stage's video when asked, so the client sees the low-resolution result long before the
 //! final one), then the final video with timings. It links no tensor code.
 //!
-//! Stage replicas come from [`discovery`] (a static list, or DNS names re-resolved
-//! periodically; a Kubernetes EndpointSlice watcher can implement the same trait) and
+//! Stage replicas come from [`discovery`] (a static list, DNS names re-resolved periodically,
+//! or a Kubernetes Service's EndpointSlices watched live, [`kubernetes`]) and
 //! [`replicas`] balances each call to the replica with the fewest calls in flight. A stage call
 //! that fails with UNAVAILABLE (or RESOURCE_EXHAUSTED) before streaming anything is retried on
 //! another replica. When the client goes away the pipeline drops its stage call, which cancels
@@ -28,6 +28,7 @@ pub mod error;
 pub mod events;
 pub mod health;
 pub mod http;
+pub mod kubernetes;
 pub mod line;
 pub mod replicas;
 pub mod service;
