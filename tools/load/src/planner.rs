@@ -126,32 +126,94 @@ pub fn simulate(
     seed: u64,
     host: Host,
 ) -> Prediction {
+    let mut sim = Simulation::new(stages, replicas, poisson_arrivals(rate, requests, seed));
+    while sim.next_event(host) {}
+    sim.prediction(replicas)
+}
+
+/// Arrival times of a seeded Poisson process.
+fn poisson_arrivals(rate: f64, requests: usize, seed: u64) -> Vec<f64> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut arrivals = Vec::with_capacity(requests);
     let mut t = 0.0;
-    for _ in 0..requests {
-        t += -(1.0 - rng.random::<f64>()).ln() / rate;
-        arrivals.push(t);
+    (0..requests)
+        .map(|_| {
+            t += -(1.0 - rng.random::<f64>()).ln() / rate;
+            t
+        })
+        .collect()
+}
+
+/// The state of one simulation run.
+struct Simulation<'a> {
+    stages: &'a [StageModel],
+    arrivals: Vec<f64>,
+    pools: Vec<Vec<Replica>>,
+    queues: Vec<VecDeque<(usize, f64)>>,
+    /// Per stage: total queue wait and total time in the stage.
+    waited: Vec<f64>,
+    in_stage: Vec<f64>,
+    /// Per request: when it entered its current stage, and its end-to-end latency.
+    entered: Vec<f64>,
+    done: Vec<f64>,
+    next_arrival: usize,
+    now: f64,
+}
+
+impl<'a> Simulation<'a> {
+    fn new(stages: &'a [StageModel], replicas: &[usize], arrivals: Vec<f64>) -> Self {
+        let requests = arrivals.len();
+        Self {
+            stages,
+            pools: replicas
+                .iter()
+                .map(|&n| vec![Replica::default(); n.max(1)])
+                .collect(),
+            queues: vec![VecDeque::new(); stages.len()],
+            waited: vec![0.0; stages.len()],
+            in_stage: vec![0.0; stages.len()],
+            entered: vec![0.0; requests],
+            done: vec![f64::NAN; requests],
+            arrivals,
+            next_arrival: 0,
+            now: 0.0,
+        }
     }
-    let mut pools: Vec<Vec<Replica>> = replicas
-        .iter()
-        .map(|&n| vec![Replica::default(); n.max(1)])
-        .collect();
-    let mut queues: Vec<VecDeque<(usize, f64)>> = vec![VecDeque::new(); stages.len()];
-    let mut waited = vec![0.0; stages.len()];
-    let mut in_stage = vec![0.0; stages.len()];
-    let mut entered = vec![0.0; requests];
-    let mut done = vec![f64::NAN; requests];
-    let mut next_arrival = 0;
-    let mut now = 0.0;
-    loop {
-        let busy = pools.iter().flatten().filter(|r| r.left.is_some()).count();
+
+    /// Runs to the next event (an arrival or a step end); false when nothing is left.
+    fn next_event(&mut self, host: Host) -> bool {
+        let busy = self
+            .pools
+            .iter()
+            .flatten()
+            .filter(|r| r.left.is_some())
+            .count();
         let speed = match host {
             Host::Dedicated => 1.0,
             Host::Shared => 1.0 / busy.max(1) as f64,
         };
-        // The next event: an arrival, or the earliest step end at the current speed.
-        let step = pools
+        let step = self.earliest_step(speed);
+        let until_arrival = self.arrivals.get(self.next_arrival).map(|at| at - self.now);
+        let dt = match (until_arrival, step) {
+            (Some(a), Some((s, _, _))) => a.min(s),
+            (Some(a), None) => a,
+            (None, Some((s, _, _))) => s,
+            (None, None) => return false,
+        };
+        self.advance(dt, speed);
+        match step {
+            Some((s, k, r)) if until_arrival.is_none_or(|a| s < a) => self.finish(k, r),
+            _ => self.arrive(),
+        }
+        for k in 0..self.stages.len() {
+            let (queue, waited) = (&mut self.queues[k], &mut self.waited[k]);
+            admit(&self.stages[k], &mut self.pools[k], queue, waited, self.now);
+        }
+        true
+    }
+
+    /// The soonest step end at `speed`: (seconds from now, stage, replica).
+    fn earliest_step(&self, speed: f64) -> Option<(f64, usize, usize)> {
+        self.pools
             .iter()
             .enumerate()
             .flat_map(|(k, pool)| {
@@ -159,74 +221,82 @@ pub fn simulate(
                     .enumerate()
                     .filter_map(move |(r, rep)| Some((rep.left? / speed, k, r)))
             })
-            .min_by(|a, b| a.0.total_cmp(&b.0));
-        let until_arrival = arrivals.get(next_arrival).map(|at| at - now);
-        let dt = match (until_arrival, step) {
-            (Some(a), Some((s, _, _))) => a.min(s),
-            (Some(a), None) => a,
-            (None, Some((s, _, _))) => s,
-            (None, None) => break,
-        };
-        now += dt;
-        for replica in pools.iter_mut().flatten() {
+            .min_by(|a, b| a.0.total_cmp(&b.0))
+    }
+
+    /// Moves time on by `dt`: every busy replica does `dt * speed` of work.
+    fn advance(&mut self, dt: f64, speed: f64) {
+        self.now += dt;
+        for replica in self.pools.iter_mut().flatten() {
             if let Some(left) = &mut replica.left {
                 *left -= dt * speed;
                 replica.busy += dt;
             }
         }
-        match step {
-            Some((s, k, r)) if until_arrival.is_none_or(|a| s < a) => {
-                for request in finish_step(&mut pools[k][r]) {
-                    in_stage[k] += now - entered[request];
-                    entered[request] = now;
-                    match queues.get_mut(k + 1) {
-                        Some(queue) => queue.push_back((request, now)),
-                        None => done[request] = now - arrivals[request],
-                    }
-                }
+    }
+
+    /// Replica `r` of stage `k` ends its step; finished requests go on or are done.
+    fn finish(&mut self, k: usize, r: usize) {
+        let now = self.now;
+        for request in finish_step(&mut self.pools[k][r]) {
+            self.in_stage[k] += now - self.entered[request];
+            self.entered[request] = now;
+            match self.queues.get_mut(k + 1) {
+                Some(queue) => queue.push_back((request, now)),
+                None => self.done[request] = now - self.arrivals[request],
             }
-            _ => {
-                queues[0].push_back((next_arrival, now));
-                entered[next_arrival] = now;
-                next_arrival += 1;
-            }
-        }
-        for k in 0..stages.len() {
-            admit(
-                &stages[k],
-                &mut pools[k],
-                &mut queues[k],
-                &mut waited[k],
-                now,
-            );
         }
     }
-    let mut latencies: Vec<f64> = done.iter().copied().filter(|d| d.is_finite()).collect();
-    latencies.sort_by(f64::total_cmp);
-    let rank = |p: f64| {
-        latencies
-            .get(((p * latencies.len() as f64).ceil() as usize).saturating_sub(1))
+
+    /// The next request arrives at the first stage.
+    fn arrive(&mut self) {
+        self.queues[0].push_back((self.next_arrival, self.now));
+        self.entered[self.next_arrival] = self.now;
+        self.next_arrival += 1;
+    }
+
+    fn prediction(&self, replicas: &[usize]) -> Prediction {
+        let mut latencies: Vec<f64> = self
+            .done
+            .iter()
             .copied()
-            .unwrap_or(f64::NAN)
-    };
-    let names = stages.iter().map(|s| s.name.clone());
-    Prediction {
-        replicas: names.clone().zip(replicas.iter().copied()).collect(),
-        p50_s: rank(0.5),
-        p90_s: rank(0.9),
-        mean_wait_s: names
-            .clone()
-            .zip(waited.iter().map(|w| w / requests.max(1) as f64))
-            .collect(),
-        mean_stage_s: names
-            .clone()
-            .zip(in_stage.iter().map(|t| t / requests.max(1) as f64))
-            .collect(),
-        utilisation: names
-            .zip(pools.iter().map(|pool| {
-                pool.iter().map(|r| r.busy).sum::<f64>() / (pool.len() as f64 * now.max(1e-9))
-            }))
-            .collect(),
+            .filter(|d| d.is_finite())
+            .collect();
+        latencies.sort_by(f64::total_cmp);
+        let rank = |p: f64| {
+            latencies
+                .get(((p * latencies.len() as f64).ceil() as usize).saturating_sub(1))
+                .copied()
+                .unwrap_or(f64::NAN)
+        };
+        let per_request = self.arrivals.len().max(1) as f64;
+        let named = |values: Vec<f64>| -> Vec<(String, f64)> {
+            self.stages
+                .iter()
+                .map(|s| s.name.clone())
+                .zip(values)
+                .collect()
+        };
+        let utilisation = self
+            .pools
+            .iter()
+            .map(|pool| {
+                pool.iter().map(|r| r.busy).sum::<f64>() / (pool.len() as f64 * self.now.max(1e-9))
+            })
+            .collect();
+        Prediction {
+            replicas: self
+                .stages
+                .iter()
+                .map(|s| s.name.clone())
+                .zip(replicas.iter().copied())
+                .collect(),
+            p50_s: rank(0.5),
+            p90_s: rank(0.9),
+            mean_wait_s: named(self.waited.iter().map(|w| w / per_request).collect()),
+            mean_stage_s: named(self.in_stage.iter().map(|t| t / per_request).collect()),
+            utilisation: named(utilisation),
+        }
     }
 }
 
