@@ -166,6 +166,20 @@ pub fn status(error_type: ErrorType, message: impl Into<String>) -> tonic::Statu
     tonic::Status::new(status_code(error_type), message)
 }
 
+/// The canonical name of a gRPC status code, e.g. `DEADLINE_EXCEEDED` (as the gRPC spec, the
+/// HTTP API's error bodies and load reports spell it).
+pub fn code_name(code: tonic::Code) -> String {
+    let words = format!("{code:?}");
+    let mut name = String::with_capacity(words.len() + 4);
+    for (i, c) in words.chars().enumerate() {
+        if c.is_uppercase() && i > 0 {
+            name.push('_');
+        }
+        name.push(c.to_ascii_uppercase());
+    }
+    name
+}
+
 /// The outcome a status code reports, as seen by a caller of another service.
 pub fn error_type_of(code: tonic::Code) -> ErrorType {
     match code {
@@ -181,6 +195,17 @@ pub fn error_type_of(code: tonic::Code) -> ErrorType {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn code_names_are_canonical() {
+        assert_eq!(
+            code_name(tonic::Code::DeadlineExceeded),
+            "DEADLINE_EXCEEDED"
+        );
+        assert_eq!(code_name(tonic::Code::InvalidArgument), "INVALID_ARGUMENT");
+        assert_eq!(code_name(tonic::Code::Unavailable), "UNAVAILABLE");
+        assert_eq!(code_name(tonic::Code::Ok), "OK");
+    }
 
     #[test]
     fn videos_round_trip() -> Result<(), WireError> {

@@ -32,6 +32,7 @@ use axum::routing::{get, post};
 use tokio_stream::{Stream, StreamExt};
 use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic_types::StatusExt;
+use vidcascade_proto::convert::code_name;
 use vidcascade_proto::v1::gateway_server::Gateway;
 use vidcascade_proto::v1::{self, generate_event};
 
@@ -245,19 +246,6 @@ fn error_body(code: tonic::Code, message: &str) -> String {
     serde_json::json!({ "code": code_name(code), "message": message }).to_string()
 }
 
-/// The canonical name of a gRPC code, e.g. `DEADLINE_EXCEEDED`.
-fn code_name(code: tonic::Code) -> String {
-    let words = format!("{code:?}");
-    let mut name = String::with_capacity(words.len() + 4);
-    for (i, c) in words.chars().enumerate() {
-        if c.is_uppercase() && i > 0 {
-            name.push('_');
-        }
-        name.push(c.to_ascii_uppercase());
-    }
-    name
-}
-
 /// A refused call: its HTTP status, the JSON error body, and `Retry-After` when the status
 /// says when to retry.
 fn error_response(status: &tonic::Status) -> Response {
@@ -297,16 +285,6 @@ fn short(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn code_names_are_canonical() {
-        assert_eq!(
-            code_name(tonic::Code::DeadlineExceeded),
-            "DEADLINE_EXCEEDED"
-        );
-        assert_eq!(code_name(tonic::Code::InvalidArgument), "INVALID_ARGUMENT");
-        assert_eq!(code_name(tonic::Code::Unavailable), "UNAVAILABLE");
-    }
 
     #[test]
     fn the_timeout_is_the_only_query_parameter() {

@@ -10,6 +10,8 @@ use std::time::Duration;
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
+use vidcascade_proto::convert::code_name;
+
 use crate::runner::RunResult;
 use crate::schedule::{Arrivals, LoadModel};
 use crate::scrape::MetricsDelta;
@@ -260,19 +262,6 @@ fn arrivals_name(arrivals: Arrivals) -> String {
         Arrivals::Poisson => "poisson".into(),
         Arrivals::Constant => "constant".into(),
     }
-}
-
-/// The canonical name of a gRPC code, e.g. `RESOURCE_EXHAUSTED`.
-pub fn code_name(code: tonic::Code) -> String {
-    let words = format!("{code:?}");
-    let mut name = String::new();
-    for (i, c) in words.chars().enumerate() {
-        if c.is_uppercase() && i > 0 {
-            name.push('_');
-        }
-        name.push(c.to_ascii_uppercase());
-    }
-    name
 }
 
 /// The saturation knee of an open-loop sweep (reports in increasing offered rate): the highest
