@@ -14,7 +14,7 @@ use vidcascade_gateway::{GatewayCli, GatewayServer};
 use vidcascade_models::ModelRepository;
 use vidcascade_runtime::config::{ServerConfig, exit_config};
 use vidcascade_runtime::{
-    ConfigError, HttpSide, ServerArgs, Service, bind_grpc, serve_service, shutdown_signal,
+    ConfigError, HttpSide, ServerArgs, bind_grpc, serve_service, shutdown_signal,
 };
 use vidcascade_stage::{StageConfig, StageServer};
 use vidcascade_text_encoder::config::TextEngineArgs;
@@ -196,10 +196,7 @@ async fn serve(plan: Plan) -> anyhow::Result<()> {
     let gateway = GatewayServer::new(&gateway_config);
     let listener = bind_grpc(plan.server.listen).await?;
     let gateway_addr = listener.local_addr()?;
-    let http = match gateway.http() {
-        Some((addr, router)) => Some(HttpSide::bind(addr, router, "--http-listen").await?),
-        None => None,
-    };
+    let http = HttpSide::of(&gateway).await?;
     let http_addr = http.as_ref().map(HttpSide::local_addr).transpose()?;
     let gateway = tokio::spawn(serve_service(
         listener,

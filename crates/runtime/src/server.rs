@@ -75,16 +75,15 @@ pub struct HttpSide {
 }
 
 impl HttpSide {
-    /// Binds `addr` for `router`, naming `setting` on failure.
-    pub async fn bind(
-        addr: SocketAddr,
-        router: axum::Router,
-        setting: &str,
-    ) -> anyhow::Result<Self> {
+    /// Binds the HTTP API `service` has (none: `None`), naming `--http-listen` on failure.
+    pub async fn of<S: Service>(service: &S) -> anyhow::Result<Option<Self>> {
+        let Some((addr, router)) = service.http() else {
+            return Ok(None);
+        };
         let listener = TcpListener::bind(addr)
             .await
-            .with_context(|| format!("binding the HTTP address {addr} ({setting})"))?;
-        Ok(Self { listener, router })
+            .with_context(|| format!("binding the HTTP address {addr} (--http-listen)"))?;
+        Ok(Some(Self { listener, router }))
     }
 
     /// The address it listens on.
@@ -395,10 +394,7 @@ pub async fn run_service<S: Service>(
         None => None,
     };
     let listener = bind_grpc(config.listen).await?;
-    let http = match service.http() {
-        Some((addr, router)) => Some(HttpSide::bind(addr, router, "--http-listen").await?),
-        None => None,
-    };
+    let http = HttpSide::of(&service).await?;
     let bound = Bound {
         grpc: listener.local_addr()?,
         metrics,
