@@ -147,9 +147,9 @@ impl Driver {
     /// from the start of the run.
     pub async fn call(&self, i: usize, sent_at: Duration) -> Outcome {
         let started = Instant::now();
-        let (result, first_progress, queued) = match &self.requests {
+        let observed = match &self.requests {
             Requests::Generate(all) => self.generate(all[i % all.len()].clone(), started).await,
-            Requests::Encode(all) => (self.encode(all[i % all.len()].clone()).await, None, None),
+            Requests::Encode(all) => self.encode(all[i % all.len()].clone()).await,
             Requests::Stage(all) => {
                 let mut request = all[i % all.len()].clone();
                 request.request_id = format!("{}-{i}", request.request_id);
@@ -159,9 +159,10 @@ impl Driver {
         Outcome {
             sent_at,
             latency: started.elapsed(),
-            first_progress,
-            queued,
-            code: result
+            first_progress: observed.first_progress,
+            queued: observed.queued,
+            code: observed
+                .result
                 .err()
                 .map_or(tonic::Code::Ok, |status| self.code_of(&status)),
         }
@@ -188,82 +189,96 @@ impl Driver {
         request
     }
 
-    async fn generate(
-        &self,
-        message: v1::GenerateRequest,
-        started: Instant,
-    ) -> (
-        Result<(), tonic::Status>,
-        Option<Duration>,
-        Option<Duration>,
-    ) {
-        let mut first = None;
-        let mut queued = None;
-        let result = async {
-            let mut stream = GatewayClient::new(self.channel.clone())
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .generate(self.request(message))
-                .await?
-                .into_inner();
-            while let Some(event) = stream.message().await? {
-                match event.event {
-                    Some(generate_event::Event::Progress(_)) => {
-                        first.get_or_insert(started.elapsed());
-                    }
-                    Some(generate_event::Event::Completed(done)) if !done.timings.is_empty() => {
-                        let ms: u64 = done.timings.iter().map(|t| t.queue_ms).sum();
-                        queued = Some(Duration::from_millis(ms));
-                    }
-                    _ => {}
+    async fn generate(&self, message: v1::GenerateRequest, started: Instant) -> Observed {
+        let mut client =
+            GatewayClient::new(self.channel.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES);
+        let call = client.generate(self.request(message));
+        follow(call, started, |event: v1::GenerateEvent| {
+            match event.event {
+                Some(generate_event::Event::Progress(_)) => Mark::Progress,
+                Some(generate_event::Event::Completed(done)) if !done.timings.is_empty() => {
+                    let ms: u64 = done.timings.iter().map(|t| t.queue_ms).sum();
+                    Mark::Queued(Duration::from_millis(ms))
                 }
+                _ => Mark::Other,
             }
-            Ok(())
-        }
-        .await;
-        (result, first, queued)
+        })
+        .await
     }
 
-    async fn encode(&self, message: v1::EncodeRequest) -> Result<(), tonic::Status> {
-        TextEncoderClient::new(self.channel.clone())
+    async fn encode(&self, message: v1::EncodeRequest) -> Observed {
+        let result = TextEncoderClient::new(self.channel.clone())
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .encode(self.request(message))
             .await
-            .map(|_| ())
+            .map(|_| ());
+        Observed {
+            result,
+            first_progress: None,
+            queued: None,
+        }
     }
 
-    async fn stage(
-        &self,
-        message: v1::StageRequest,
-        started: Instant,
-    ) -> (
-        Result<(), tonic::Status>,
-        Option<Duration>,
-        Option<Duration>,
-    ) {
-        let mut first = None;
-        let mut queued = None;
-        let result = async {
-            let mut stream = VideoStageClient::new(self.channel.clone())
-                .max_encoding_message_size(MAX_MESSAGE_BYTES)
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .generate(self.request(message))
-                .await?
-                .into_inner();
-            while let Some(event) = stream.message().await? {
-                match event.event {
-                    Some(stage_event::Event::Progress(_)) => {
-                        first.get_or_insert(started.elapsed());
-                    }
-                    Some(stage_event::Event::Done(done)) => {
-                        queued = Some(Duration::from_millis(done.queue_ms));
-                    }
-                    _ => {}
-                }
+    async fn stage(&self, message: v1::StageRequest, started: Instant) -> Observed {
+        let mut client = VideoStageClient::new(self.channel.clone())
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES);
+        let call = client.generate(self.request(message));
+        follow(call, started, |event: v1::StageEvent| match event.event {
+            Some(stage_event::Event::Progress(_)) => Mark::Progress,
+            Some(stage_event::Event::Done(done)) => {
+                Mark::Queued(Duration::from_millis(done.queue_ms))
             }
-            Ok(())
+            _ => Mark::Other,
+        })
+        .await
+    }
+}
+
+/// What one streamed event says about its call's timing.
+enum Mark {
+    /// A denoising step finished.
+    Progress,
+    /// The service reports the call's time in queue.
+    Queued(Duration),
+    /// Nothing the report uses.
+    Other,
+}
+
+/// What a call observed: its result, its first progress event and its reported queue time.
+struct Observed {
+    result: Result<(), tonic::Status>,
+    first_progress: Option<Duration>,
+    queued: Option<Duration>,
+}
+
+/// Follows the server stream `call` opens to its end, noting (through `mark`) when the first
+/// progress event came, from `started`, and the queue time the service reported.
+async fn follow<M>(
+    call: impl Future<Output = Result<tonic::Response<tonic::Streaming<M>>, tonic::Status>>,
+    started: Instant,
+    mark: impl Fn(M) -> Mark,
+) -> Observed {
+    let mut first_progress = None;
+    let mut queued = None;
+    let result = async {
+        let mut stream = call.await?.into_inner();
+        while let Some(event) = stream.message().await? {
+            match mark(event) {
+                Mark::Progress => {
+                    first_progress.get_or_insert(started.elapsed());
+                }
+                Mark::Queued(time) => queued = Some(time),
+                Mark::Other => {}
+            }
         }
-        .await;
-        (result, first, queued)
+        Ok(())
+    }
+    .await;
+    Observed {
+        result,
+        first_progress,
+        queued,
     }
 }
 
