@@ -35,6 +35,7 @@ use tonic_types::StatusExt;
 use vidcascade_proto::convert::code_name;
 use vidcascade_proto::v1::gateway_server::Gateway;
 use vidcascade_proto::v1::{self, generate_event};
+use vidcascade_spec::request::echo;
 
 use crate::service::GatewayServer;
 
@@ -148,7 +149,7 @@ fn timeout_of(query: Option<&str>) -> Result<Option<Duration>, tonic::Status> {
         if name != "timeout" {
             return Err(tonic::Status::invalid_argument(format!(
                 "query parameter `{}`: unknown; the only one is `timeout` (seconds)",
-                short(name)
+                echo(name)
             )));
         }
         let seconds = value
@@ -158,7 +159,7 @@ fn timeout_of(query: Option<&str>) -> Result<Option<Duration>, tonic::Status> {
             .ok_or_else(|| {
                 tonic::Status::invalid_argument(format!(
                     "timeout: must be seconds in (0, {MAX_TIMEOUT_SECONDS}], got `{}`",
-                    short(value)
+                    echo(value)
                 ))
             })?;
         timeout = Some(Duration::from_secs_f64(seconds));
@@ -274,7 +275,8 @@ fn json_response<T: serde::Serialize>(code: StatusCode, value: &T) -> Response {
     }
 }
 
-/// At most 200 characters of `text` (serde's messages can quote the input).
+/// At most 200 characters of the JSON parser's message (it can quote the input; the caller's
+/// own text is echoed with the project's `echo`, 64 characters).
 fn short(text: &str) -> String {
     match text.char_indices().nth(200) {
         Some((end, _)) => format!("{}...", &text[..end]),
