@@ -1,0 +1,17 @@
+//! Compute kernels for inference, kept apart from the models so the one crate allowed `unsafe`
+//! stays small and reviewable.
+//!
+//! [`cpu`] holds the operations the Video U-Net runs when no gradient is needed (sampling in
+//! the services and in `vidcascade generate`): a tiled convolution that never materialises the
+//! `k x k` unfolded input, group and layer norms fused with their FiLM modulation and SiLU, and
+//! multi-head attention that reads heads in place and batches the many tiny per-head products.
+//! Each is a candle custom op (`cpu_fwd`), so the models call them on ordinary tensors; the
+//! training tool keeps candle's composed, differentiable ops, and tests in `vidcascade-models`
+//! check that both paths agree on every stage configuration.
+//!
+//! `unsafe` appears in exactly three places, each with a `// SAFETY:` comment: the call into the
+//! `gemm` crate's strided matrix product (after the bounds of every operand are checked), the
+//! calls into functions compiled for AVX-512 / AVX2 (after the CPU is checked for them), and the
+//! one-time export of the resolved thread count (only while the process has a single thread).
+
+pub mod cpu;
