@@ -6,6 +6,9 @@
 
 use candle_core::{D, DType, Module, Result, Tensor};
 use candle_nn::{Init, Linear, VarBuilder};
+use vidcascade_kernels::cpu::Statistics;
+
+use crate::fast;
 
 /// T5's RMS norm: `x / sqrt(mean(x^2) + eps) * weight`, no mean subtraction and no bias.
 #[derive(Debug, Clone)]
@@ -30,6 +33,59 @@ impl Module for RmsNorm {
     }
 }
 
+/// A group norm (candle's, checkpoint names `weight` and `bias`) whose parameters the
+/// inference path can read.
+#[derive(Debug, Clone)]
+pub struct GroupNorm {
+    inner: candle_nn::GroupNorm,
+    weight: Tensor,
+    bias: Tensor,
+    groups: usize,
+    eps: f64,
+}
+
+impl GroupNorm {
+    /// Loads `weight` (ones) and `bias` (zeros) of size `channels`, split into `groups`.
+    pub fn new(groups: usize, channels: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
+        let weight = vb.get_with_hints(channels, "weight", Init::Const(1.0))?;
+        let bias = vb.get_with_hints(channels, "bias", Init::Const(0.0))?;
+        Ok(Self {
+            inner: candle_nn::GroupNorm::new(weight.clone(), bias.clone(), channels, groups, eps)?,
+            weight,
+            bias,
+            groups,
+            eps,
+        })
+    }
+
+    /// The parameters, for the inference path's fused ops.
+    pub fn params(&self) -> fast::NormParams<'_> {
+        fast::NormParams {
+            weight: &self.weight,
+            bias: &self.bias,
+            groups: self.groups,
+            eps: self.eps,
+        }
+    }
+
+    /// `silu(norm(x))`, fused on the inference path.
+    pub fn forward_silu(&self, x: &Tensor) -> Result<Tensor> {
+        if fast::applies(&[x, &self.weight, &self.bias]) {
+            return fast::group_norm(x, self.params(), Statistics::PerImage, None, true);
+        }
+        self.inner.forward(x)?.silu()
+    }
+}
+
+impl Module for GroupNorm {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if fast::applies(&[x, &self.weight, &self.bias]) {
+            return fast::group_norm(x, self.params(), Statistics::PerImage, None, false);
+        }
+        self.inner.forward(x)
+    }
+}
+
 /// Layer norm over the last dimension with a learned scale and shift.
 #[derive(Debug, Clone)]
 pub struct LayerNorm {
@@ -48,6 +104,24 @@ impl LayerNorm {
             bias,
             eps: 1e-5,
         })
+    }
+
+    /// The inference path's layer norm over the channels of `x` `[N, C, ...]` (each position a
+    /// token), so attention blocks need not transpose the video into tokens first.
+    pub fn forward_channels(&self, x: &Tensor) -> Result<Tensor> {
+        let params = fast::NormParams {
+            weight: &self.weight,
+            bias: &self.bias,
+            groups: 1,
+            eps: self.eps,
+        };
+        fast::group_norm(
+            x,
+            params,
+            Statistics::PerPosition { frames: 1 },
+            None,
+            false,
+        )
     }
 }
 
@@ -132,6 +206,16 @@ impl SameConv {
         self.weight.dims()[0]
     }
 
+    /// The `[out, in, k(, k)]` weight.
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    /// The `[out]` bias, if any.
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
+    }
+
     fn unfold(&self, x: &Tensor) -> Result<Tensor> {
         let k = self.kernel;
         let pad = k / 2;
@@ -167,6 +251,13 @@ impl SameConv {
 
 impl Module for SameConv {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let params: Vec<&Tensor> = [Some(x), Some(&self.weight), self.bias.as_ref()]
+            .into_iter()
+            .flatten()
+            .collect();
+        if fast::applies(&params) {
+            return fast::conv(x, &self.weight, self.bias.as_ref(), self.stride);
+        }
         let dims = x.dims().to_vec();
         let (n, c) = (dims[0], dims[1]);
         let spatial: Vec<usize> = dims[2..].to_vec();

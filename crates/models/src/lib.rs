@@ -8,9 +8,11 @@
 //!   with errors that name the file, the tensor and the expected vs found shape.
 //!
 //! All code runs on candle's CPU backend and is differentiable end to end, so the training tool
-//! uses these very modules.
+//! uses these very modules; when no gradient is needed the layers run [`fast`], the same maths
+//! with `vidcascade-kernels`' inference ops.
 
 pub mod error;
+pub mod fast;
 pub mod layers;
 pub mod repository;
 pub mod text_encoder;

@@ -107,8 +107,11 @@ pub(crate) fn sum_squared_deviations(xs: &[f32], mean: f32) -> f32 {
 pub(crate) fn exp(x: f32) -> f32 {
     const LN2_HI: f32 = 0.693_145_75;
     const LN2_LO: f32 = 1.428_606_8e-6;
+    // 1.5 * 2^23: adding and subtracting it rounds to the nearest integer (ties to even) with
+    // two plain adds, where `f32::round` would be a libm call that blocks vectorisation.
+    const ROUNDER: f32 = 12_582_912.0;
     let x = x.clamp(-87.0, 88.0);
-    let k = (x * std::f32::consts::LOG2_E).round();
+    let k = (x * std::f32::consts::LOG2_E + ROUNDER) - ROUNDER;
     let r = (x - k * LN2_HI) - k * LN2_LO;
     let p = 1.0
         + r * (1.0

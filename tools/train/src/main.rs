@@ -131,6 +131,8 @@ struct TrainArgs {
 }
 
 fn main() -> anyhow::Result<()> {
+    // Before any thread starts: candle would otherwise re-count the cores on every matmul.
+    vidcascade_kernels::cpu::resolve_thread_count();
     match Cli::parse().command {
         Command::Init { out, seed, force } => init(&out, seed, force),
         Command::PretrainText {

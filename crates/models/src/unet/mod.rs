@@ -18,7 +18,7 @@ pub mod spatial_attention;
 pub mod temporal;
 
 use candle_core::{Module, Result as CandleResult, Tensor};
-use candle_nn::{GroupNorm, VarBuilder, group_norm};
+use candle_nn::VarBuilder;
 
 pub use config::{Prediction, TemporalMixing, VideoUNetConfig};
 use embeddings::{LayoutMap, PooledText, ScalarEmbedding, clip_progress};
@@ -27,7 +27,7 @@ use spatial_attention::SpatialAttention;
 use temporal::TemporalBlock;
 
 use crate::ModelError;
-use crate::layers::{SameConv, conv2d_down, conv2d_same};
+use crate::layers::{GroupNorm, SameConv, conv2d_down, conv2d_same};
 
 /// The inputs of one forward pass.
 #[derive(Debug, Clone, Copy)]
@@ -174,7 +174,7 @@ impl VideoUNet {
             down,
             mid,
             up,
-            out_norm: group_norm(cfg.norm_groups, channels, 1e-5, vb.pp("out_norm"))?,
+            out_norm: GroupNorm::new(cfg.norm_groups, channels, 1e-5, vb.pp("out_norm"))?,
             conv_out: conv2d_same(channels, cfg.out_channels, 3, true, vb.pp("conv_out"))?,
         })
     }
@@ -448,9 +448,7 @@ impl VideoUNet {
         let conditioning = self.conditioning(inputs, b, frames)?;
         let x = self.input_stack(inputs, &conditioning, b, frames, h, w)?;
         let h_ = self.backbone(&x, &conditioning, frames)?;
-        let out = self
-            .conv_out
-            .forward(&self.out_norm.forward(&h_)?.silu()?)?;
+        let out = self.conv_out.forward(&self.out_norm.forward_silu(&h_)?)?;
         // [B*F, C, H, W] -> [B, C, F, H, W]
         let c = out.dim(1)?;
         out.reshape((b, frames, c, h, w))?

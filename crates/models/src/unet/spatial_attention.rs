@@ -2,10 +2,12 @@
 //! a pixel learns about the rest of its frame and about the prompt.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{GroupNorm, Linear, VarBuilder, group_norm, linear, linear_no_bias};
+use candle_nn::{Linear, VarBuilder, linear, linear_no_bias};
+use vidcascade_kernels::cpu::{Attention, AttentionBias};
 
+use crate::fast;
 use crate::layers::{
-    LayerNorm, attention, key_padding_bias, merge_heads, split_heads, zero_linear,
+    GroupNorm, LayerNorm, attention, key_padding_bias, merge_heads, split_heads, zero_linear,
 };
 
 /// Self-attention over the `H*W` positions of each frame, then cross-attention to the text.
@@ -32,7 +34,7 @@ impl SpatialAttention {
         vb: VarBuilder,
     ) -> Result<Self> {
         Ok(Self {
-            norm: group_norm(groups, channels, 1e-5, vb.pp("norm"))?,
+            norm: GroupNorm::new(groups, channels, 1e-5, vb.pp("norm"))?,
             qkv: linear_no_bias(channels, 3 * channels, vb.pp("qkv"))?,
             proj: zero_linear(channels, channels, vb.pp("proj"))?,
             cross_norm: LayerNorm::new(channels, vb.pp("cross_norm"))?,
@@ -46,6 +48,9 @@ impl SpatialAttention {
 
     /// `x` `[N, C, H, W]` (N = videos x frames); `context` `[N, L, D]`; `mask` `[N, L]`.
     pub fn forward(&self, x: &Tensor, context: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        if fast::applies(&[x, context, self.qkv.weight(), self.cross_kv.weight()]) {
+            return self.forward_inference(x, context, mask);
+        }
         let (n, c, h, w) = x.dims4()?;
         let scale = 1.0 / ((c / self.heads) as f64).sqrt();
         // [N, C, H, W] -> [N, HW, C]
@@ -76,5 +81,38 @@ impl SpatialAttention {
             .transpose(1, 2)?
             .contiguous()?
             .reshape((n, c, h, w))
+    }
+
+    /// The same maths in the `[N, C, H, W]` layout with the kernels' attention (no token
+    /// transposes, no per-head copies).
+    fn forward_inference(&self, x: &Tensor, context: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        let (n, c, h, w) = x.dims4()?;
+        let scale = (1.0 / ((c / self.heads) as f64).sqrt()) as f32;
+        let x = x.reshape((n, c, h * w))?;
+        let qkv = fast::pointwise(&self.norm.forward(&x)?, &self.qkv)?;
+        let attended = qkv.apply_op1_no_bwd(&Attention {
+            heads: self.heads,
+            scale,
+            bias: AttentionBias::None,
+            frames: None,
+        })?;
+        let x = (x + fast::pointwise(&attended, &self.proj)?)?;
+
+        let q = fast::pointwise(&self.cross_norm.forward_channels(&x)?, &self.cross_q)?;
+        let kv = self.cross_kv.forward(context)?.contiguous()?;
+        let attended = q.apply_op2_no_bwd(
+            &kv,
+            &Attention {
+                heads: self.heads,
+                scale,
+                bias: AttentionBias::KeyMask(
+                    mask.flatten_all()?
+                        .to_dtype(candle_core::DType::F32)?
+                        .to_vec1()?,
+                ),
+                frames: None,
+            },
+        )?;
+        (x + fast::pointwise(&attended, &self.cross_proj)?)?.reshape((n, c, h, w))
     }
 }

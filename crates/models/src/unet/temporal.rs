@@ -4,11 +4,16 @@
 //! a shape in the captioned direction), and [`TemporalConv`] convolves over neighbouring frames.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Embedding, GroupNorm, Linear, VarBuilder, embedding, group_norm, linear_no_bias};
+use candle_nn::{Embedding, Linear, VarBuilder, embedding, linear_no_bias};
+use vidcascade_kernels::cpu::{
+    Attention, AttentionBias, Statistics, TemporalConv as TemporalConvOp,
+};
 
 use super::config::TemporalMixing;
+use crate::fast;
 use crate::layers::{
-    LayerNorm, SameConv, attention, merge_heads, split_heads, zero_conv1d_same, zero_linear,
+    GroupNorm, LayerNorm, SameConv, attention, merge_heads, split_heads, zero_conv1d_same,
+    zero_linear,
 };
 
 /// `[B*F, C, H, W]` -> `[B*H*W, F, C]`.
@@ -72,6 +77,9 @@ impl TemporalAttention {
                 self.max_frames
             );
         }
+        if fast::applies(&[x, self.qkv.weight()]) {
+            return self.forward_inference(x, frames);
+        }
         let (_, c, h, w) = x.dims4()?;
         let seq = to_sequences(x, frames)?;
         let qkv = self.qkv.forward(&self.norm.forward(&seq)?)?;
@@ -83,6 +91,21 @@ impl TemporalAttention {
         let attended = merge_heads(&attention(&q, &k, &v, scale, Some(&bias))?)?;
         let out = (seq + self.proj.forward(&attended)?)?;
         from_sequences(&out, frames, h, w)
+    }
+
+    /// The same maths pixel-parallel in the `[B*F, C, H, W]` layout (no sequence transposes).
+    fn forward_inference(&self, x: &Tensor, frames: usize) -> Result<Tensor> {
+        let (n, c, h, w) = x.dims4()?;
+        let x = x.reshape((n, c, h * w))?;
+        let qkv = fast::pointwise(&self.norm.forward_channels(&x)?, &self.qkv)?;
+        let bias = self.position_bias(frames, x.device())?;
+        let attended = qkv.apply_op1_no_bwd(&Attention {
+            heads: self.heads,
+            scale: (1.0 / ((c / self.heads) as f64).sqrt()) as f32,
+            bias: AttentionBias::PerHead(bias.flatten_all()?.to_vec1()?),
+            frames: Some(frames),
+        })?;
+        (x + fast::pointwise(&attended, &self.proj)?)?.reshape((n, c, h, w))
     }
 }
 
@@ -97,13 +120,20 @@ impl TemporalConv {
     /// A block for `channels` channels with an odd `kernel`.
     pub fn new(channels: usize, kernel: usize, groups: usize, vb: VarBuilder) -> Result<Self> {
         Ok(Self {
-            norm: group_norm(groups, channels, 1e-5, vb.pp("norm"))?,
+            norm: GroupNorm::new(groups, channels, 1e-5, vb.pp("norm"))?,
             conv: zero_conv1d_same(channels, kernel, vb.pp("conv"))?,
         })
     }
 
     /// `x` `[B*F, C, H, W]` with `frames` frames per video.
     pub fn forward(&self, x: &Tensor, frames: usize) -> Result<Tensor> {
+        if let (Some(bias), true) = (self.conv.bias(), fast::applies(&[x, self.conv.weight()])) {
+            // GN over each pixel's frames, SiLU, conv over adjacent frames: no transposes.
+            let stats = Statistics::PerPosition { frames };
+            let normed = fast::group_norm(x, self.norm.params(), stats, None, true)?;
+            let op = TemporalConvOp { frames };
+            return x + normed.apply_op3_no_bwd(&self.conv.weight().contiguous()?, bias, &op)?;
+        }
         let (_, _, h, w) = x.dims4()?;
         // [B*H*W, F, C] -> [B*H*W, C, F] for conv1d over time.
         let seq = to_sequences(x, frames)?.transpose(1, 2)?.contiguous()?;
