@@ -1,37 +1,81 @@
-#![allow(missing_docs)] // criterion_group! generates undocumented items.
-//! One denoising step (one batched U-Net call plus the sampler update) per diffusion stage.
-//!
-//! Benchmarks every stage of the tiny random-weight cascade, and of the shipped `models/shapes`
-//! cascade when it is present (or of the repository named by `VIDCASCADE_BENCH_MODEL`), at each
-//! stage's default guidance (guided stages batch a conditional and an unconditional row).
+//! One denoising step (one batched U-Net call plus the sampler update) per diffusion stage, its
+//! floating-point rate, and that rate as a share of a 2048^3 `f32` matrix product measured in
+//! the same run by the same library (candle's matmul on the `gemm` crate) — the ratio is what
+//! to track, since absolute times drift on shared machines.
 //!
 //! ```text
-//! cargo bench --bench denoise_step
+//! cargo bench --bench denoise_step                     # table on stdout
+//! VIDCASCADE_BENCH_JSON=docs/bench/denoise_step.json cargo bench --bench denoise_step
 //! ```
+//!
+//! Covers the tiny random-weight cascade and the shipped `models/shapes` (or the repository
+//! named by `VIDCASCADE_BENCH_MODEL`), each stage at its default guidance (guided stages batch a
+//! conditional and an unconditional row). FLOPs per step follow `vidcascade_kernels::cpu::flops`
+//! (2mnk per matrix product). The binary installs mimalloc, as the CLI and services do.
 
-use std::hint::black_box;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
 
-use candle_core::Device;
-use criterion::{Criterion, criterion_group, criterion_main};
+use anyhow::Context;
+use candle_core::{Device, Tensor};
 use vidcascade_diffusion::step_batch;
 use vidcascade_engine::DiffusionStage;
 use vidcascade_engine::stage::{StageInput, UNetVelocity};
+use vidcascade_kernels::cpu::{flops, resolve_thread_count};
 use vidcascade_models::ModelRepository;
 use vidcascade_models::repository::scaffold::WeightInit;
 use vidcascade_spec::StageOverrides;
 
-fn repositories() -> Vec<(String, PathBuf, Option<tempfile::TempDir>)> {
-    let mut repos = Vec::new();
-    if let Ok(dir) = tempfile::tempdir() {
-        let root = dir.path().join("tiny");
-        if vidcascade_test_support::tiny_scaffold()
-            .write(&root, WeightInit::Random { seed: 1 })
-            .is_ok()
-        {
-            repos.push(("tiny".to_string(), root, Some(dir)));
-        }
-    }
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const PROMPT: &str = "a red circle moving left on a black background";
+
+/// One stage's measurement.
+#[derive(Debug, serde::Serialize)]
+struct Row {
+    stage: String,
+    output: String,
+    rows: usize,
+    ms_per_step: f64,
+    mflop_per_step: f64,
+    gflops: f64,
+    share_of_sgemm: f64,
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
+}
+
+fn samples() -> usize {
+    std::env::var("VIDCASCADE_BENCH_SAMPLES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(15)
+}
+
+/// GFLOP/s of a 2048^3 `f32` product through candle (median of 5 after one warm-up).
+fn sgemm_gflops() -> anyhow::Result<f64> {
+    let n = 2048;
+    let a = Tensor::randn(0f32, 1.0, (n, n), &Device::Cpu)?;
+    let b = Tensor::randn(0f32, 1.0, (n, n), &Device::Cpu)?;
+    a.matmul(&b)?;
+    let times = (0..5)
+        .map(|_| {
+            let start = Instant::now();
+            a.matmul(&b).map(|_| start.elapsed().as_secs_f64())
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(2.0 * (n * n * n) as f64 / median(times) / 1e9)
+}
+
+/// The repositories to bench: the tiny cascade (written to `scratch`) and the shipped one.
+fn repositories(scratch: &Path) -> anyhow::Result<Vec<(String, PathBuf)>> {
+    let tiny = scratch.join("tiny");
+    vidcascade_test_support::tiny_scaffold().write(&tiny, WeightInit::Random { seed: 1 })?;
+    let mut repos = vec![("tiny".to_string(), tiny)];
     let shipped = std::env::var_os("VIDCASCADE_BENCH_MODEL")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/shapes"));
@@ -40,88 +84,111 @@ fn repositories() -> Vec<(String, PathBuf, Option<tempfile::TempDir>)> {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "model".into());
-        repos.push((name, shipped, None));
+        repos.push((name, shipped));
     }
-    repos
+    Ok(repos)
 }
 
-/// The repository at `root` and its diffusion stages.
-fn load(
-    root: &std::path::Path,
-    device: &Device,
-) -> Result<(ModelRepository, Vec<DiffusionStage>), vidcascade_engine::EngineError> {
-    let repository = ModelRepository::open(root)?;
-    let stages = repository
-        .manifest()
-        .diffusion_stages()
-        .map(|stage| DiffusionStage::load(&repository, &stage.name, device))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok((repository, stages))
-}
-
-fn denoise_step(c: &mut Criterion) {
+/// Times every stage of the repository at `root`, each conditioned on the previous stage's
+/// output shape (content is irrelevant to timing).
+fn bench_repository(name: &str, root: &Path, sgemm: f64) -> anyhow::Result<Vec<Row>> {
     let device = Device::Cpu;
-    for (repo_name, root, _keep) in repositories() {
-        let (repository, stages) = match load(&root, &device) {
-            Ok(loaded) => loaded,
-            Err(err) => panic!("cannot load {}: {err}", root.display()),
+    let repository = ModelRepository::open(root)?;
+    let texts = repository
+        .load_text_encoder(&device)?
+        .encode(&[PROMPT, ""])?;
+    let mut previous = None;
+    let mut rows = Vec::new();
+    for manifest in repository.manifest().diffusion_stages() {
+        let stage = DiffusionStage::load(&repository, &manifest.name, &device)?;
+        let settings = StageOverrides::default().resolve(stage.manifest(), "sampler")?;
+        let input = StageInput {
+            text: &texts[0],
+            unconditional: &texts[1],
+            low_res: previous.as_ref(),
+            seed: 0,
+            settings,
         };
-        let texts = match repository
-            .load_text_encoder(&device)
-            .and_then(|e| e.encode(&["a red circle moving left on a black background", ""]))
-        {
-            Ok(texts) => texts,
-            Err(err) => panic!("cannot encode: {err}"),
+        let (state, conditioning) = stage.prepare(&input)?;
+        let model = UNetVelocity {
+            unet: stage.unet(),
+            samples: vec![&conditioning],
         };
-        let mut previous = None;
-        for stage in &stages {
-            let settings = match StageOverrides::default().resolve(stage.manifest(), "sampler") {
-                Ok(settings) => settings,
-                Err(err) => panic!("{err}"),
-            };
-            let input = StageInput {
-                text: &texts[0],
-                unconditional: &texts[1],
-                low_res: previous.as_ref(),
-                seed: 0,
-                settings,
-            };
-            let (state, conditioning) = match stage.prepare(&input) {
-                Ok(prepared) => prepared,
-                Err(err) => panic!("{err}"),
-            };
-            let model = UNetVelocity {
-                unet: stage.unet(),
-                samples: vec![&conditioning],
-            };
-            let shape = stage
-                .manifest()
-                .output
-                .map(|o| o.to_string())
-                .unwrap_or_default();
-            let label = format!(
-                "{repo_name}/{} ({shape}, guidance {})",
-                stage.name(),
-                settings.guidance
-            );
-            c.bench_function(&label, |b| {
-                b.iter(|| {
-                    // A fresh copy of the first step's state each time: the step being measured
-                    // is always the same one.
-                    let mut s = state.clone();
-                    black_box(step_batch(&model, &mut [&mut s]).map(|_| ()))
-                })
-            });
-            // The next stage is conditioned on this stage's output shape (content is irrelevant
-            // to timing): use the initial latent clamped into range.
-            previous = state.latent().clamp(-1f32, 1f32).ok();
-        }
+        let step = || -> anyhow::Result<f64> {
+            // A fresh copy of the first step's state: the step measured is always the same one.
+            let mut s = state.clone();
+            let start = Instant::now();
+            step_batch(&model, &mut [&mut s])?;
+            Ok(start.elapsed().as_secs_f64())
+        };
+        step()?;
+        let before = flops();
+        step()?;
+        let flop = (flops() - before) as f64;
+        let seconds = median(
+            (0..samples())
+                .map(|_| step())
+                .collect::<anyhow::Result<_>>()?,
+        );
+        let gflops = flop / seconds / 1e9;
+        rows.push(Row {
+            stage: format!("{name}/{}", stage.name()),
+            output: manifest.output.map(|o| o.to_string()).unwrap_or_default(),
+            rows: if settings.guidance == 1.0 { 1 } else { 2 },
+            ms_per_step: seconds * 1e3,
+            mflop_per_step: flop / 1e6,
+            gflops,
+            share_of_sgemm: gflops / sgemm,
+        });
+        previous = state.latent().clamp(-1f32, 1f32).ok();
     }
+    Ok(rows)
 }
 
-criterion_group! {
-    name = benches;
-    config = Criterion::default().sample_size(20).warm_up_time(std::time::Duration::from_secs(1));
-    targets = denoise_step
+fn main() -> anyhow::Result<()> {
+    let threads = resolve_thread_count();
+    let scratch = tempfile::tempdir()?;
+    let repos = repositories(scratch.path())?;
+    let sgemm_before = sgemm_gflops()?;
+    let mut rows = Vec::new();
+    for (name, root) in &repos {
+        rows.extend(
+            bench_repository(name, root, sgemm_before)
+                .with_context(|| format!("benching {}", root.display()))?,
+        );
+    }
+    let sgemm_after = sgemm_gflops()?;
+    // The reference is the mean of the two sgemm runs that bracket the stages.
+    let sgemm = (sgemm_before + sgemm_after) / 2.0;
+    for row in &mut rows {
+        row.share_of_sgemm = row.gflops / sgemm;
+    }
+    println!(
+        "sgemm 2048^3 (candle matmul, {threads} threads): {sgemm_before:.0} / {sgemm_after:.0} GFLOP/s before / after the stages"
+    );
+    println!("| stage | output | rows | ms/step | MFLOP/step | GFLOP/s | share of sgemm |");
+    println!("|---|---|---|---|---|---|---|");
+    for r in &rows {
+        println!(
+            "| {} | {} | {} | {:.1} | {:.0} | {:.1} | {:.1} % |",
+            r.stage,
+            r.output,
+            r.rows,
+            r.ms_per_step,
+            r.mflop_per_step,
+            r.gflops,
+            100.0 * r.share_of_sgemm
+        );
+    }
+    if let Some(path) = std::env::var_os("VIDCASCADE_BENCH_JSON") {
+        let report = serde_json::json!({
+            "threads": threads,
+            "sgemm_gflops": sgemm,
+            "sgemm_gflops_before_after": [sgemm_before, sgemm_after],
+            "samples": samples(),
+            "stages": rows,
+        });
+        std::fs::write(&path, serde_json::to_string_pretty(&report)? + "\n")?;
+    }
+    Ok(())
 }
-criterion_main!(benches);

@@ -79,7 +79,7 @@ impl Operand {
 
 impl Attention {
     fn head_dim(&self, channels: usize) -> Result<usize> {
-        if self.heads == 0 || channels % self.heads != 0 {
+        if self.heads == 0 || !channels.is_multiple_of(self.heads) {
             bail!(
                 "attention: {} heads do not divide {channels} channels",
                 self.heads
@@ -89,6 +89,7 @@ impl Attention {
     }
 
     /// `scores = softmax(scores * scale + bias)` row by row (`[queries, keys]`).
+    #[inline(always)]
     fn softmax(&self, scores: &mut [f32], keys: usize, head: usize, bias_row: Option<&[f32]>) {
         let queries = scores.len() / keys;
         for (i, row) in scores.chunks_exact_mut(keys).enumerate() {
@@ -138,7 +139,10 @@ impl Attention {
                     k.view(kd, kv_row, h, d).t(),
                     false,
                 )?;
-                vectorized(|| self.softmax(&mut scores[..queries * keys], keys, h, mask));
+                vectorized(
+                    #[inline(always)]
+                    || self.softmax(&mut scores[..queries * keys], keys, h, mask),
+                );
                 let positions = queries;
                 let dst = MatMut {
                     data: &mut out[h * d * positions..],

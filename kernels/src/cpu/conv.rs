@@ -14,6 +14,7 @@ use rayon::prelude::*;
 
 use super::contiguous_f32;
 use super::gemm::{MatMut, MatRef, matmul};
+use super::simd::vectorized;
 
 /// Output positions per unfolded tile: the scratch of a 3x3 conv over 48 channels is then
 /// 432 x 256 floats (442 KB), which stays in a core's L2.
@@ -64,7 +65,7 @@ impl Geometry {
         if bias != [out_channels] {
             bail!("conv: bias {bias:?} must be [{out_channels}]");
         }
-        let halves = |len: usize| len == 1 || len % 2 == 0;
+        let halves = |len: usize| len == 1 || len.is_multiple_of(2);
         let (out_height, out_width) = match stride {
             1 => (height, width),
             2 if halves(height) && halves(width) => (height.div_ceil(2), width.div_ceil(2)),
@@ -112,6 +113,7 @@ impl Geometry {
     }
 
     /// Unfolds output rows `rows` of `image` into `cols` (`[taps, rows.len() * out_width]`).
+    #[inline(always)]
     fn unfold(&self, image: &[f32], rows: std::ops::Range<usize>, cols: &mut [f32]) {
         let (ph, pw) = (self.kh / 2, self.kw / 2);
         let tile = rows.len() * self.out_width;
@@ -140,6 +142,7 @@ impl Geometry {
     }
 
     /// One output row's tap `dj` from source row `src`: `out[j] = src[j * stride + dj - pw]`.
+    #[inline(always)]
     fn unfold_row(&self, src: &[f32], dj: usize, pw: usize, out: &mut [f32]) {
         if self.stride == 1 {
             // Columns j with 0 <= j + dj - pw < width are copied; the rest is padding.
@@ -182,7 +185,10 @@ impl Geometry {
                 let tile = rows.len() * self.out_width;
                 scratch.resize(taps * tile, 0.0);
                 let cols = &mut scratch[..taps * tile];
-                self.unfold(image, rows, cols);
+                vectorized(
+                    #[inline(always)]
+                    || self.unfold(image, rows, cols),
+                );
                 let dst = MatMut::rows(
                     &mut out[start * self.out_width..],
                     self.out_channels,

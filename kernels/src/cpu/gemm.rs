@@ -114,6 +114,7 @@ pub fn matmul(dst: MatMut<'_>, a: MatRef<'_>, b: MatRef<'_>, accumulate: bool) -
     if m == 0 || n == 0 {
         return Ok(());
     }
+    super::count_flops(2 * m * n * k);
     if k == 0 {
         if !accumulate {
             for i in 0..m {

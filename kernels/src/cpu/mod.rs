@@ -16,8 +16,27 @@ pub use norm::{Affine, GroupNorm, LayerNorm, Statistics};
 pub use temporal_conv::TemporalConv;
 pub use threads::resolve_thread_count;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, Layout, Result, bail};
+
+static FLOPS: AtomicU64 = AtomicU64::new(0);
+
+/// Floating-point operations these ops have run in this process, by one rule: `2 m n k` for
+/// every `m x k` by `k x n` matrix product (convolutions as their im2col products, projections,
+/// attention scores and weighted sums, including the pixel-parallel temporal attention, which
+/// does the same products without a GEMM call). Norms, softmax, SiLU and additions are not
+/// counted, nor are candle's own small matmuls outside these ops (the time and text
+/// embeddings, FiLM projections, text keys and values: under 2 % of a step). Benchmarks divide
+/// its growth over a step by the step's time.
+pub fn flops() -> u64 {
+    FLOPS.load(Ordering::Relaxed)
+}
+
+fn count_flops(n: usize) {
+    FLOPS.fetch_add(n as u64, Ordering::Relaxed);
+}
 
 /// The `f32` elements of a contiguous CPU tensor, or an error naming `op` and `what`.
 fn contiguous_f32<'a>(

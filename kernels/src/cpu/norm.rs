@@ -184,24 +184,49 @@ impl GroupNorm {
             .zip(x.par_chunks(size))
             .enumerate()
             .for_each(|(n, (out, image))| {
-                vectorized(|| {
-                    let count = (d.group * d.positions) as f32;
-                    let stats: Vec<([f32; 1], [f32; 1])> = image
-                        .chunks_exact(d.group * d.positions)
-                        .map(|g| {
-                            let mean = sum(g) / count;
-                            let var = sum_squared_deviations(g, mean) / count;
-                            ([mean], [1.0 / (var + self.eps).sqrt()])
-                        })
-                        .collect();
-                    let stats: Vec<(&[f32], &[f32])> =
-                        stats.iter().map(|(m, r)| (&m[..], &r[..])).collect();
-                    self.apply(d, n, image, out, &stats);
-                })
+                vectorized(
+                    #[inline(always)]
+                    || self.normalize_image(d, n, image, out),
+                )
             });
     }
 
+    // The closures handed to `vectorized` only call these `inline(always)` functions, so the
+    // whole loop nest is compiled inside the AVX-512 / AVX2 function.
+    #[inline(always)]
+    fn normalize_image(&self, d: Dims, n: usize, image: &[f32], out: &mut [f32]) {
+        let count = (d.group * d.positions) as f32;
+        let stats: Vec<([f32; 1], [f32; 1])> = image
+            .chunks_exact(d.group * d.positions)
+            .map(|g| {
+                let mean = sum(g) / count;
+                let var = sum_squared_deviations(g, mean) / count;
+                ([mean], [1.0 / (var + self.eps).sqrt()])
+            })
+            .collect();
+        let stats: Vec<(&[f32], &[f32])> = stats.iter().map(|(m, r)| (&m[..], &r[..])).collect();
+        self.apply(d, n, image, out, &stats);
+    }
+
+    #[inline(always)]
+    fn normalize_clip(&self, d: Dims, frames: usize, b: usize, clip_x: &[f32], out: &mut [f32]) {
+        let image = d.channels * d.positions;
+        let stats = self.clip_statistics(d, clip_x, frames);
+        let stats: Vec<(&[f32], &[f32])> = stats.iter().map(|(m, r)| (&m[..], &r[..])).collect();
+        for f in 0..frames {
+            let range = f * image..(f + 1) * image;
+            self.apply(
+                d,
+                b * frames + f,
+                &clip_x[range.clone()],
+                &mut out[range],
+                &stats,
+            );
+        }
+    }
+
     /// Mean and reciprocal std per (group, position) of one clip: `[groups][positions]` each.
+    #[inline(always)]
     fn clip_statistics(&self, d: Dims, clip: &[f32], frames: usize) -> Vec<(Vec<f32>, Vec<f32>)> {
         let count = (d.group * frames) as f32;
         let image = d.channels * d.positions;
@@ -235,21 +260,14 @@ impl GroupNorm {
 
     fn per_position(&self, d: Dims, frames: usize, x: &[f32], out: &mut [f32]) {
         let clip = frames * d.channels * d.positions;
-        let image = d.channels * d.positions;
         out.par_chunks_mut(clip)
             .zip(x.par_chunks(clip))
             .enumerate()
             .for_each(|(b, (out, clip_x))| {
-                vectorized(|| {
-                    let stats = self.clip_statistics(d, clip_x, frames);
-                    let stats: Vec<(&[f32], &[f32])> =
-                        stats.iter().map(|(m, r)| (&m[..], &r[..])).collect();
-                    for f in 0..frames {
-                        let n = b * frames + f;
-                        let range = f * image..(f + 1) * image;
-                        self.apply(d, n, &clip_x[range.clone()], &mut out[range], &stats);
-                    }
-                })
+                vectorized(
+                    #[inline(always)]
+                    || self.normalize_clip(d, frames, b, clip_x, out),
+                )
             });
     }
 }

@@ -37,7 +37,9 @@ fn isa() -> Isa {
     })
 }
 
-/// Runs `f`, compiled for AVX-512 or AVX2 + FMA when this CPU has them.
+/// Runs `f`, compiled for AVX-512 or AVX2 + FMA when this CPU has them. Mark the closure
+/// `#[inline(always)]` (and the functions it calls): a closure that is not inlined into the
+/// feature-enabled function is compiled for the baseline ISA.
 #[inline(always)]
 pub(crate) fn vectorized<R>(f: impl FnOnce() -> R) -> R {
     match isa() {
@@ -111,13 +113,18 @@ pub(crate) fn exp(x: f32) -> f32 {
     // two plain adds, where `f32::round` would be a libm call that blocks vectorisation.
     const ROUNDER: f32 = 12_582_912.0;
     let x = x.clamp(-87.0, 88.0);
-    let k = (x * std::f32::consts::LOG2_E + ROUNDER) - ROUNDER;
+    let shifted = x * std::f32::consts::LOG2_E + ROUNDER;
+    let k = shifted - ROUNDER;
+    // The integer k sits in the low mantissa bits of `shifted` (its exponent is that of
+    // ROUNDER for |k| < 2^22): read it with integer ops, which vectorise, where `k as i32`
+    // (a saturating conversion) would not.
+    let k_int = shifted.to_bits().wrapping_sub(ROUNDER.to_bits()) as i32;
     let r = (x - k * LN2_HI) - k * LN2_LO;
     let p = 1.0
         + r * (1.0
             + r * (0.5
                 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    p * f32::from_bits((((k as i32) + 127) as u32) << 23)
+    p * f32::from_bits(((k_int + 127) as u32) << 23)
 }
 
 /// `x * sigmoid(x)`.

@@ -27,6 +27,7 @@ struct Clip {
 
 impl Clip {
     /// Row `channel` of frame `frame` (qkv layout: `[F, 3C, P]` per clip).
+    #[inline(always)]
     fn row<'a>(
         &self,
         qkv: &'a [f32],
@@ -80,17 +81,24 @@ pub(crate) fn attend(
             SCORES.with(|scratch| {
                 let mut scores = scratch.borrow_mut();
                 scores.resize(frames * frames * PIXEL_BLOCK.min(p), 0.0);
-                vectorized(|| {
-                    for h in 0..op.heads {
-                        for start in (0..p).step_by(PIXEL_BLOCK) {
-                            let block = (start, PIXEL_BLOCK.min(p - start));
-                            head_block(op, clip, h, block, qkv, &mut scores, out);
-                        }
-                    }
-                })
+                vectorized(
+                    #[inline(always)]
+                    || attend_clip(op, clip, qkv, &mut scores, out),
+                )
             })
         });
     Ok((out, (n, c, p).into()))
+}
+
+/// Every head and pixel block of one clip (`inline(always)`: compiled inside `vectorized`).
+#[inline(always)]
+fn attend_clip(op: &Attention, clip: Clip, qkv: &[f32], scores: &mut [f32], out: &mut [f32]) {
+    for h in 0..op.heads {
+        for start in (0..clip.positions).step_by(PIXEL_BLOCK) {
+            let block = (start, PIXEL_BLOCK.min(clip.positions - start));
+            head_block(op, clip, h, block, qkv, scores, out);
+        }
+    }
 }
 
 /// One head over one block of pixels of one clip.
@@ -106,6 +114,7 @@ fn head_block(
 ) {
     let (f, c, d, len) = (clip.frames, clip.channels, clip.head_dim, block.1);
     let score = |fi: usize, fj: usize| (fi * f + fj) * len;
+    super::count_flops(4 * f * f * d * len);
     for fi in 0..f {
         for fj in 0..f {
             let s = &mut scores[score(fi, fj)..][..len];
