@@ -6,6 +6,7 @@
 //! ```text
 //! cargo bench --bench denoise_step                     # table on stdout
 //! VIDCASCADE_BENCH_JSON=docs/bench/denoise_step.json cargo bench --bench denoise_step
+//! VIDCASCADE_BENCH_FILTER=shapes/ssr cargo bench --bench denoise_step   # only matching stages
 //! ```
 //!
 //! Covers the tiny random-weight cascade and the shipped `models/shapes` (or the repository
@@ -21,7 +22,7 @@ use candle_core::{Device, Tensor};
 use vidcascade_diffusion::step_batch;
 use vidcascade_engine::DiffusionStage;
 use vidcascade_engine::stage::{StageInput, UNetVelocity};
-use vidcascade_kernels::cpu::{flops, resolve_thread_count};
+use vidcascade_kernels::cpu::{Workload, configure_threads, flops};
 use vidcascade_models::ModelRepository;
 use vidcascade_models::repository::scaffold::WeightInit;
 use vidcascade_spec::StageOverrides;
@@ -99,8 +100,10 @@ fn bench_repository(name: &str, root: &Path, sgemm: f64) -> anyhow::Result<Vec<R
         .encode(&[PROMPT, ""])?;
     let mut previous = None;
     let mut rows = Vec::new();
+    let filter = std::env::var("VIDCASCADE_BENCH_FILTER").unwrap_or_default();
     for manifest in repository.manifest().diffusion_stages() {
         let stage = DiffusionStage::load(&repository, &manifest.name, &device)?;
+        let label = format!("{name}/{}", stage.name());
         let settings = StageOverrides::default().resolve(stage.manifest(), "sampler")?;
         let input = StageInput {
             text: &texts[0],
@@ -114,6 +117,7 @@ fn bench_repository(name: &str, root: &Path, sgemm: f64) -> anyhow::Result<Vec<R
             unet: stage.unet(),
             samples: vec![&conditioning],
         };
+        let measured = label.contains(&filter);
         let step = || -> anyhow::Result<f64> {
             // A fresh copy of the first step's state: the step measured is always the same one.
             let mut s = state.clone();
@@ -122,6 +126,10 @@ fn bench_repository(name: &str, root: &Path, sgemm: f64) -> anyhow::Result<Vec<R
             Ok(start.elapsed().as_secs_f64())
         };
         step()?;
+        if !measured {
+            previous = state.latent().clamp(-1f32, 1f32).ok();
+            continue;
+        }
         let before = flops();
         step()?;
         let flop = (flops() - before) as f64;
@@ -132,7 +140,7 @@ fn bench_repository(name: &str, root: &Path, sgemm: f64) -> anyhow::Result<Vec<R
         );
         let gflops = flop / seconds / 1e9;
         rows.push(Row {
-            stage: format!("{name}/{}", stage.name()),
+            stage: label,
             output: manifest.output.map(|o| o.to_string()).unwrap_or_default(),
             rows: if settings.guidance == 1.0 { 1 } else { 2 },
             ms_per_step: seconds * 1e3,
@@ -146,7 +154,7 @@ fn bench_repository(name: &str, root: &Path, sgemm: f64) -> anyhow::Result<Vec<R
 }
 
 fn main() -> anyhow::Result<()> {
-    let threads = resolve_thread_count();
+    let threads = configure_threads(Workload::Inference);
     let scratch = tempfile::tempdir()?;
     let repos = repositories(scratch.path())?;
     let sgemm_before = sgemm_gflops()?;

@@ -17,8 +17,8 @@ use clap::Parser;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    // Before any thread starts: candle would otherwise re-count the cores on every matmul.
-    vidcascade_kernels::cpu::resolve_thread_count();
+    // Before any thread starts (see vidcascade_kernels::cpu::configure_threads).
+    vidcascade_kernels::cpu::configure_threads(vidcascade_kernels::cpu::Workload::Inference);
     let args = cli::Cli::parse();
     match cli::run(args) {
         Ok(()) => ExitCode::SUCCESS,

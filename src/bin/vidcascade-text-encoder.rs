@@ -11,8 +11,8 @@ use vidcascade_text_encoder::{EncoderCli, EncoderServer};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    // Before any thread starts: candle would otherwise re-count the cores on every matmul.
-    vidcascade_kernels::cpu::resolve_thread_count();
+    // Before any thread starts (see vidcascade_kernels::cpu::configure_threads).
+    vidcascade_kernels::cpu::configure_threads(vidcascade_kernels::cpu::Workload::Inference);
     let cli: EncoderCli = parse_or_exit();
     let config = cli.validate().unwrap_or_else(|err| exit_config(&err));
     run_main("vidcascade-text-encoder", &config.server, || async {

@@ -16,7 +16,7 @@ use rayon::prelude::*;
 
 use super::contiguous_f32;
 use super::gemm::{MatMut, MatRef, matmul};
-use super::simd::{exp, vectorized};
+use super::simd::{exp, max, sum, vectorized};
 
 thread_local! {
     static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
@@ -106,9 +106,9 @@ impl Attention {
                     .for_each(|(s, b)| *s = *s * self.scale + b),
                 _ => row.iter_mut().for_each(|s| *s *= self.scale),
             }
-            let max = row.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+            let max = max(row);
             row.iter_mut().for_each(|s| *s = exp(*s - max));
-            let total: f32 = row.iter().sum();
+            let total = sum(row);
             let inv = 1.0 / total;
             row.iter_mut().for_each(|s| *s *= inv);
         }

@@ -14,7 +14,7 @@ pub use conv::Conv2d;
 pub use gemm::{MatMut, MatRef, matmul};
 pub use norm::{Affine, GroupNorm, LayerNorm, Statistics};
 pub use temporal_conv::TemporalConv;
-pub use threads::resolve_thread_count;
+pub use threads::{Workload, configure_threads, resolve_thread_count};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -36,6 +36,13 @@ pub fn flops() -> u64 {
 
 fn count_flops(n: usize) {
     FLOPS.fetch_add(n as u64, Ordering::Relaxed);
+}
+
+/// Runs `f` on one of rayon's worker threads (the calling thread waits), so the parallel
+/// sections inside it start on a worker that takes its own share of the work, instead of
+/// handing every section from outside the pool to sleeping workers.
+pub fn on_workers<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    rayon::scope(|_| f())
 }
 
 /// The `f32` elements of a contiguous CPU tensor, or an error naming `op` and `what`.

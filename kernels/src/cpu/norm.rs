@@ -155,6 +155,7 @@ impl GroupNorm {
 
     /// Writes one image's normalised output, given per-(group, position) statistics (one value
     /// per group when the statistics cover whole images).
+    #[inline(always)]
     fn apply(&self, d: Dims, n: usize, x: &[f32], out: &mut [f32], stats: &[(&[f32], &[f32])]) {
         for c in 0..d.channels {
             let (scale, shift) = self.affine.at(n, c, d.channels);

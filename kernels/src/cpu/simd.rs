@@ -82,6 +82,23 @@ pub(crate) fn sum(xs: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>()
 }
 
+/// `max(xs)` (negative infinity for none) with [`LANES`] partial maxima.
+#[inline(always)]
+pub(crate) fn max(xs: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; LANES];
+    let mut chunks = xs.chunks_exact(LANES);
+    for chunk in &mut chunks {
+        for (a, x) in acc.iter_mut().zip(chunk) {
+            *a = a.max(*x);
+        }
+    }
+    let tail = chunks
+        .remainder()
+        .iter()
+        .fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+    acc.iter().fold(tail, |m, &x| m.max(x))
+}
+
 /// `sum((xs - mean)^2)` with [`LANES`] partial sums.
 #[inline(always)]
 pub(crate) fn sum_squared_deviations(xs: &[f32], mean: f32) -> f32 {

@@ -36,8 +36,8 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
-    // Before any thread starts: candle would otherwise re-count the cores on every matmul.
-    vidcascade_kernels::cpu::resolve_thread_count();
+    // Before any thread starts (see vidcascade_kernels::cpu::configure_threads).
+    vidcascade_kernels::cpu::configure_threads(vidcascade_kernels::cpu::Workload::Inference);
     let args = Args::parse();
     let cascade = EmbeddedCascade::load(&args.model, &Device::Cpu)?;
     let mut scenes = held_out_scenes();

@@ -213,8 +213,8 @@ struct InProcessArgs {
 }
 
 fn main() -> anyhow::Result<()> {
-    // Before any thread starts: candle would otherwise re-count the cores on every matmul.
-    vidcascade_kernels::cpu::resolve_thread_count();
+    // Before any thread starts (see vidcascade_kernels::cpu::configure_threads).
+    vidcascade_kernels::cpu::configure_threads(vidcascade_kernels::cpu::Workload::Inference);
     match Cli::parse().command {
         Command::Record(args) => record_payload(&args),
         Command::InProcess(args) => in_process(&args),

@@ -131,8 +131,8 @@ struct TrainArgs {
 }
 
 fn main() -> anyhow::Result<()> {
-    // Before any thread starts: candle would otherwise re-count the cores on every matmul.
-    vidcascade_kernels::cpu::resolve_thread_count();
+    // Before any thread starts (see vidcascade_kernels::cpu::configure_threads).
+    vidcascade_kernels::cpu::configure_threads(vidcascade_kernels::cpu::Workload::Training);
     match Cli::parse().command {
         Command::Init { out, seed, force } => init(&out, seed, force),
         Command::PretrainText {
