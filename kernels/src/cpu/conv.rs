@@ -115,28 +115,79 @@ impl Geometry {
     /// Unfolds output rows `rows` of `image` into `cols` (`[taps, rows.len() * out_width]`).
     #[inline(always)]
     fn unfold(&self, image: &[f32], rows: std::ops::Range<usize>, cols: &mut [f32]) {
-        let (ph, pw) = (self.kh / 2, self.kw / 2);
         let tile = rows.len() * self.out_width;
+        let plane_size = self.height * self.width;
         let mut chunks = cols.chunks_exact_mut(tile);
         for c in 0..self.channels {
-            let plane = &image[c * self.height * self.width..][..self.height * self.width];
+            let plane = &image[c * plane_size..][..plane_size];
             for di in 0..self.kh {
                 for dj in 0..self.kw {
                     let Some(dst) = chunks.next() else { return };
-                    for (r, i) in rows.clone().enumerate() {
-                        let out = &mut dst[r * self.out_width..][..self.out_width];
-                        let src_row = (i * self.stride + di).checked_sub(ph);
-                        match src_row.filter(|&row| row < self.height) {
-                            Some(row) => self.unfold_row(
-                                &plane[row * self.width..][..self.width],
-                                dj,
-                                pw,
-                                out,
-                            ),
-                            None => out.fill(0.0),
-                        }
+                    if self.stride == 1 {
+                        self.unfold_shifted(plane, rows.start, (di, dj), dst);
+                    } else {
+                        self.unfold_strided(plane, rows.clone(), (di, dj), dst);
                     }
                 }
+            }
+        }
+    }
+
+    /// Stride 1: tap `(di, dj)` of a tile starting at output row `first_row` is the plane
+    /// shifted by `(di - kh/2) * W + (dj - kw/2)` in flattened order, so it is one copy; the
+    /// positions that shift would take across a row edge (columns `j + dj - kw/2` outside the
+    /// row) are then zeroed, and rows above or below the plane fall outside the copied range.
+    #[inline(always)]
+    fn unfold_shifted(
+        &self,
+        plane: &[f32],
+        first_row: usize,
+        (di, dj): (usize, usize),
+        dst: &mut [f32],
+    ) {
+        let (ph, pw, w) = (self.kh / 2, self.kw / 2, self.width);
+        // Source index of dst[0]: (first_row + di - ph) * W + dj - pw, possibly negative.
+        let shift = ((first_row + di) * w + dj) as isize - (ph * w + pw) as isize;
+        let len = dst.len() as isize;
+        let start = (-shift).clamp(0, len) as usize;
+        let end = (plane.len() as isize - shift).clamp(0, len) as usize;
+        dst[..start].fill(0.0);
+        if start < end {
+            let from = (start as isize + shift) as usize;
+            dst[start..end].copy_from_slice(&plane[from..from + (end - start)]);
+        }
+        dst[end.max(start)..].fill(0.0);
+        // Columns whose tap falls left of column 0 (dj < pw) or right of column W-1 (dj > pw).
+        let (lo, hi) = if dj < pw {
+            (0, (pw - dj).min(w))
+        } else {
+            (w - (dj - pw).min(w), w)
+        };
+        if lo < hi {
+            for row in dst.chunks_exact_mut(w) {
+                row[lo..hi].fill(0.0);
+            }
+        }
+    }
+
+    /// Stride 2: one element at a time (only the downsampling convolutions).
+    #[inline(always)]
+    fn unfold_strided(
+        &self,
+        plane: &[f32],
+        rows: std::ops::Range<usize>,
+        (di, dj): (usize, usize),
+        dst: &mut [f32],
+    ) {
+        let (ph, pw) = (self.kh / 2, self.kw / 2);
+        for (r, i) in rows.enumerate() {
+            let out = &mut dst[r * self.out_width..][..self.out_width];
+            match (i * self.stride + di)
+                .checked_sub(ph)
+                .filter(|&row| row < self.height)
+            {
+                Some(row) => self.unfold_row(&plane[row * self.width..][..self.width], dj, pw, out),
+                None => out.fill(0.0),
             }
         }
     }
@@ -144,17 +195,6 @@ impl Geometry {
     /// One output row's tap `dj` from source row `src`: `out[j] = src[j * stride + dj - pw]`.
     #[inline(always)]
     fn unfold_row(&self, src: &[f32], dj: usize, pw: usize, out: &mut [f32]) {
-        if self.stride == 1 {
-            // Columns j with 0 <= j + dj - pw < width are copied; the rest is padding.
-            let first = pw.saturating_sub(dj);
-            let end = (self.width + pw).saturating_sub(dj).min(out.len());
-            out[..first].fill(0.0);
-            if first < end {
-                out[first..end].copy_from_slice(&src[first + dj - pw..end + dj - pw]);
-            }
-            out[end.max(first)..].fill(0.0);
-            return;
-        }
         for (j, o) in out.iter_mut().enumerate() {
             *o = (j * self.stride + dj)
                 .checked_sub(pw)
@@ -297,6 +337,9 @@ mod tests {
         // Taller than one tile (256 / 40 = 6 rows per tile): tiles and edges meet correctly.
         check((1, 2, 20, 40), 3, 3, 1)?;
         check((1, 2, 1, 9), 3, 3, 1)?;
+        // A kernel wider and taller than the image: every tap of some rows and columns pads.
+        check((2, 2, 3, 2), 3, 5, 1)?;
+        check((1, 3, 2, 1), 2, 5, 1)?;
         Ok(())
     }
 
