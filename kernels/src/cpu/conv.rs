@@ -204,13 +204,10 @@ impl Geometry {
         }
     }
 
-    /// Convolves one image into `out` (`[O, out positions]`).
-    fn image(&self, image: &[f32], weight: &[f32], bias: &[f32], out: &mut [f32]) -> Result<()> {
+    /// Convolves one image into `out` (`[O, out positions]`, already holding the bias).
+    fn image(&self, image: &[f32], weight: &[f32], out: &mut [f32]) -> Result<()> {
         let positions = self.out_positions();
         let taps = self.taps();
-        for (o, row) in out.chunks_exact_mut(positions).enumerate() {
-            row.fill(bias[o]);
-        }
         let w = MatRef::rows(weight, self.out_channels, taps, taps);
         if self.is_pointwise() {
             let x = MatRef::rows(image, taps, positions, positions);
@@ -262,11 +259,17 @@ impl CustomOp3 for Conv2d {
         let bias = contiguous_f32(bs, bl, "conv", "bias")?;
         let in_size = g.channels * g.height * g.width;
         let out_size = g.out_channels * g.out_positions();
-        let mut out = vec![0.0f32; g.images * out_size];
+        // The output starts as the bias (one write pass, no zeroing first); the products add.
+        let mut out = Vec::with_capacity(g.images * out_size);
+        for _ in 0..g.images {
+            for &b in bias {
+                out.extend(std::iter::repeat_n(b, g.out_positions()));
+            }
+        }
         if out_size > 0 && in_size > 0 {
             out.par_chunks_mut(out_size)
                 .zip(x.par_chunks(in_size))
-                .try_for_each(|(out, image)| g.image(image, weight, bias, out))?;
+                .try_for_each(|(out, image)| g.image(image, weight, out))?;
         }
         Ok((CpuStorage::F32(out), g.output_shape(xl.dims().len())))
     }
