@@ -1,7 +1,8 @@
 //! One denoising step (one batched U-Net call plus the sampler update) per diffusion stage, its
-//! floating-point rate, and that rate as a share of a 2048^3 `f32` matrix product measured in
-//! the same run by the same library (candle's matmul on the `gemm` crate) — the ratio is what
-//! to track, since absolute times drift on shared machines.
+//! floating-point rate, and that rate as a share of a 2048^3 `f32` matrix product by the same
+//! library (candle's matmul on the `gemm` crate) — the ratio is what to track, since absolute
+//! times drift on shared machines (here by up to 1.5x within minutes). Every timed step is
+//! paired with one sgemm timed right after it; the share is the median over those pairs.
 //!
 //! ```text
 //! cargo bench --bench denoise_step                     # table on stdout
@@ -41,6 +42,7 @@ struct Row {
     ms_per_step: f64,
     mflop_per_step: f64,
     gflops: f64,
+    sgemm_gflops: f64,
     share_of_sgemm: f64,
 }
 
@@ -57,19 +59,28 @@ fn samples() -> usize {
         .unwrap_or(15)
 }
 
-/// GFLOP/s of a 2048^3 `f32` product through candle (median of 5 after one warm-up).
-fn sgemm_gflops() -> anyhow::Result<f64> {
-    let n = 2048;
-    let a = Tensor::randn(0f32, 1.0, (n, n), &Device::Cpu)?;
-    let b = Tensor::randn(0f32, 1.0, (n, n), &Device::Cpu)?;
-    a.matmul(&b)?;
-    let times = (0..5)
-        .map(|_| {
-            let start = Instant::now();
-            a.matmul(&b).map(|_| start.elapsed().as_secs_f64())
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(2.0 * (n * n * n) as f64 / median(times) / 1e9)
+/// A 2048^3 `f32` product through candle, the reference rate.
+struct Sgemm {
+    a: Tensor,
+    b: Tensor,
+}
+
+impl Sgemm {
+    const N: usize = 2048;
+
+    fn new() -> anyhow::Result<Self> {
+        let a = Tensor::randn(0f32, 1.0, (Self::N, Self::N), &Device::Cpu)?;
+        let b = Tensor::randn(0f32, 1.0, (Self::N, Self::N), &Device::Cpu)?;
+        a.matmul(&b)?;
+        Ok(Self { a, b })
+    }
+
+    /// GFLOP/s of one product.
+    fn gflops(&self) -> anyhow::Result<f64> {
+        let start = Instant::now();
+        self.a.matmul(&self.b)?;
+        Ok(2.0 * (Self::N.pow(3)) as f64 / start.elapsed().as_secs_f64() / 1e9)
+    }
 }
 
 /// The repositories to bench: the tiny cascade (written to `scratch`) and the shipped one.
@@ -92,7 +103,7 @@ fn repositories(scratch: &Path) -> anyhow::Result<Vec<(String, PathBuf)>> {
 
 /// Times every stage of the repository at `root`, each conditioned on the previous stage's
 /// output shape (content is irrelevant to timing).
-fn bench_repository(name: &str, root: &Path, sgemm: f64) -> anyhow::Result<Vec<Row>> {
+fn bench_repository(name: &str, root: &Path, sgemm: &Sgemm) -> anyhow::Result<Vec<Row>> {
     let device = Device::Cpu;
     let repository = ModelRepository::open(root)?;
     let texts = repository
@@ -133,11 +144,10 @@ fn bench_repository(name: &str, root: &Path, sgemm: f64) -> anyhow::Result<Vec<R
         let before = flops();
         step()?;
         let flop = (flops() - before) as f64;
-        let seconds = median(
-            (0..samples())
-                .map(|_| step())
-                .collect::<anyhow::Result<_>>()?,
-        );
+        let pairs = (0..samples())
+            .map(|_| Ok((step()?, sgemm.gflops()?)))
+            .collect::<anyhow::Result<Vec<(f64, f64)>>>()?;
+        let seconds = median(pairs.iter().map(|p| p.0).collect());
         let gflops = flop / seconds / 1e9;
         rows.push(Row {
             stage: label,
@@ -146,7 +156,8 @@ fn bench_repository(name: &str, root: &Path, sgemm: f64) -> anyhow::Result<Vec<R
             ms_per_step: seconds * 1e3,
             mflop_per_step: flop / 1e6,
             gflops,
-            share_of_sgemm: gflops / sgemm,
+            sgemm_gflops: median(pairs.iter().map(|p| p.1).collect()),
+            share_of_sgemm: median(pairs.iter().map(|&(t, g)| flop / t / 1e9 / g).collect()),
         });
         previous = state.latent().clamp(-1f32, 1f32).ok();
     }
@@ -157,42 +168,35 @@ fn main() -> anyhow::Result<()> {
     let threads = configure_threads(Workload::Inference);
     let scratch = tempfile::tempdir()?;
     let repos = repositories(scratch.path())?;
-    let sgemm_before = sgemm_gflops()?;
+    let sgemm = Sgemm::new()?;
     let mut rows = Vec::new();
     for (name, root) in &repos {
         rows.extend(
-            bench_repository(name, root, sgemm_before)
+            bench_repository(name, root, &sgemm)
                 .with_context(|| format!("benching {}", root.display()))?,
         );
     }
-    let sgemm_after = sgemm_gflops()?;
-    // The reference is the mean of the two sgemm runs that bracket the stages.
-    let sgemm = (sgemm_before + sgemm_after) / 2.0;
-    for row in &mut rows {
-        row.share_of_sgemm = row.gflops / sgemm;
-    }
+    println!("reference: 2048^3 sgemm by candle's matmul, {threads} threads, one after each step");
     println!(
-        "sgemm 2048^3 (candle matmul, {threads} threads): {sgemm_before:.0} / {sgemm_after:.0} GFLOP/s before / after the stages"
+        "| stage | output | rows | ms/step | MFLOP/step | GFLOP/s | sgemm GFLOP/s | share of sgemm |"
     );
-    println!("| stage | output | rows | ms/step | MFLOP/step | GFLOP/s | share of sgemm |");
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|");
     for r in &rows {
         println!(
-            "| {} | {} | {} | {:.1} | {:.0} | {:.1} | {:.1} % |",
+            "| {} | {} | {} | {:.1} | {:.0} | {:.1} | {:.0} | {:.1} % |",
             r.stage,
             r.output,
             r.rows,
             r.ms_per_step,
             r.mflop_per_step,
             r.gflops,
+            r.sgemm_gflops,
             100.0 * r.share_of_sgemm
         );
     }
     if let Some(path) = std::env::var_os("VIDCASCADE_BENCH_JSON") {
         let report = serde_json::json!({
             "threads": threads,
-            "sgemm_gflops": sgemm,
-            "sgemm_gflops_before_after": [sgemm_before, sgemm_after],
             "samples": samples(),
             "stages": rows,
         });

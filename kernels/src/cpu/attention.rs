@@ -16,7 +16,7 @@ use rayon::prelude::*;
 
 use super::contiguous_f32;
 use super::gemm::{MatMut, MatRef, matmul};
-use super::simd::{exp, max, sum, vectorized};
+use super::simd::{exp_shifted_sum, scale_add_max, vectorized};
 
 thread_local! {
     static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
@@ -93,23 +93,14 @@ impl Attention {
     fn softmax(&self, scores: &mut [f32], keys: usize, head: usize, bias_row: Option<&[f32]>) {
         let queries = scores.len() / keys;
         for (i, row) in scores.chunks_exact_mut(keys).enumerate() {
-            match (&self.bias, bias_row) {
+            let bias = match (&self.bias, bias_row) {
                 (AttentionBias::PerHead(table), _) => {
-                    let b = &table[(head * queries + i) * keys..][..keys];
-                    row.iter_mut()
-                        .zip(b)
-                        .for_each(|(s, b)| *s = *s * self.scale + b);
+                    Some(&table[(head * queries + i) * keys..][..keys])
                 }
-                (_, Some(b)) => row
-                    .iter_mut()
-                    .zip(b)
-                    .for_each(|(s, b)| *s = *s * self.scale + b),
-                _ => row.iter_mut().for_each(|s| *s *= self.scale),
-            }
-            let max = max(row);
-            row.iter_mut().for_each(|s| *s = exp(*s - max));
-            let total = sum(row);
-            let inv = 1.0 / total;
+                (_, row_bias) => row_bias,
+            };
+            let max = scale_add_max(row, self.scale, bias);
+            let inv = 1.0 / exp_shifted_sum(row, max);
             row.iter_mut().for_each(|s| *s *= inv);
         }
     }
