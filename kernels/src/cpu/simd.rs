@@ -82,24 +82,6 @@ pub(crate) fn sum(xs: &[f32]) -> f32 {
     reduce(acc, |a, b| a + b) + chunks.remainder().iter().sum::<f32>()
 }
 
-/// `max(xs)` (negative infinity for none) with [`LANES`] partial maxima.
-#[inline(always)]
-#[cfg(test)]
-pub(crate) fn max(xs: &[f32]) -> f32 {
-    let mut acc = [f32::NEG_INFINITY; LANES];
-    let mut chunks = xs.chunks_exact(LANES);
-    for chunk in &mut chunks {
-        for (a, x) in acc.iter_mut().zip(chunk) {
-            *a = a.max(*x);
-        }
-    }
-    let tail = chunks
-        .remainder()
-        .iter()
-        .fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-    reduce(acc, f32::max).max(tail)
-}
-
 /// Folds [`LANES`] partial results pairwise (8 + 8, 4 + 4, ...), which stays in vector
 /// registers, where a sequential fold would be 15 dependent scalar operations.
 #[inline(always)]
