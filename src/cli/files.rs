@@ -43,7 +43,7 @@ pub fn filmstrip(video: &Video, scale: usize) -> (usize, usize, Vec<u8>) {
 /// The line `generate` and `client` print when the video is written.
 pub fn wrote_line(output: &Path, video: &Video, scale: usize, seconds: f64) -> String {
     format!(
-        "wrote {} ({} frames, {}x{} @ {} fps, shown at {}x) in {:.1} s",
+        "wrote {} ({} frames, {}x{} @ {} fps, shown at {}x) in {:.2} s",
         output.display(),
         video.frames.len(),
         video.width,
