@@ -166,16 +166,9 @@ impl Attention {
             tokens: p,
         };
         let (q, k, v) = (operand(0), operand(c * p), operand(2 * c * p));
-        let mut out = vec![0.0f32; n * c * p];
-        if out.is_empty() {
-            return Ok((out, (n, c, p).into()));
-        }
-        out.par_chunks_mut(c * p)
-            .enumerate()
-            .try_for_each(|(i, out)| {
-                self.image((qkv, q), (qkv, k), (qkv, v), (i, i), d, None, out)
-            })?;
-        Ok((out, (n, c, p).into()))
+        per_image((n, c, p), |i, out| {
+            self.image((qkv, q), (qkv, k), (qkv, v), (i, i), d, None, out)
+        })
     }
 
     fn cross_attention(
@@ -220,19 +213,26 @@ impl Attention {
         };
         let (k, v) = (kv(0), kv(c));
         let per_row = n / rows;
-        let mut out = vec![0.0f32; n * c * p];
-        if out.is_empty() {
-            return Ok((out, (n, c, p).into()));
-        }
+        per_image((n, c, p), |i, out| {
+            let row = i / per_row;
+            let mask = mask.as_deref().map(|m| &m[row * keys..][..keys]);
+            self.image((qd, q), (kvd, k), (kvd, v), (i, row), d, mask, out)
+        })
+    }
+}
+
+/// A `[n, c, p]` output computed image by image on rayon's pool by `image(index, out)`.
+fn per_image(
+    (n, c, p): (usize, usize, usize),
+    image: impl Fn(usize, &mut [f32]) -> Result<()> + Sync,
+) -> Result<(Vec<f32>, Shape)> {
+    let mut out = vec![0.0f32; n * c * p];
+    if !out.is_empty() {
         out.par_chunks_mut(c * p)
             .enumerate()
-            .try_for_each(|(i, out)| {
-                let row = i / per_row;
-                let mask = mask.as_deref().map(|m| &m[row * keys..][..keys]);
-                self.image((qd, q), (kvd, k), (kvd, v), (i, row), d, mask, out)
-            })?;
-        Ok((out, (n, c, p).into()))
+            .try_for_each(|(i, out)| image(i, out))?;
     }
+    Ok((out, (n, c, p).into()))
 }
 
 impl CustomOp1 for Attention {
@@ -325,6 +325,20 @@ mod tests {
         );
     }
 
+    /// `want[pos][j]` (head `h` of image `img`) against `got` in the `[N, C, P]` layout.
+    fn check_head(
+        got: &[f32],
+        want: &[Vec<f32>],
+        (img, h): (usize, usize),
+        (c, d, p): (usize, usize, usize),
+    ) {
+        for (pos, row) in want.iter().enumerate() {
+            for (j, w) in row.iter().enumerate() {
+                close(got[(img * c + h * d + j) * p + pos], *w);
+            }
+        }
+    }
+
     #[test]
     fn spatial_self_attention_matches_the_definition() -> Result<()> {
         let (n, c, p, heads) = (3, 8, 10, 2);
@@ -348,11 +362,7 @@ mod tests {
                     0.5,
                     &|_, _| 0.0,
                 );
-                for (pos, row) in want.iter().enumerate() {
-                    for (j, w) in row.iter().enumerate() {
-                        close(got[(img * c + h * d + j) * p + pos], *w);
-                    }
-                }
+                check_head(&got, &want, (img, h), (c, d, p));
             }
         }
         Ok(())
@@ -399,11 +409,7 @@ mod tests {
                     0.7,
                     &bias,
                 );
-                for (pos, r) in want.iter().enumerate() {
-                    for (j, w) in r.iter().enumerate() {
-                        close(got[(img * c + h * d + j) * p + pos], *w);
-                    }
-                }
+                check_head(&got, &want, (img, h), (c, d, p));
             }
         }
         Ok(())

@@ -53,7 +53,40 @@ impl CustomOp3 for TemporalConv {
         let weight = contiguous_f32(ws, wl, "temporal conv", "weight")?;
         let bias = contiguous_f32(bs, bl, "temporal conv", "bias")?;
         let p: usize = xl.dims()[2..].iter().product();
-        // [O, C, k] -> [O, k*C]: column dt*C + c, matching the rows of consecutive frames.
+        let frame = Frame {
+            frames,
+            channels: c,
+            out_channels: o,
+            kernel: k,
+            positions: p,
+        };
+        let reordered = frame.reorder(weight);
+        let mut out = vec![0.0f32; n * o * p];
+        if !out.is_empty() && p > 0 {
+            out.par_chunks_mut(o * p)
+                .enumerate()
+                .try_for_each(|(i, out)| frame.compute(i, x, &reordered, bias, out))?;
+        }
+        let mut shape = xl.dims().to_vec();
+        shape[1] = o;
+        Ok((CpuStorage::F32(out), shape.into()))
+    }
+}
+
+/// The sizes one output frame is computed from.
+#[derive(Debug, Clone, Copy)]
+struct Frame {
+    frames: usize,
+    channels: usize,
+    out_channels: usize,
+    kernel: usize,
+    positions: usize,
+}
+
+impl Frame {
+    /// `[O, C, k]` -> `[O, k*C]`: column `dt*C + c`, matching the rows of consecutive frames.
+    fn reorder(&self, weight: &[f32]) -> Vec<f32> {
+        let (o, c, k) = (self.out_channels, self.channels, self.kernel);
         let mut reordered = vec![0.0f32; o * k * c];
         for oc in 0..o {
             for ic in 0..c {
@@ -62,36 +95,39 @@ impl CustomOp3 for TemporalConv {
                 }
             }
         }
-        let mut out = vec![0.0f32; n * o * p];
-        if !out.is_empty() && p > 0 {
-            out.par_chunks_mut(o * p)
-                .enumerate()
-                .try_for_each(|(i, out)| {
-                    let (clip, f) = (i / frames, i % frames);
-                    for (oc, row) in out.chunks_exact_mut(p).enumerate() {
-                        row.fill(bias[oc]);
-                    }
-                    let pad = k / 2;
-                    let first = pad.saturating_sub(f);
-                    let last = (frames + pad - f).min(k);
-                    if first >= last {
-                        return Ok(());
-                    }
-                    let w = MatRef {
-                        data: &reordered[first * c..],
-                        rows: o,
-                        cols: (last - first) * c,
-                        row_stride: k * c,
-                        col_stride: 1,
-                    };
-                    let frame0 = clip * frames + f + first - pad;
-                    let src = MatRef::rows(&x[frame0 * c * p..], (last - first) * c, p, p);
-                    matmul(MatMut::rows(out, o, p, p), w, src, true)
-                })?;
+        reordered
+    }
+
+    /// Output image `i` (`[O, P]`): the bias plus one product with the frames in reach.
+    fn compute(
+        &self,
+        i: usize,
+        x: &[f32],
+        reordered: &[f32],
+        bias: &[f32],
+        out: &mut [f32],
+    ) -> Result<()> {
+        let (c, k, p) = (self.channels, self.kernel, self.positions);
+        let (clip, f) = (i / self.frames, i % self.frames);
+        for (oc, row) in out.chunks_exact_mut(p).enumerate() {
+            row.fill(bias[oc]);
         }
-        let mut shape = xl.dims().to_vec();
-        shape[1] = o;
-        Ok((CpuStorage::F32(out), shape.into()))
+        let pad = k / 2;
+        let first = pad.saturating_sub(f);
+        let last = (self.frames + pad - f).min(k);
+        if first >= last {
+            return Ok(());
+        }
+        let w = MatRef {
+            data: &reordered[first * c..],
+            rows: self.out_channels,
+            cols: (last - first) * c,
+            row_stride: k * c,
+            col_stride: 1,
+        };
+        let frame0 = clip * self.frames + f + first - pad;
+        let src = MatRef::rows(&x[frame0 * c * p..], (last - first) * c, p, p);
+        matmul(MatMut::rows(out, self.out_channels, p, p), w, src, true)
     }
 }
 
