@@ -17,6 +17,7 @@ use rayon::prelude::*;
 use super::contiguous_f32;
 use super::gemm::{MatMut, MatRef, matmul};
 use super::simd::{exp_shifted_sum, scale_add_max, vectorized};
+use super::tiled_attention::{self, TILED_ABOVE};
 
 thread_local! {
     static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
@@ -121,8 +122,26 @@ impl Attention {
         let (queries, keys) = (q.tokens, k.tokens);
         SCORES.with(|scratch| {
             let mut scores = scratch.borrow_mut();
-            scores.resize(queries * keys, 0.0);
+            if keys <= TILED_ABOVE {
+                scores.resize(queries * keys, 0.0);
+            }
             for h in 0..self.heads {
+                if keys > TILED_ABOVE {
+                    let views = (
+                        q.view(qd, n, h, d),
+                        k.view(kd, kv_row, h, d),
+                        v.view(vd, kv_row, h, d),
+                    );
+                    let dst = MatMut {
+                        data: &mut out[h * d * queries..],
+                        rows: queries,
+                        cols: d,
+                        row_stride: 1,
+                        col_stride: queries,
+                    };
+                    tiled_attention::attend(self, h, views, mask, dst)?;
+                    continue;
+                }
                 let dst = MatMut::rows(&mut scores[..queries * keys], queries, keys, keys);
                 matmul(
                     dst,
@@ -455,6 +474,92 @@ mod tests {
                         }
                     }
                 }
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn long_sequences_take_the_tiled_online_softmax_and_match_the_definition() -> Result<()> {
+        // 600 tokens: 3 key tiles (the last one partial) and 10 query tiles, with a per-head
+        // bias so the tiles must pick the right slice of it.
+        let (n, c, p, heads) = (2, 8, 600, 2);
+        let qkv = (Tensor::randn(0f32, 1.0, (n, 3 * c, p), &Device::Cpu)? * 2.0)?;
+        let table: Vec<f32> = (0..heads * p * p)
+            .map(|i| ((i % 977) as f32 * 0.01).sin())
+            .collect();
+        let op = Attention {
+            heads,
+            scale: 0.5,
+            bias: AttentionBias::PerHead(table.clone()),
+            frames: None,
+        };
+        let got = qkv.apply_op1_no_bwd(&op)?.flatten_all()?.to_vec1::<f32>()?;
+        let data = qkv.flatten_all()?.to_vec1::<f32>()?;
+        let d = c / heads;
+        for img in 0..n {
+            let image = &data[img * 3 * c * p..][..3 * c * p];
+            for h in 0..heads {
+                let bias = |i: usize, j: usize| table[(h * p + i) * p + j];
+                let want = naive(
+                    &tokens(image, p, 0, h, d),
+                    &tokens(image, p, c, h, d),
+                    &tokens(image, p, 2 * c, h, d),
+                    0.5,
+                    &bias,
+                );
+                check_head(&got, &want, (img, h), (c, d, p));
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn long_padded_texts_mask_their_padding_in_every_tile() -> Result<()> {
+        let (n, c, p, heads, rows, keys) = (2, 4, 3, 2, 2, 300);
+        let q = Tensor::randn(0f32, 1.0, (n, c, p), &Device::Cpu)?;
+        let kv = Tensor::randn(0f32, 1.0, (rows, keys, 2 * c), &Device::Cpu)?;
+        // Row 0 attends to its first 270 keys (padding spans the second and third tiles' end),
+        // row 1 to every key.
+        let mask: Vec<f32> = (0..rows * keys)
+            .map(|i| if i < 270 || i >= keys { 1.0 } else { 0.0 })
+            .collect();
+        let op = Attention {
+            heads,
+            scale: 0.7,
+            bias: AttentionBias::KeyMask(mask.clone()),
+            frames: None,
+        };
+        let got = q
+            .apply_op2_no_bwd(&kv, &op)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let (qd, kvd) = (
+            q.flatten_all()?.to_vec1::<f32>()?,
+            kv.flatten_all()?.to_vec1::<f32>()?,
+        );
+        let d = c / heads;
+        for img in 0..n {
+            let row = img;
+            let text = |offset: usize, h: usize| -> Vec<Vec<f32>> {
+                (0..keys)
+                    .map(|t| {
+                        (0..d)
+                            .map(|j| kvd[(row * keys + t) * 2 * c + offset + h * d + j])
+                            .collect()
+                    })
+                    .collect()
+            };
+            for h in 0..heads {
+                let bias = |_: usize, t: usize| (mask[row * keys + t] - 1.0) * 1e9;
+                let want = naive(
+                    &tokens(&qd[img * c * p..], p, 0, h, d),
+                    &text(0, h),
+                    &text(c, h),
+                    0.7,
+                    &bias,
+                );
+                check_head(&got, &want, (img, h), (c, d, p));
             }
         }
         Ok(())

@@ -8,6 +8,7 @@ mod simd;
 mod temporal_attention;
 mod temporal_conv;
 mod threads;
+mod tiled_attention;
 
 pub use attention::{Attention, AttentionBias};
 pub use conv::Conv2d;
