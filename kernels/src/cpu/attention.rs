@@ -358,28 +358,27 @@ mod tests {
         }
     }
 
-    #[test]
-    fn spatial_self_attention_matches_the_definition() -> Result<()> {
-        let (n, c, p, heads) = (3, 8, 10, 2);
-        let qkv = Tensor::randn(0f32, 1.0, (n, 3 * c, p), &Device::Cpu)?;
-        let op = Attention {
-            heads,
-            scale: 0.5,
-            bias: AttentionBias::None,
-            frames: None,
-        };
-        let got = qkv.apply_op1_no_bwd(&op)?.flatten_all()?.to_vec1::<f32>()?;
+    /// Self-attention of `qkv` `[N, 3C, P]` by `op` against the definition, every image and
+    /// head; `bias(h, i, j)` is what `op` adds to head `h`'s score of query `i` and key `j`.
+    fn check_self_attention(
+        qkv: &Tensor,
+        op: &Attention,
+        bias: &dyn Fn(usize, usize, usize) -> f32,
+    ) -> Result<()> {
+        let (n, c3, p) = qkv.dims3()?;
+        let (c, heads) = (c3 / 3, op.heads);
+        let got = qkv.apply_op1_no_bwd(op)?.flatten_all()?.to_vec1::<f32>()?;
         let data = qkv.flatten_all()?.to_vec1::<f32>()?;
         let d = c / heads;
         for img in 0..n {
-            let image = &data[img * 3 * c * p..][..3 * c * p];
+            let image = &data[img * c3 * p..][..c3 * p];
             for h in 0..heads {
                 let want = naive(
                     &tokens(image, p, 0, h, d),
                     &tokens(image, p, c, h, d),
                     &tokens(image, p, 2 * c, h, d),
-                    0.5,
-                    &|_, _| 0.0,
+                    op.scale,
+                    &|i, j| bias(h, i, j),
                 );
                 check_head(&got, &want, (img, h), (c, d, p));
             }
@@ -387,20 +386,24 @@ mod tests {
         Ok(())
     }
 
-    #[test]
-    fn cross_attention_shares_text_rows_and_skips_padding() -> Result<()> {
-        let (n, c, p, heads, rows, keys) = (4, 6, 5, 3, 2, 4);
-        let q = Tensor::randn(0f32, 1.0, (n, c, p), &Device::Cpu)?;
-        let kv = Tensor::randn(0f32, 1.0, (rows, keys, 2 * c), &Device::Cpu)?;
-        let mask = vec![1.0, 1.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0];
+    /// Cross-attention of `q` `[N, C, P]` to `kv` `[B, L, 2C]` with key mask `mask` `[B, L]`
+    /// against the definition, every image and head.
+    fn check_cross_attention(
+        q: &Tensor,
+        kv: &Tensor,
+        heads: usize,
+        scale: f32,
+        mask: &[f32],
+    ) -> Result<()> {
+        let ((n, c, p), (rows, keys, _)) = (q.dims3()?, kv.dims3()?);
         let op = Attention {
             heads,
-            scale: 0.7,
-            bias: AttentionBias::KeyMask(mask.clone()),
+            scale,
+            bias: AttentionBias::KeyMask(mask.to_vec()),
             frames: None,
         };
         let got = q
-            .apply_op2_no_bwd(&kv, &op)?
+            .apply_op2_no_bwd(kv, &op)?
             .flatten_all()?
             .to_vec1::<f32>()?;
         let (qd, kvd) = (
@@ -425,13 +428,34 @@ mod tests {
                     &tokens(&qd[img * c * p..], p, 0, h, d),
                     &text(0, h),
                     &text(c, h),
-                    0.7,
+                    scale,
                     &bias,
                 );
                 check_head(&got, &want, (img, h), (c, d, p));
             }
         }
         Ok(())
+    }
+
+    #[test]
+    fn spatial_self_attention_matches_the_definition() -> Result<()> {
+        let qkv = Tensor::randn(0f32, 1.0, (3, 3 * 8, 10), &Device::Cpu)?;
+        let op = Attention {
+            heads: 2,
+            scale: 0.5,
+            bias: AttentionBias::None,
+            frames: None,
+        };
+        check_self_attention(&qkv, &op, &|_, _, _| 0.0)
+    }
+
+    #[test]
+    fn cross_attention_shares_text_rows_and_skips_padding() -> Result<()> {
+        // 4 images over 2 text rows of 4 tokens.
+        let q = Tensor::randn(0f32, 1.0, (4, 6, 5), &Device::Cpu)?;
+        let kv = Tensor::randn(0f32, 1.0, (2, 4, 12), &Device::Cpu)?;
+        let mask = [1.0, 1.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0];
+        check_cross_attention(&q, &kv, 3, 0.7, &mask)
     }
 
     #[test]
@@ -494,75 +518,20 @@ mod tests {
             bias: AttentionBias::PerHead(table.clone()),
             frames: None,
         };
-        let got = qkv.apply_op1_no_bwd(&op)?.flatten_all()?.to_vec1::<f32>()?;
-        let data = qkv.flatten_all()?.to_vec1::<f32>()?;
-        let d = c / heads;
-        for img in 0..n {
-            let image = &data[img * 3 * c * p..][..3 * c * p];
-            for h in 0..heads {
-                let bias = |i: usize, j: usize| table[(h * p + i) * p + j];
-                let want = naive(
-                    &tokens(image, p, 0, h, d),
-                    &tokens(image, p, c, h, d),
-                    &tokens(image, p, 2 * c, h, d),
-                    0.5,
-                    &bias,
-                );
-                check_head(&got, &want, (img, h), (c, d, p));
-            }
-        }
-        Ok(())
+        check_self_attention(&qkv, &op, &|h, i, j| table[(h * p + i) * p + j])
     }
 
     #[test]
     fn long_padded_texts_mask_their_padding_in_every_tile() -> Result<()> {
-        let (n, c, p, heads, rows, keys) = (2, 4, 3, 2, 2, 300);
-        let q = Tensor::randn(0f32, 1.0, (n, c, p), &Device::Cpu)?;
+        let (rows, keys, c) = (2, 300, 4);
+        let q = Tensor::randn(0f32, 1.0, (2, c, 3), &Device::Cpu)?;
         let kv = Tensor::randn(0f32, 1.0, (rows, keys, 2 * c), &Device::Cpu)?;
         // Row 0 attends to its first 270 keys (padding spans the second and third tiles' end),
         // row 1 to every key.
         let mask: Vec<f32> = (0..rows * keys)
             .map(|i| if i < 270 || i >= keys { 1.0 } else { 0.0 })
             .collect();
-        let op = Attention {
-            heads,
-            scale: 0.7,
-            bias: AttentionBias::KeyMask(mask.clone()),
-            frames: None,
-        };
-        let got = q
-            .apply_op2_no_bwd(&kv, &op)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
-        let (qd, kvd) = (
-            q.flatten_all()?.to_vec1::<f32>()?,
-            kv.flatten_all()?.to_vec1::<f32>()?,
-        );
-        let d = c / heads;
-        for img in 0..n {
-            let row = img;
-            let text = |offset: usize, h: usize| -> Vec<Vec<f32>> {
-                (0..keys)
-                    .map(|t| {
-                        (0..d)
-                            .map(|j| kvd[(row * keys + t) * 2 * c + offset + h * d + j])
-                            .collect()
-                    })
-                    .collect()
-            };
-            for h in 0..heads {
-                let bias = |_: usize, t: usize| (mask[row * keys + t] - 1.0) * 1e9;
-                let want = naive(
-                    &tokens(&qd[img * c * p..], p, 0, h, d),
-                    &text(0, h),
-                    &text(c, h),
-                    0.7,
-                    &bias,
-                );
-                check_head(&got, &want, (img, h), (c, d, p));
-            }
-        }
-        Ok(())
+        check_cross_attention(&q, &kv, 2, 0.7, &mask)
     }
 
     #[test]
