@@ -70,19 +70,21 @@ impl GroupNorm {
 
     /// `silu(norm(x))`, fused on the inference path.
     pub fn forward_silu(&self, x: &Tensor) -> Result<Tensor> {
+        self.normalize(x, true)
+    }
+
+    fn normalize(&self, x: &Tensor, silu: bool) -> Result<Tensor> {
         if fast::applies(&[x, &self.weight, &self.bias]) {
-            return fast::group_norm(x, self.params(), Statistics::PerImage, None, true);
+            return fast::group_norm(x, self.params(), Statistics::PerImage, None, silu);
         }
-        self.inner.forward(x)?.silu()
+        let y = self.inner.forward(x)?;
+        if silu { y.silu() } else { Ok(y) }
     }
 }
 
 impl Module for GroupNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if fast::applies(&[x, &self.weight, &self.bias]) {
-            return fast::group_norm(x, self.params(), Statistics::PerImage, None, false);
-        }
-        self.inner.forward(x)
+        self.normalize(x, false)
     }
 }
 

@@ -15,7 +15,7 @@ pub use conv::Conv2d;
 pub use gemm::{MatMut, MatRef, matmul};
 pub use norm::{Affine, GroupNorm, LayerNorm, Statistics};
 pub use temporal_conv::TemporalConv;
-pub use threads::{Workload, configure_threads, resolve_thread_count};
+pub use threads::{Workload, configure_threads};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 

@@ -47,12 +47,6 @@ pub fn configure_threads(workload: Workload) -> usize {
     })
 }
 
-/// The thread count [`configure_threads`] resolved (resolving it now, without exports, if it
-/// was never called).
-pub fn resolve_thread_count() -> usize {
-    *RESOLVED.get_or_init(candle_core::utils::get_num_threads)
-}
-
 fn export_unless_set(name: &str, value: &str) {
     if std::env::var_os(name).is_none() {
         // SAFETY: only called after `single_threaded` saw this process with exactly one thread,
@@ -82,7 +76,6 @@ mod tests {
     fn the_count_is_positive_and_stable() {
         let first = configure_threads(Workload::Inference);
         assert!(first >= 1);
-        assert_eq!(resolve_thread_count(), first);
         assert_eq!(configure_threads(Workload::Training), first);
     }
 
