@@ -89,6 +89,18 @@ impl Attention {
         Ok(channels / self.heads)
     }
 
+    /// A per-head bias table must cover `[heads, queries, keys]`.
+    fn check_bias(&self, queries: usize, keys: usize) -> Result<()> {
+        match &self.bias {
+            AttentionBias::PerHead(t) if t.len() != self.heads * queries * keys => bail!(
+                "attention: bias has {} values for [{}, {queries}, {keys}]",
+                t.len(),
+                self.heads
+            ),
+            _ => Ok(()),
+        }
+    }
+
     /// `scores = softmax(scores * scale + bias)` row by row (`[queries, keys]`).
     #[inline(always)]
     fn softmax(&self, scores: &mut [f32], keys: usize, head: usize, bias_row: Option<&[f32]>) {
@@ -177,6 +189,10 @@ impl Attention {
         }
         let c = c3 / 3;
         let d = self.head_dim(c)?;
+        self.check_bias(p, p)?;
+        if let AttentionBias::KeyMask(_) = self.bias {
+            bail!("attention: a key mask applies to text keys (cross-attention), not to qkv");
+        }
         let operand = |offset| Operand {
             batch: c3 * p,
             offset,
@@ -204,6 +220,7 @@ impl Attention {
             bail!("attention: q {qs:?} and kv {kvs:?} do not match");
         }
         let d = self.head_dim(c)?;
+        self.check_bias(p, keys)?;
         let mask = match &self.bias {
             AttentionBias::KeyMask(mask) if mask.len() == rows * keys => {
                 Some(mask.iter().map(|m| (m - 1.0) * 1e9).collect::<Vec<f32>>())
@@ -564,6 +581,26 @@ mod tests {
             frames: Some(2),
         };
         assert!(qkv.apply_op1_no_bwd(&op).is_err(), "bias table too short");
+        let op = Attention {
+            heads: 2,
+            scale: 1.0,
+            bias: AttentionBias::PerHead(vec![0.0; 2 * 5 * 4]),
+            frames: None,
+        };
+        assert!(
+            qkv.apply_op1_no_bwd(&op).is_err(),
+            "spatial bias table too short"
+        );
+        let op = Attention {
+            heads: 2,
+            scale: 1.0,
+            bias: AttentionBias::KeyMask(vec![1.0; 5]),
+            frames: None,
+        };
+        assert!(
+            qkv.apply_op1_no_bwd(&op).is_err(),
+            "a key mask without text keys"
+        );
         Ok(())
     }
 }
