@@ -9,9 +9,17 @@
 //! training tool keeps candle's composed, differentiable ops, and tests in `vidcascade-models`
 //! check that both paths agree on every stage configuration.
 //!
-//! `unsafe` appears in exactly three places, each with a `// SAFETY:` comment: the call into the
+//! [`flash`] is fused attention for the GPU: the CUDA kernel of `kernels/cuda/` (PTX checked in
+//! under `kernels/ptx/`, loaded by the private `cuda` module when the `cuda` feature is on) and
+//! its algorithm in plain Rust as the op's CPU side, which the tests hold to the textbook
+//! definition.
+//!
+//! On the CPU, `unsafe` appears in exactly three places, each with a `// SAFETY:` comment: the call into the
 //! `gemm` crate's strided matrix product (after the bounds of every operand are checked), the
 //! calls into functions compiled for AVX-512 / AVX2 (after the CPU is checked for them), and the
 //! one-time export of the resolved thread count (only while the process has a single thread).
 
 pub mod cpu;
+#[cfg(feature = "cuda")]
+mod cuda;
+pub mod flash;
