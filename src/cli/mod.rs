@@ -90,6 +90,9 @@ pub struct GenerateArgs {
     seed: u64,
     #[command(flatten)]
     sampling: SamplingArgs,
+    /// Device and precision of every stage.
+    #[command(flatten)]
+    compute: vidcascade_stage::config::ComputeArgs,
 }
 
 /// `vidcascade client`.
@@ -160,6 +163,9 @@ pub struct ServeArgs {
     /// Every stage's queue and batching, with the flags of `vidcascade-stage`.
     #[command(flatten)]
     engine: vidcascade_stage::config::EngineArgs,
+    /// The device of every stage and the encoder, and the stages' precision.
+    #[command(flatten)]
+    compute: vidcascade_stage::config::ComputeArgs,
     /// Log filter (`tracing` syntax).
     #[arg(long, env = "VIDCASCADE_LOG", default_value = "info")]
     log: String,

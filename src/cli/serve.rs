@@ -75,12 +75,14 @@ fn validate(args: &ServeArgs) -> Result<Plan, ConfigError> {
                 engine,
                 internal_server(&server),
             )
+            .map(|config| config.on(args.compute))
         })
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Plan {
         encoder: EncoderConfig {
             repository: repository.clone(),
             engine: text,
+            device: args.compute.device,
             server: internal_server(&server),
         },
         stages,

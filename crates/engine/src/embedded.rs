@@ -29,11 +29,11 @@ use vidcascade_pipeline::{
 };
 use vidcascade_spec::{ErrorType, GenerateRequest, Manifest, Video};
 
-use crate::EngineError;
 use crate::stage::DiffusionStage;
 use crate::stage_worker::{EngineConfig, JobEvent, StageEngine, StageJob};
 use crate::text_worker::{TextEngine, TextEngineConfig};
 use crate::video::{video_from_tensor, video_to_tensor};
+use crate::{Compute, EngineError};
 
 /// Events buffered between the run and its observer.
 const EVENT_BUFFER: usize = 64;
@@ -103,13 +103,28 @@ impl EmbeddedCascade {
         device: &Device,
         config: EngineConfig,
     ) -> Result<Self, EngineError> {
+        let compute = Compute {
+            device: device.clone(),
+            ..Compute::cpu()
+        };
+        Self::on(repository, &compute, config)
+    }
+
+    /// Every stage on `compute`'s device, the U-Nets in its precision (the text encoder in
+    /// f32), alone in this process like [`Self::from_repository`].
+    pub fn on(
+        repository: ModelRepository,
+        compute: &Compute,
+        config: EngineConfig,
+    ) -> Result<Self, EngineError> {
+        let device = &compute.device;
         let encoder = repository.load_text_encoder(device)?;
         let text = TextEngine::start(encoder, TextEngineConfig::default());
         let stages = repository
             .manifest()
             .diffusion_stages()
             .map(|stage| {
-                let stage = DiffusionStage::load(&repository, &stage.name, device)?;
+                let stage = DiffusionStage::load_on(&repository, &stage.name, compute)?;
                 Ok(StageEngine::start(stage, config))
             })
             .collect::<Result<Vec<_>, EngineError>>()?;

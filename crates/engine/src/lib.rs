@@ -8,6 +8,7 @@
 //! - [`video`]: RGB8 videos to model tensors and back, and the upsampling between stages;
 //! - [`embedded`]: the cascade pipeline run on in-process engines (`vidcascade generate`).
 
+pub mod compute;
 pub mod embedded;
 pub mod error;
 pub mod queue;
@@ -17,6 +18,7 @@ pub mod stats;
 pub mod text_worker;
 pub mod video;
 
+pub use compute::{Compute, DeviceSpec, Precision};
 pub use embedded::{CascadeOutput, EmbeddedCascade, StageOutput};
 pub use error::EngineError;
 pub use stage::DiffusionStage;

@@ -17,8 +17,8 @@ use vidcascade_models::unet::Prediction;
 use vidcascade_models::{ModelError, ModelRepository, UNetInputs, VideoUNet};
 use vidcascade_spec::{ResolvedSettings, StageManifest, VideoShape};
 
-use crate::EngineError;
 use crate::video::resample;
+use crate::{Compute, EngineError};
 
 /// The sampler's settings for a resolved stage run (on the schedule every stage uses).
 pub fn sampler_settings(settings: &ResolvedSettings) -> SamplerSettings {
@@ -83,12 +83,26 @@ impl DiffusionStage {
         }
     }
 
-    /// Loads diffusion stage `name` of an opened repository.
+    /// Loads diffusion stage `name` of an opened repository, in f32 on `device`.
     pub fn load(
         repository: &ModelRepository,
         name: &str,
         device: &Device,
     ) -> Result<Self, EngineError> {
+        let compute = Compute {
+            device: device.clone(),
+            ..Compute::cpu()
+        };
+        Self::load_on(repository, name, &compute)
+    }
+
+    /// Loads diffusion stage `name` on `compute`'s device, its weights in `compute`'s dtype.
+    pub fn load_on(
+        repository: &ModelRepository,
+        name: &str,
+        compute: &Compute,
+    ) -> Result<Self, EngineError> {
+        let device = &compute.device;
         let manifest = repository
             .manifest()
             .diffusion_stages()
@@ -106,7 +120,7 @@ impl DiffusionStage {
                         .collect::<Vec<_>>()
                 ),
             })?;
-        let unet = repository.load_unet(name, device)?;
+        let unet = repository.load_unet_as(name, device, compute.dtype())?;
         Ok(Self::new(manifest, unet, device.clone()))
     }
 
@@ -193,10 +207,12 @@ impl DiffusionStage {
     ) -> Result<(SampleState, Conditioning), EngineError> {
         self.check_input(input)?;
         let out = self.output_shape()?;
+        // Requests arrive as host tensors (decoded from the wire); the stage's device may be a GPU.
+        let on_device = |t: &Tensor| t.to_device(&self.device);
         let (video, upsampled) = match input.low_res {
             None => (None, None),
             Some(low_res) => {
-                let up = resample(low_res, out.frames, out.height, out.width)?;
+                let up = resample(&on_device(low_res)?, out.frames, out.height, out.width)?;
                 let augmented = augment(&up, input.settings.noise_augmentation, input.seed)?;
                 (Some(augmented), Some(up))
             }
@@ -210,8 +226,8 @@ impl DiffusionStage {
         )
         .map_err(|source| self.diffusion_error(source))?;
         let conditioning = Conditioning {
-            text: input.text.clone(),
-            unconditional: input.unconditional.clone(),
+            text: on_device(input.text)?,
+            unconditional: on_device(input.unconditional)?,
             video,
             upsampled,
             aug_level: input.settings.noise_augmentation,

@@ -1,11 +1,15 @@
 //! The inference path: the same layers computed with `vidcascade-kernels`' CPU ops.
 //!
-//! A layer takes this path when no gradient can flow through it (no operand is a training
+//! A layer takes the CPU kernels' path when no gradient can flow through it (no operand is a training
 //! variable or the result of a tracked op) and everything is an `f32` tensor on the CPU — that
 //! is, whenever the services, `vidcascade generate` or the evaluator sample. The training tool's
 //! weights are variables, so it keeps the composed, differentiable ops of [`crate::layers`]
 //! without any switch to forget. `tests/inference_path.rs` checks that both paths agree on
 //! every stage configuration.
+//!
+//! Elsewhere (on a CUDA device, or with f16 / bf16 weights) inference takes candle's native ops
+//! ([`inference`]: its own convolution and fused softmax rather than the training-oriented
+//! composed ones) and the fused flash attention of `vidcascade-kernels` ([`flash`]).
 
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::Linear;
@@ -16,6 +20,20 @@ pub fn applies(tensors: &[&Tensor]) -> bool {
     tensors
         .iter()
         .all(|t| !t.track_op() && t.dtype() == DType::F32 && matches!(t.device(), Device::Cpu))
+}
+
+/// Whether no operand can carry a gradient: the native inference ops apply.
+pub fn inference(tensors: &[&Tensor]) -> bool {
+    tensors.iter().all(|t| !t.track_op())
+}
+
+/// Whether attention over these operands takes the fused flash kernel: inference in f16 or
+/// bf16 (the kernel's element types; on the CPU it runs the kernel's algorithm in Rust).
+pub fn flash(tensors: &[&Tensor]) -> bool {
+    inference(tensors)
+        && tensors
+            .iter()
+            .all(|t| matches!(t.dtype(), DType::F16 | DType::BF16))
 }
 
 /// A group norm's learned parameters and settings, for [`group_norm`].

@@ -7,6 +7,7 @@
 use candle_core::{D, DType, Module, Result, Tensor};
 use candle_nn::{Init, Linear, VarBuilder};
 use vidcascade_kernels::cpu::Statistics;
+use vidcascade_kernels::flash::{FlashBias, flash_attention};
 
 use crate::fast;
 
@@ -129,6 +130,19 @@ impl LayerNorm {
 
 impl Module for LayerNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if x.dtype() != DType::F32 {
+            // Statistics of f16 / bf16 activations in f32, as candle's group norm does.
+            let (weight, bias) = (
+                self.weight.to_dtype(DType::F32)?,
+                self.bias.to_dtype(DType::F32)?,
+            );
+            let norm = Self {
+                weight,
+                bias,
+                eps: self.eps,
+            };
+            return norm.forward(&x.to_dtype(DType::F32)?)?.to_dtype(x.dtype());
+        }
         let centered = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
         let variance = centered.sqr()?.mean_keepdim(D::Minus1)?;
         let normed = centered.broadcast_div(&(variance + self.eps)?.sqrt()?)?;
@@ -141,7 +155,8 @@ impl Module for LayerNorm {
 /// Scaled dot-product attention over `[N, heads, Lq, d]` x `[N, heads, Lk, d]`.
 ///
 /// `bias`, when given, is added to the logits (it broadcasts: relative position biases,
-/// or `-inf`-like values on padded keys).
+/// or `-inf`-like values on padded keys). The softmax is candle's composed one while gradients
+/// flow (training), its fused kernel otherwise.
 pub fn attention(
     q: &Tensor,
     k: &Tensor,
@@ -154,7 +169,50 @@ pub fn attention(
         Some(b) => logits.broadcast_add(b)?,
         None => logits,
     };
-    candle_nn::ops::softmax(&logits, D::Minus1)?.matmul(v)
+    let weights = if logits.track_op() {
+        candle_nn::ops::softmax(&logits, D::Minus1)?
+    } else {
+        candle_nn::ops::softmax_last_dim(&logits)?
+    };
+    weights.matmul(v)
+}
+
+/// What is added to the logits of [`multi_head_attention`].
+#[derive(Debug, Clone, Copy)]
+pub enum LogitBias<'a> {
+    /// Nothing (spatial self-attention).
+    None,
+    /// A `[N, Lk]` mask of real (1) and padding (0) keys (text cross-attention).
+    KeyPadding(&'a Tensor),
+    /// A `[heads, Lq, Lk]` bias shared by all `N` (temporal attention's relative positions).
+    PerHead(&'a Tensor),
+}
+
+/// [`attention`] in the token layout, through the fused flash kernel when [`fast::flash`]
+/// applies (f16 / bf16 inference) and the composed ops otherwise.
+pub fn multi_head_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f64,
+    bias: LogitBias<'_>,
+) -> Result<Tensor> {
+    if fast::flash(&[q, k, v]) {
+        let bias = match bias {
+            LogitBias::None => FlashBias::None,
+            LogitBias::KeyPadding(mask) => {
+                FlashBias::KeyPadding(key_padding_bias(mask)?.flatten_from(1)?.contiguous()?)
+            }
+            LogitBias::PerHead(b) => FlashBias::PerHead(b.to_dtype(DType::F32)?.contiguous()?),
+        };
+        return flash_attention(q, k, v, scale as f32, bias);
+    }
+    let bias = match bias {
+        LogitBias::None => None,
+        LogitBias::KeyPadding(mask) => Some(key_padding_bias(mask)?.to_dtype(q.dtype())?),
+        LogitBias::PerHead(b) => Some(b.unsqueeze(0)?),
+    };
+    attention(q, k, v, scale, bias.as_ref())
 }
 
 /// Splits `[N, L, heads * d]` into `[N, heads, L, d]`.
@@ -218,6 +276,23 @@ impl SameConv {
         self.bias.as_ref()
     }
 
+    /// candle's own convolution (on CUDA: im2col + cuBLAS), for inference off the CPU path.
+    fn forward_native(&self, x: &Tensor) -> Result<Tensor> {
+        let pad = self.kernel / 2;
+        let y = match self.spatial_dims {
+            2 => x.conv2d(&self.weight, pad, self.stride, 1, 1)?,
+            _ => x.conv1d(&self.weight, pad, self.stride, 1, 1)?,
+        };
+        match &self.bias {
+            None => Ok(y),
+            Some(b) => {
+                let mut shape = vec![1, b.dim(0)?];
+                shape.resize(y.rank(), 1);
+                y.broadcast_add(&b.reshape(shape)?)
+            }
+        }
+    }
+
     fn unfold(&self, x: &Tensor) -> Result<Tensor> {
         let k = self.kernel;
         let pad = k / 2;
@@ -259,6 +334,9 @@ impl Module for SameConv {
             .collect();
         if fast::applies(&params) {
             return fast::conv(x, &self.weight, self.bias.as_ref(), self.stride);
+        }
+        if fast::inference(&params) {
+            return self.forward_native(x);
         }
         let dims = x.dims().to_vec();
         let (n, c) = (dims[0], dims[1]);

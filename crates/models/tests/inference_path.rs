@@ -168,3 +168,56 @@ fn training_variables_keep_every_gradient() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// The U-Net over `varmap`'s current values, converted to `dtype`, as plain tensors.
+fn unet_as(config: &VideoUNetConfig, varmap: &VarMap, dtype: DType) -> anyhow::Result<VideoUNet> {
+    let plain: HashMap<String, Tensor> = varmap
+        .data()
+        .lock()
+        .map_err(|_| anyhow::anyhow!("poisoned"))?
+        .iter()
+        .map(|(name, var)| (name.clone(), var.as_tensor().detach()))
+        .collect();
+    Ok(VideoUNet::new(
+        VarBuilder::from_tensors(plain, dtype, &Device::Cpu),
+        config,
+    )?)
+}
+
+/// f16 weights take the GPU's inference path — candle's native convolution and softmax, and the
+/// flash attention op for all three attentions (on the CPU its `cpu_fwd`, the kernel's
+/// algorithm with the kernel's rounding) — so the casts, the f32 islands (time sinusoids, norm
+/// statistics, key-padding bias) and the attention layouts are checked here, GPU or not. (bf16
+/// shares every line of it but candle's CPU has no bf16 matmul: `tests/gpu.rs` covers it.)
+#[test]
+fn half_precision_weights_follow_the_f32_prediction_on_every_stage() -> anyhow::Result<()> {
+    // Relative to max |f32 prediction|; f16's unit roundoff is 4.9e-4 and random weights at
+    // this depth amplify it (measured: 1.1e-3 to 1.9e-3).
+    for (dtype, tolerance) in [(DType::F16, 1e-2f32)] {
+        for (name, config, frames, h, w) in stages()? {
+            let (_, fast, varmap) = twin_unets(&config)?;
+            let half = unet_as(&config, &varmap, dtype)?;
+            assert_eq!(half.dtype(), dtype);
+            let inputs = Inputs::new(&config, frames, h, w)?;
+            let want = fast.forward(&inputs.unet_inputs())?;
+            let got = half.forward(&inputs.unet_inputs())?;
+            assert_eq!(
+                got.dtype(),
+                DType::F32,
+                "{name}: predictions come back as f32"
+            );
+            let scale = want.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+            let diff = (&got - &want)?
+                .abs()?
+                .flatten_all()?
+                .max(0)?
+                .to_scalar::<f32>()?;
+            println!("{name} {dtype:?}: max |half - f32| = {diff:.2e}, max |f32| = {scale:.2e}");
+            assert!(
+                diff <= tolerance * scale,
+                "{name} {dtype:?}: {diff} > {tolerance} x {scale}"
+            );
+        }
+    }
+    Ok(())
+}

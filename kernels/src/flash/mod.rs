@@ -107,14 +107,14 @@ impl FlashAttention {
             FlashBias::KeyPadding(t) => Some((t, vec![batch, lk])),
             FlashBias::PerHead(t) => Some((t, vec![heads, lq, lk])),
         };
-        if let Some((bias, dims)) = expected {
-            if bias.dims() != dims.as_slice() || bias.dtype() != DType::F32 {
-                bail!(
-                    "flash attention: bias must be f32 {dims:?}, got {:?} {:?}",
-                    bias.dtype(),
-                    bias.dims()
-                );
-            }
+        if let Some((bias, dims)) = expected
+            && (bias.dims() != dims.as_slice() || bias.dtype() != DType::F32)
+        {
+            bail!(
+                "flash attention: bias must be f32 {dims:?}, got {:?} {:?}",
+                bias.dtype(),
+                bias.dims()
+            );
         }
         Ok(FlashShape {
             batch_heads: batch * heads,
@@ -136,8 +136,11 @@ impl FlashAttention {
     }
 }
 
+/// Rounds an `f32` to the nearest value of an element type.
+type Rounding = fn(f32) -> f32;
+
 /// A contiguous CPU operand as `f32`, and the rounding of its element type.
-fn host_values(storage: &CpuStorage, layout: &Layout) -> Result<(Vec<f32>, fn(f32) -> f32)> {
+fn host_values(storage: &CpuStorage, layout: &Layout) -> Result<(Vec<f32>, Rounding)> {
     let Some((start, end)) = layout.contiguous_offsets() else {
         bail!("flash attention: operands must be contiguous")
     };

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser};
-use vidcascade_engine::EngineConfig;
+use vidcascade_engine::{DeviceSpec, EngineConfig, Precision};
 use vidcascade_models::ModelRepository;
 use vidcascade_runtime::ConfigError;
 use vidcascade_runtime::config::model_setting_error;
@@ -39,6 +39,21 @@ pub struct StageArgs {
     /// Queue and batching.
     #[command(flatten)]
     pub engine: EngineArgs,
+    /// Device and precision.
+    #[command(flatten)]
+    pub compute: ComputeArgs,
+}
+
+/// Where a stage computes (also the flags of `vidcascade serve` and `vidcascade generate`).
+#[derive(Debug, Clone, Copy, Args)]
+pub struct ComputeArgs {
+    /// `cpu`, `cuda` or `cuda:N` (CUDA needs a build with `--features cuda`).
+    #[arg(long, env = "VIDCASCADE_DEVICE", default_value = "cpu")]
+    pub device: DeviceSpec,
+    /// The U-Nets' weights and activations: `f32`, or `f16` / `bf16` on a GPU (the text encoder
+    /// always runs f32).
+    #[arg(long, env = "VIDCASCADE_DTYPE", default_value = "f32")]
+    pub dtype: Precision,
 }
 
 /// How a stage queues and batches (also the flags of `vidcascade serve`).
@@ -93,6 +108,8 @@ pub struct StageConfig {
     pub stage: String,
     /// Queue and batching limits.
     pub engine: EngineConfig,
+    /// Device and precision (opened when the weights load).
+    pub compute: ComputeArgs,
     /// Common server settings.
     pub server: ServerConfig,
 }
@@ -104,6 +121,7 @@ impl StageCli {
         let engine = self.stage.engine.validate()?;
         let repository = open_repository(&self.stage.model)?;
         StageConfig::new(repository, &self.stage.stage, engine, server)
+            .map(|config| config.on(self.stage.compute))
     }
 }
 
@@ -134,8 +152,17 @@ impl StageConfig {
             repository,
             stage: stage.to_string(),
             engine,
+            compute: ComputeArgs {
+                device: DeviceSpec::Cpu,
+                dtype: Precision::F32,
+            },
             server,
         })
+    }
+
+    /// This configuration on `compute`'s device and precision (the default is f32 on the CPU).
+    pub fn on(self, compute: ComputeArgs) -> Self {
+        Self { compute, ..self }
     }
 }
 

@@ -12,7 +12,8 @@ use tracing::Instrument;
 use vidcascade_engine::stage::StageInput;
 use vidcascade_engine::video::{video_from_tensor, video_to_tensor};
 use vidcascade_engine::{
-    Checkpoint, DiffusionStage, EngineError, JobEvent, JobHandle, StageEngine, StageJob,
+    Checkpoint, Compute, DiffusionStage, EngineError, JobEvent, JobHandle, Precision, StageEngine,
+    StageJob,
 };
 use vidcascade_proto::MAX_STAGE_REQUEST_BYTES;
 use vidcascade_proto::convert::{overrides_from_wire, stage_info, video_from_wire, video_to_wire};
@@ -20,7 +21,7 @@ use vidcascade_proto::v1::video_stage_server::{VideoStage, VideoStageServer};
 use vidcascade_proto::v1::{self, stage_event::Event};
 use vidcascade_proto::wire::{DEFAULT_CHUNK_BYTES, chunk_video};
 use vidcascade_runtime::deadline::timeout_from_metadata;
-use vidcascade_runtime::info::{build_info, model_info};
+use vidcascade_runtime::info::{build_info, model_info_on};
 use vidcascade_runtime::telemetry::set_parent_from;
 use vidcascade_spec::error_type::COMPLETED;
 use vidcascade_spec::{ErrorType, StageManifest, StageOverrides};
@@ -50,11 +51,20 @@ impl std::fmt::Debug for StageServer {
     }
 }
 
+/// The wire's name for a precision.
+fn wire_dtype(precision: Precision) -> v1::DType {
+    match precision {
+        Precision::F32 => v1::DType::F32,
+        Precision::F16 => v1::DType::F16,
+        Precision::Bf16 => v1::DType::Bf16,
+    }
+}
+
 impl StageServer {
     /// Loads the stage's weights and starts its worker thread.
     pub fn load(config: &StageConfig) -> Result<Self, EngineError> {
-        let device = Device::Cpu;
-        let stage = DiffusionStage::load(&config.repository, &config.stage, &device)?;
+        let compute = Compute::open(config.compute.device, config.compute.dtype)?;
+        let stage = DiffusionStage::load_on(&config.repository, &config.stage, &compute)?;
         let unet = config.repository.unet_config(&config.stage)?;
         let info = v1::StageInfo {
             max_batch_size: config.engine.max_batch_size as u32,
@@ -62,9 +72,11 @@ impl StageServer {
             text_embedding_dim: unet.context_dim as u32,
             max_text_tokens: config.repository.text_encoder_config().max_tokens as u32,
             max_context_frames: 0,
-            model: Some(model_info(
+            model: Some(model_info_on(
                 &config.repository.manifest().name,
                 config.repository.unet_parameter_count(&config.stage)? as u64,
+                wire_dtype(compute.precision),
+                &compute.spec.to_string(),
             )),
             build: Some(build_info()),
             ..stage_info(stage.manifest())

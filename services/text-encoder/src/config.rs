@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser};
-use vidcascade_engine::TextEngineConfig;
+use vidcascade_engine::{DeviceSpec, TextEngineConfig};
 use vidcascade_models::ModelRepository;
 use vidcascade_runtime::ConfigError;
 use vidcascade_runtime::config::model_setting_error;
@@ -17,6 +17,10 @@ pub struct EncoderCli {
     /// Model repository folder.
     #[arg(long, env = "VIDCASCADE_MODEL", default_value = "models/shapes")]
     pub model: PathBuf,
+    /// `cpu`, `cuda` or `cuda:N` (CUDA needs a build with `--features cuda`); the encoder
+    /// runs f32 everywhere (T5 activations overflow f16).
+    #[arg(long, env = "VIDCASCADE_DEVICE", default_value = "cpu")]
+    pub device: DeviceSpec,
     /// Queueing.
     #[command(flatten)]
     pub engine: TextEngineArgs,
@@ -65,6 +69,8 @@ pub struct EncoderConfig {
     pub repository: ModelRepository,
     /// Queue limits.
     pub engine: TextEngineConfig,
+    /// Where the encoder runs.
+    pub device: DeviceSpec,
     /// Common server settings.
     pub server: ServerConfig,
 }
@@ -78,6 +84,7 @@ impl EncoderCli {
         Ok(EncoderConfig {
             repository,
             engine,
+            device: self.device,
             server,
         })
     }

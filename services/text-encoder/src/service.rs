@@ -2,14 +2,14 @@
 
 use std::time::Instant;
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
-use vidcascade_engine::{EngineError, TextEngine};
+use vidcascade_engine::{Compute, EngineError, Precision, TextEngine};
 use vidcascade_proto::v1;
 use vidcascade_proto::v1::text_encoder_server::{TextEncoder as TextEncoderRpc, TextEncoderServer};
 use vidcascade_runtime::deadline::timeout_from_metadata;
-use vidcascade_runtime::info::{build_info, model_info};
+use vidcascade_runtime::info::{build_info, model_info_on};
 use vidcascade_runtime::telemetry::set_parent_from;
 use vidcascade_spec::error_type::COMPLETED;
 
@@ -42,10 +42,16 @@ fn tensor_to_wire(tensor: &Tensor) -> Result<v1::Tensor, EncoderServiceError> {
 impl EncoderServer {
     /// Loads the encoder's weights and starts its worker thread.
     pub fn load(config: &EncoderConfig) -> Result<Self, EngineError> {
-        let encoder = config.repository.load_text_encoder(&Device::Cpu)?;
+        let compute = Compute::open(config.device, Precision::F32)?;
+        let encoder = config.repository.load_text_encoder(&compute.device)?;
         let engine = TextEngine::start(encoder, config.engine);
         let info = v1::TextEncoderInfo {
-            model: Some(model_info(&config.repository.manifest().name, 0)),
+            model: Some(model_info_on(
+                &config.repository.manifest().name,
+                0,
+                v1::DType::F32,
+                &compute.spec.to_string(),
+            )),
             embedding_dim: engine.embedding_dim() as u32,
             max_tokens: engine.max_tokens() as u32,
             vocab_size: config.repository.text_encoder_config().vocab_size as u32,

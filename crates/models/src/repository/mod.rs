@@ -11,7 +11,7 @@ pub mod weights;
 
 use std::path::{Path, PathBuf};
 
-use candle_core::Device;
+use candle_core::{DType, Device};
 use serde::de::DeserializeOwned;
 use tokenizers::Tokenizer;
 
@@ -168,7 +168,7 @@ impl ModelRepository {
         let expected = weights::expected_tensors(|vb| Ok(T5Encoder::new(vb, &config, prefix)?))?;
         // Real checkpoints also carry a decoder and tied heads: extra tensors are fine here.
         weights::check_tensors(&file, &expected, &stored, true)?;
-        let vb = weights::var_builder(&file, bytes, device)?;
+        let vb = weights::var_builder(&file, bytes, DType::F32, device)?;
         let model = T5Encoder::new(vb, &config, prefix)?;
         Ok(TextEncoder::new(tokenizer, model, config, device.clone()))
     }
@@ -183,8 +183,20 @@ impl ModelRepository {
             .sum())
     }
 
-    /// Loads diffusion stage `name`'s U-Net, checking every tensor (and that nothing is left over).
+    /// Loads diffusion stage `name`'s U-Net in f32, checking every tensor (and that nothing is
+    /// left over).
     pub fn load_unet(&self, name: &str, device: &Device) -> Result<VideoUNet, ModelError> {
+        self.load_unet_as(name, device, DType::F32)
+    }
+
+    /// [`Self::load_unet`] with the weights converted to `dtype` (f16 / bf16 halve a GPU's
+    /// weight memory and run attention on the tensor cores; the checkpoint stays f32).
+    pub fn load_unet_as(
+        &self,
+        name: &str,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<VideoUNet, ModelError> {
         let stage = self
             .manifest
             .stage(name)
@@ -196,7 +208,7 @@ impl ModelRepository {
         let stored = weights::stored_tensors(&file, &bytes)?;
         let expected = weights::expected_tensors(|vb| VideoUNet::new(vb, &config))?;
         weights::check_tensors(&file, &expected, &stored, false)?;
-        let vb = weights::var_builder(&file, bytes, device)?;
+        let vb = weights::var_builder(&file, bytes, dtype, device)?;
         VideoUNet::new(vb, &config)
     }
 }

@@ -144,13 +144,14 @@ pub fn read_weights(file: &Path) -> Result<Vec<u8>, ModelError> {
     })
 }
 
-/// A `VarBuilder` over checked weights, converting every tensor to f32 on `device`.
+/// A `VarBuilder` over checked weights, converting every tensor to `dtype` on `device`.
 pub fn var_builder(
     file: &Path,
     bytes: Vec<u8>,
+    dtype: DType,
     device: &Device,
 ) -> Result<VarBuilder<'static>, ModelError> {
-    VarBuilder::from_buffered_safetensors(bytes, DType::F32, device).map_err(|e| {
+    VarBuilder::from_buffered_safetensors(bytes, dtype, device).map_err(|e| {
         ModelError::Safetensors {
             file: file.to_path_buf(),
             reason: e.to_string(),

@@ -235,10 +235,11 @@ impl T5Encoder {
 
     /// Mean of the hidden states over real tokens: `[B, L, D]`, `[B, L]` -> `[B, D]`.
     pub fn masked_mean(hidden: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        // In f32 whatever the activations' dtype: a sum over tokens can overflow f16.
         let mask = mask.to_dtype(DType::F32)?.unsqueeze(D::Minus1)?;
-        let total = hidden.broadcast_mul(&mask)?.sum(1)?;
+        let total = hidden.to_dtype(DType::F32)?.broadcast_mul(&mask)?.sum(1)?;
         let count = mask.sum(1)?.clamp(1f32, f32::MAX)?;
-        total.broadcast_div(&count)
+        total.broadcast_div(&count)?.to_dtype(hidden.dtype())
     }
 }
 

@@ -28,7 +28,9 @@ impl ScalarEmbedding {
 
     /// `[B]` scalars in [0, 1] to `[B, out_dim]`.
     pub fn forward(&self, values: &Tensor) -> Result<Tensor> {
-        let x = sinusoidal_embedding(values, self.sinusoid_dim)?;
+        // The sinusoids are computed in f32 (an f16 angle of 1000 rad is off by up to 0.5).
+        let x =
+            sinusoidal_embedding(values, self.sinusoid_dim)?.to_dtype(self.fc1.weight().dtype())?;
         self.fc2.forward(&self.fc1.forward(&x)?.silu()?)
     }
 }
@@ -91,7 +93,8 @@ impl Storyboard {
             frame_hats(frames, self.knots),
             (1, frames, 1, self.knots),
             pooled_text.device(),
-        )?;
+        )?
+        .to_dtype(pooled_text.dtype())?;
         let features = pooled_text
             .reshape((b, 1, text_dim, 1))?
             .broadcast_mul(&hats)?

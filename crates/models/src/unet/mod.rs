@@ -17,7 +17,7 @@ pub mod resnet;
 pub mod spatial_attention;
 pub mod temporal;
 
-use candle_core::{Module, Result as CandleResult, Tensor};
+use candle_core::{DType, Module, Result as CandleResult, Tensor};
 use candle_nn::VarBuilder;
 
 pub use config::{Prediction, TemporalMixing, VideoUNetConfig};
@@ -434,11 +434,42 @@ impl VideoUNet {
     /// conditioning video (see [`Prediction`]), as the config says.
     pub fn forward(&self, inputs: &UNetInputs<'_>) -> Result<Tensor, ModelError> {
         let (b, frames, h, w) = self.check_inputs(inputs)?;
+        let dtype = self.dtype();
+        if dtype != DType::F32 {
+            return Ok(self.forward_as(inputs, dtype, (b, frames, h, w))?);
+        }
         // On a rayon worker, the kernels' parallel sections start hot (measured: `generate`
         // 1.0 s instead of 1.25 s, median of six alternating runs).
         Ok(vidcascade_kernels::cpu::on_workers(|| {
             self.forward_unchecked(inputs, b, frames, h, w)
         })?)
+    }
+
+    /// The weights' element type (f32, or f16 / bf16 when loaded so for a GPU).
+    pub fn dtype(&self) -> DType {
+        self.conv_in.weight().dtype()
+    }
+
+    /// [`Self::forward`] for f16 / bf16 weights: the inputs (f32, as the sampler keeps them)
+    /// are cast to `dtype` and the prediction back to f32. Times and masks stay f32: the time
+    /// sinusoids and the key-padding bias are computed in f32 inside.
+    fn forward_as(
+        &self,
+        inputs: &UNetInputs<'_>,
+        dtype: DType,
+        (b, frames, h, w): (usize, usize, usize, usize),
+    ) -> CandleResult<Tensor> {
+        let z = inputs.z.to_dtype(dtype)?;
+        let context = inputs.context.to_dtype(dtype)?;
+        let cond = inputs.cond.map(|c| c.to_dtype(dtype)).transpose()?;
+        let cast = UNetInputs {
+            z: &z,
+            context: &context,
+            cond: cond.as_ref(),
+            ..*inputs
+        };
+        self.forward_unchecked(&cast, b, frames, h, w)?
+            .to_dtype(DType::F32)
     }
 
     fn forward_unchecked(
@@ -507,7 +538,7 @@ impl VideoUNet {
             x = Tensor::cat(&[x, fold_frames(cond, b, frames, h, w)?], 1)?;
         }
         if self.config.position_channels {
-            let coordinates = coordinate_maps(b * frames, h, w, x.device())?;
+            let coordinates = coordinate_maps(b * frames, h, w, x.device())?.to_dtype(x.dtype())?;
             x = Tensor::cat(&[x, coordinates], 1)?;
         }
         if let Some(layout) = &self.layout {

@@ -7,7 +7,7 @@ use vidcascade_kernels::cpu::{Attention, AttentionBias};
 
 use crate::fast;
 use crate::layers::{
-    GroupNorm, LayerNorm, attention, key_padding_bias, merge_heads, split_heads, zero_linear,
+    GroupNorm, LayerNorm, LogitBias, merge_heads, multi_head_attention, split_heads, zero_linear,
 };
 
 /// Self-attention over the `H*W` positions of each frame, then cross-attention to the text.
@@ -63,7 +63,7 @@ impl SpatialAttention {
         let q = split_heads(&qkv.narrow(2, 0, c)?, self.heads)?;
         let k = split_heads(&qkv.narrow(2, c, c)?, self.heads)?;
         let v = split_heads(&qkv.narrow(2, 2 * c, c)?, self.heads)?;
-        let attended = merge_heads(&attention(&q, &k, &v, scale, None)?)?;
+        let attended = merge_heads(&multi_head_attention(&q, &k, &v, scale, LogitBias::None)?)?;
         let x_tokens = (tokens(x)? + self.proj.forward(&attended)?)?;
 
         let q = split_heads(
@@ -73,8 +73,8 @@ impl SpatialAttention {
         let kv = self.cross_kv.forward(context)?;
         let k = split_heads(&kv.narrow(2, 0, self.channels)?, self.heads)?;
         let v = split_heads(&kv.narrow(2, self.channels, self.channels)?, self.heads)?;
-        let bias = key_padding_bias(mask)?;
-        let attended = merge_heads(&attention(&q, &k, &v, scale, Some(&bias))?)?;
+        let bias = LogitBias::KeyPadding(mask);
+        let attended = merge_heads(&multi_head_attention(&q, &k, &v, scale, bias)?)?;
         let x_tokens = (x_tokens + self.cross_proj.forward(&attended)?)?;
 
         x_tokens

@@ -12,8 +12,8 @@ use vidcascade_kernels::cpu::{
 use super::config::TemporalMixing;
 use crate::fast;
 use crate::layers::{
-    GroupNorm, LayerNorm, SameConv, attention, merge_heads, split_heads, zero_conv1d_same,
-    zero_linear,
+    GroupNorm, LayerNorm, LogitBias, SameConv, merge_heads, multi_head_attention, split_heads,
+    zero_conv1d_same, zero_linear,
 };
 
 /// `[B*F, C, H, W]` -> `[B*H*W, F, C]`.
@@ -86,9 +86,15 @@ impl TemporalAttention {
         let q = split_heads(&qkv.narrow(2, 0, c)?, self.heads)?;
         let k = split_heads(&qkv.narrow(2, c, c)?, self.heads)?;
         let v = split_heads(&qkv.narrow(2, 2 * c, c)?, self.heads)?;
-        let bias = self.position_bias(frames, x.device())?.unsqueeze(0)?;
+        let bias = self.position_bias(frames, x.device())?;
         let scale = 1.0 / ((c / self.heads) as f64).sqrt();
-        let attended = merge_heads(&attention(&q, &k, &v, scale, Some(&bias))?)?;
+        let attended = merge_heads(&multi_head_attention(
+            &q,
+            &k,
+            &v,
+            scale,
+            LogitBias::PerHead(&bias),
+        )?)?;
         let out = (seq + self.proj.forward(&attended)?)?;
         from_sequences(&out, frames, h, w)
     }
