@@ -26,7 +26,7 @@ done
 
 # Every cargo command of the bundle, once; stdout is cargo's JSON messages.
 build_all() {
-  cargo build --release --features cuda --bins --message-format=json
+  cargo build --release --features cuda --bin vidcascade --message-format=json
   cargo test --release --features cuda --no-run --message-format=json -p vidcascade-kernels "${KERNEL_TESTS[@]}"
   cargo test --release --features cuda --no-run --message-format=json --test gpu
   cargo bench --features cuda --no-run --message-format=json --bench gpu

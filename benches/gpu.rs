@@ -11,9 +11,10 @@
 //! - `generate`: the shipped cascade end to end, GPU and CPU;
 //! - `scaling`: random-weight stages at growing sizes up to Imagen Video's, step time and memory.
 //!
-//! `gpu cpu-scaling` runs the scaling rows on the CPU alone (no GPU needed): the largest sizes
-//! that fit on this machine's cores, stopping past `VIDCASCADE_BENCH_CPU_LIMIT_S` (default 120)
-//! seconds a step. Without a CUDA device the GPU sections print "skipped: no CUDA device".
+//! `cargo bench --bench gpu -- cpu-scaling` runs the scaling rows on the CPU alone (no GPU, no
+//! cuda feature needed): the largest sizes that fit on this machine's cores, stopping past
+//! `VIDCASCADE_BENCH_CPU_LIMIT_S` (default 120) seconds a forward pass. Without a CUDA device
+//! the GPU sections print "skipped: no CUDA device".
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -30,6 +31,7 @@ use vidcascade_engine::{
 };
 use vidcascade_kernels::cpu::{Workload, configure_threads};
 use vidcascade_kernels::flash::{FlashBias, flash_attention};
+use vidcascade_kernels::sampler::{FusedSamplerStep, SampleSpec, Update};
 use vidcascade_models::ModelRepository;
 use vidcascade_models::repository::weights::expected_tensors;
 use vidcascade_models::unet::{UNetInputs, VideoUNet, VideoUNetConfig};
@@ -326,19 +328,30 @@ fn stage_config(stage: &str) -> anyhow::Result<VideoUNetConfig> {
         .clone())
 }
 
-fn bench_scaling(gpu: &Device) -> anyhow::Result<()> {
-    let Device::Cuda(cuda) = gpu else {
-        anyhow::bail!("not a CUDA device")
+/// Device memory in use (total - free: what the allocator holds, pools included), in bytes.
+#[cfg(feature = "cuda")]
+fn memory_in_use(device: &Device) -> anyhow::Result<Option<usize>> {
+    let Device::Cuda(cuda) = device else {
+        return Ok(None);
     };
-    let context = cuda.cuda_stream().context().clone();
+    let (free, total) = cuda.cuda_stream().context().mem_get_info()?;
+    Ok(Some(total - free))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn memory_in_use(_device: &Device) -> anyhow::Result<Option<usize>> {
+    Ok(None)
+}
+
+fn bench_scaling(gpu: &Device) -> anyhow::Result<()> {
     for (label, stage, f, h, w) in SCALING {
         let config = stage_config(stage)?;
         let ms = scaling_step(&config, DType::F16, gpu, (f, h, w), 5)
             .with_context(|| format!("{label} {f}x{h}x{w}"))?;
-        let (free, total) = context.mem_get_info()?;
         emit(
-            json!({"kind": "scaling", "label": label, "stage": stage, "device": "cuda:0", "dtype": "f16",
-            "frames": f, "height": h, "width": w, "ms": ms, "memory_bytes": total - free}),
+            json!({"kind": "scaling", "label": label, "stage": stage, "device": "cuda:0",
+            "dtype": "f16", "frames": f, "height": h, "width": w, "ms": ms,
+            "memory_bytes": memory_in_use(gpu)?}),
         );
     }
     Ok(())
@@ -376,7 +389,10 @@ fn print_attention_shapes() {
 fn main() -> anyhow::Result<()> {
     let command = std::env::args().nth(1).unwrap_or_default();
     match command.as_str() {
-        "attention-shapes" => return Ok(print_attention_shapes()),
+        "attention-shapes" => {
+            print_attention_shapes();
+            return Ok(());
+        }
         "cpu-scaling" => return cpu_scaling(),
         _ => {}
     }
@@ -406,6 +422,82 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn bench_sampler(_gpu: &Device) -> anyhow::Result<()> {
+/// Sampler cases: (name, samples, elements per sample, thresholding, ancestral).
+const SAMPLER: [(&str, usize, usize, bool, bool); 4] = [
+    (
+        "base 16x40x64, DDIM, thresholded",
+        8,
+        3 * 16 * 40 * 64,
+        true,
+        false,
+    ),
+    (
+        "ssr 32x80x128, DDIM, thresholded",
+        4,
+        3 * 32 * 80 * 128,
+        true,
+        false,
+    ),
+    (
+        "ssr 32x80x128, ancestral, thresholded",
+        4,
+        3 * 32 * 80 * 128,
+        true,
+        true,
+    ),
+    (
+        "ssr 32x80x128, DDIM, no threshold",
+        4,
+        3 * 32 * 80 * 128,
+        false,
+        false,
+    ),
+];
+
+/// The fused sampler step of guided samples (a cond and an uncond row each), in GB/s of the
+/// bytes it must move: z and both v rows read, z and x0 written (the select's extra passes over
+/// x0 are not counted, so this is what a caller gets out of the bandwidth).
+fn bench_sampler(gpu: &Device) -> anyhow::Result<()> {
+    for (name, samples, n, threshold, ancestral) in SAMPLER {
+        let z = Tensor::randn(0f32, 1.0, (samples, n), gpu)?;
+        let v_all = Tensor::randn(0f32, 1.0, (2 * samples, n), gpu)?;
+        let flags = Tensor::zeros(samples, DType::U32, gpu)?;
+        let update = if ancestral {
+            Update::Ancestral {
+                c_z: 0.4,
+                c_x: 0.5,
+                std: 0.3,
+                seed: 7,
+                stream: 0,
+            }
+        } else {
+            Update::Ddim {
+                alpha_s: 0.8,
+                sigma_s: 0.6,
+            }
+        };
+        let specs: Vec<SampleSpec> = (0..samples)
+            .map(|i| SampleSpec {
+                cond_row: i,
+                uncond_row: Some(samples + i),
+                guidance: 3.0,
+                alpha_t: 0.6,
+                sigma_t: 0.8,
+                threshold_quantile: threshold.then_some(0.995),
+                update,
+                step: 2,
+            })
+            .collect();
+        let step = FusedSamplerStep::new(specs);
+        let ms = time_queued_ms(gpu, 20, || {
+            step.forward(&z, &v_all, &flags)?;
+            Ok(())
+        })?;
+        let bytes = 5.0 * 4.0 * (samples * n) as f64;
+        emit(
+            json!({"kind": "sampler", "name": name, "samples": samples, "elements": n,
+            "ms": ms, "gbps": bytes / ms / 1e6}),
+        );
+    }
     Ok(())
 }

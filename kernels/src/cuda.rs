@@ -38,6 +38,8 @@ macro_rules! ptx_module {
 
 /// `kernels/cuda/flash_attention.cu`.
 pub(crate) const FLASH_ATTENTION: Module = ptx_module!("flash_attention");
+/// `kernels/cuda/sampler_step.cu`.
+pub(crate) const SAMPLER_STEP: Module = ptx_module!("sampler_step");
 
 /// The kernel `function` of `module` on `device`: the sm_90 PTX on Hopper and newer, the sm_80
 /// PTX (JIT-compiled by the driver) on Ampere and Ada. Older GPUs lack the bf16 tensor cores the

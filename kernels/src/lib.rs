@@ -18,8 +18,15 @@
 //! `gemm` crate's strided matrix product (after the bounds of every operand are checked), the
 //! calls into functions compiled for AVX-512 / AVX2 (after the CPU is checked for them), and the
 //! one-time export of the resolved thread count (only while the process has a single thread).
+//!
+//! [`sampler`] is the fused sampler step of a batch in which every sample has its own time: the
+//! kernels of `kernels/cuda/sampler_step.cu` (guidance, x0/eps, an exact on-device quantile for
+//! dynamic thresholding, DDIM or ancestral with Philox noise) and the same algorithm in plain
+//! Rust as its CPU side. Like `flash`, its CUDA launches (feature `cuda`) carry their own
+//! `// SAFETY:` comments.
 
 pub mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
 pub mod flash;
+pub mod sampler;

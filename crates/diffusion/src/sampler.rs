@@ -8,15 +8,28 @@
 //! into a running batch at any step boundary, and drop a cancelled one, the way TGI batches
 //! tokens. [`sample`] is the simple loop for one request, with a per-step callback that sees the
 //! current x0 estimate (previews) and can stop the loop (cancellation).
+//!
+//! On a CUDA device [`step_batch`] advances all states with one fused op
+//! ([`vidcascade_kernels::sampler`]: guidance, x0, exact on-device quantile, update, all on the
+//! GPU with no host round trip) instead of per-sample tensor code. Two things differ there, by
+//! design: ancestral noise is counter-based Philox keyed by the sample's seed, stream and step
+//! (deterministic for a given seed and GPU, but not the CPU's ChaCha stream, so a GPU video is
+//! not the CPU video of the same seed), and a non-finite value is flagged on the device and
+//! reported only at the sample's last step, where the host reads the sample anyway (no
+//! per-step sync); the error names the step that first met it. The CPU path is unchanged.
+//! [`step_batch_fused`] runs the fused path on any device, so it is tested here on the CPU.
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
+use vidcascade_kernels::sampler::{
+    self as fused, FusedSamplerStep, FusedStepOutput, NonFiniteFlag, SampleSpec, Update,
+};
 
 use crate::DiffusionError;
 use crate::guidance::{classifier_free_guidance, needs_unconditional};
 use crate::noise::GaussianNoise;
 use crate::schedule::CosineSchedule;
-use crate::step::{Scales, ancestral, ddim, predict_x0_eps};
+use crate::step::{Scales, ancestral, ddim, posterior_coefficients, predict_x0_eps};
 use crate::threshold::dynamic_threshold;
 
 pub use vidcascade_spec::sampling::{MAX_GUIDANCE, MAX_STEPS, SamplerKind};
@@ -112,10 +125,17 @@ pub struct SampleState {
     grid: Vec<f64>,
     completed: usize,
     noise: GaussianNoise,
+    /// Seed and stream of the fused path's Philox noise (the ChaCha `noise` serves the CPU).
+    seed: u64,
+    stream: u64,
+    /// The fused path's sticky non-finite flag, `[1]` u32 on the latent's device; `None` until
+    /// the first fused step (and on the CPU path). Read only at the last step.
+    device_flag: Option<Tensor>,
 }
 
 impl SampleState {
     /// A fresh sample of `shape` (`[C, F, H, W]`): `z_1 ~ N(0, I)` from `seed`, stream `stream`.
+    /// The same seed and stream key the fused (GPU) path's Philox noise.
     pub fn new(
         shape: &[usize],
         settings: SamplerSettings,
@@ -125,10 +145,14 @@ impl SampleState {
     ) -> Result<Self, DiffusionError> {
         let mut noise = GaussianNoise::new(seed, stream);
         let z = noise.tensor(shape, device)?;
-        Self::from_latent(z, settings, noise)
+        let mut state = Self::from_latent(z, settings, noise)?;
+        (state.seed, state.stream) = (seed, stream);
+        Ok(state)
     }
 
     /// A sample starting from a given latent at t = 1 (for tests and image-to-video seeding).
+    /// `noise` serves the CPU path; the fused (GPU) path's Philox noise uses seed 0, stream 0
+    /// (a `GaussianNoise` does not reveal its seed): use [`Self::new`] for seeded GPU runs.
     pub fn from_latent(
         z: Tensor,
         settings: SamplerSettings,
@@ -142,6 +166,9 @@ impl SampleState {
             settings,
             completed: 0,
             noise,
+            seed: 0,
+            stream: 0,
+            device_flag: None,
         })
     }
 
@@ -178,7 +205,11 @@ impl SampleState {
                 found: checkpoint.latent.dims().to_vec(),
             });
         }
-        let latent = checkpoint.latent.to_dtype(self.z.dtype())?;
+        // Checkpoints arrive as host tensors; the state may live on a GPU.
+        let latent = checkpoint
+            .latent
+            .to_dtype(self.z.dtype())?
+            .to_device(self.z.device())?;
         ensure_finite(
             &latent.unsqueeze(0)?,
             "resumed latent",
@@ -187,6 +218,9 @@ impl SampleState {
         self.z = latent;
         self.completed = checkpoint.completed_steps;
         self.noise.seek(checkpoint.noise_position);
+        // The fused path's noise follows from the step; its flag restarts with the (checked)
+        // latent.
+        self.device_flag = None;
         Ok(())
     }
 
@@ -254,9 +288,35 @@ pub type SampleStep = Result<Option<Tensor>, DiffusionError>;
 /// non-finite estimate, say) — one sample's failure leaves the others' steps intact and its own
 /// state unchanged. The outer error is a failure of the whole call (shapes, the network).
 /// After a state's last step its latent *is* the (thresholded) x0 estimate, clamped to [-1, 1].
+///
+/// CUDA latents take the fused path (see the module docs and [`step_batch_fused`]) when
+/// `vidcascade-kernels` is built with its `cuda` feature; everything else this per-sample path.
 pub fn step_batch<M: VelocityModel>(
     model: &M,
     states: &mut [&mut SampleState],
+) -> Result<Vec<SampleStep>, DiffusionError> {
+    let on_cuda = states
+        .iter()
+        .find(|s| !s.is_done())
+        .is_some_and(|s| s.z.device().is_cuda());
+    step_batch_with(model, states, on_cuda && fused::CUDA_ENABLED)
+}
+
+/// [`step_batch`] through the fused sampler step, on any device: what `step_batch` runs for
+/// CUDA latents. On the CPU it runs the op's reference, which is how that path is tested where
+/// there is no GPU. Differences from the per-sample path: Philox ancestral noise, and
+/// non-finite values reported at the sample's last step (see the module docs).
+pub fn step_batch_fused<M: VelocityModel>(
+    model: &M,
+    states: &mut [&mut SampleState],
+) -> Result<Vec<SampleStep>, DiffusionError> {
+    step_batch_with(model, states, true)
+}
+
+fn step_batch_with<M: VelocityModel>(
+    model: &M,
+    states: &mut [&mut SampleState],
+    fused: bool,
 ) -> Result<Vec<SampleStep>, DiffusionError> {
     let active: Vec<usize> = (0..states.len())
         .filter(|&i| !states[i].is_done())
@@ -303,11 +363,141 @@ pub fn step_batch<M: VelocityModel>(
         });
     }
 
+    if fused {
+        advance_fused(states, &active, &rows, &z_in, &v_all, &mut outputs)?;
+        return Ok(outputs);
+    }
     for (position, &i) in active.iter().enumerate() {
         let uncond = rows.iter().position(|r| r.sample == i && r.unconditional);
         outputs[i] = advance(&mut *states[i], &v_all, position, uncond).map(Some);
     }
     Ok(outputs)
+}
+
+/// All active states' updates in one [`FusedSamplerStep`]. Nothing is read back except, when
+/// some state finishes, the flags (one small copy): a flagged state fails with
+/// [`DiffusionError::NonFinite`] (naming its index in `states`) and is left as it was; the
+/// others move on. Flags of unfinished states stay on the device, in their states.
+fn advance_fused(
+    states: &mut [&mut SampleState],
+    active: &[usize],
+    rows: &[ModelRow],
+    z_in: &Tensor,
+    v_all: &Tensor,
+    outputs: &mut [SampleStep],
+) -> Result<(), DiffusionError> {
+    let shape = z_in.dims()[1..].to_vec();
+    let mut specs = Vec::with_capacity(active.len());
+    let mut flags = Vec::with_capacity(active.len());
+    for (position, &i) in active.iter().enumerate() {
+        let uncond = rows.iter().position(|r| r.sample == i && r.unconditional);
+        specs.push(states[i].fused_spec(position, uncond)?);
+        flags.push(states[i].device_flag(z_in.device())?);
+    }
+    // `z_in` holds a latent per model row; the conditional rows come first, one per state.
+    let out = FusedSamplerStep::new(specs).forward(
+        &z_in.narrow(0, 0, active.len())?.flatten_from(1)?,
+        &v_all.flatten_from(1)?.to_dtype(DType::F32)?,
+        &Tensor::cat(&flags, 0)?,
+    )?;
+    let finishing = active
+        .iter()
+        .any(|&i| states[i].completed + 1 == states[i].total_steps());
+    let host_flags = if finishing {
+        Some(out.flags.to_vec1::<u32>()?)
+    } else {
+        None
+    };
+    for (position, &i) in active.iter().enumerate() {
+        let state = &mut *states[i];
+        let last = state.completed + 1 == state.total_steps();
+        let flag = match &host_flags {
+            Some(flags) if last => NonFiniteFlag::decode(flags[position]),
+            _ => None,
+        };
+        outputs[i] = match flag {
+            Some(flag) => Err(DiffusionError::NonFinite {
+                what: flag.what(),
+                sample: i,
+                step: flag.step as usize,
+            }),
+            None => state.take_fused(&out, position, &shape).map(Some),
+        };
+    }
+    Ok(())
+}
+
+impl SampleState {
+    /// Moves this state one step on to row `position` of a fused step's outputs; returns its
+    /// x0 estimate, shaped `shape` like the latent.
+    fn take_fused(
+        &mut self,
+        out: &FusedStepOutput,
+        position: usize,
+        shape: &[usize],
+    ) -> Result<Tensor, DiffusionError> {
+        let x0 = out.x0.get(position)?.reshape(shape)?;
+        self.z = out.z_next.get(position)?.reshape(shape)?;
+        self.device_flag = Some(out.flags.narrow(0, position, 1)?);
+        self.completed += 1;
+        Ok(x0)
+    }
+
+    /// This state's next step for the fused op: row `cond_row` of the model output (and
+    /// `uncond_row`), scales from the schedule in f64, as [`advance`] computes them.
+    fn fused_spec(
+        &self,
+        cond_row: usize,
+        uncond_row: Option<usize>,
+    ) -> Result<SampleSpec, DiffusionError> {
+        let step = self.completed + 1;
+        let schedule = self.settings.schedule;
+        let (alpha_t, sigma_t) = schedule.alpha_sigma(self.grid[self.completed]);
+        let (alpha_s, sigma_s) = schedule.alpha_sigma(self.grid[step]);
+        let update = match self.settings.kind {
+            _ if step == self.settings.steps => Update::Last,
+            SamplerKind::Ddim => Update::Ddim { alpha_s, sigma_s },
+            SamplerKind::Ancestral => {
+                let from = Scales {
+                    alpha: alpha_t,
+                    sigma: sigma_t,
+                };
+                let to = Scales {
+                    alpha: alpha_s,
+                    sigma: sigma_s,
+                };
+                let (c_z, c_x, std) = posterior_coefficients(from, to);
+                Update::Ancestral {
+                    c_z,
+                    c_x,
+                    std,
+                    seed: self.seed,
+                    stream: self.stream,
+                }
+            }
+        };
+        Ok(SampleSpec {
+            cond_row,
+            uncond_row,
+            guidance: self.settings.guidance,
+            alpha_t,
+            sigma_t,
+            threshold_quantile: self.settings.threshold_quantile,
+            update,
+            step: u32::try_from(step).map_err(|_| DiffusionError::InvalidSetting {
+                field: "steps",
+                reason: format!("step {step} does not fit the fused step's counter"),
+            })?,
+        })
+    }
+
+    /// The fused path's flag of this state, `[1]` u32 on `device` (zero before its first step).
+    fn device_flag(&self, device: &Device) -> Result<Tensor, DiffusionError> {
+        match &self.device_flag {
+            Some(flag) => Ok(flag.clone()),
+            None => Ok(Tensor::zeros(1, DType::U32, device)?),
+        }
+    }
 }
 
 /// One sample's update from its rows of the batched model output: guidance, x0/eps, dynamic
