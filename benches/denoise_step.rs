@@ -22,11 +22,10 @@ use anyhow::Context;
 use candle_core::{Device, Tensor};
 use vidcascade_diffusion::step_batch;
 use vidcascade_engine::DiffusionStage;
-use vidcascade_engine::stage::{StageInput, UNetVelocity};
+use vidcascade_engine::stage::UNetVelocity;
 use vidcascade_kernels::cpu::{Workload, configure_threads, flops};
 use vidcascade_models::ModelRepository;
 use vidcascade_models::repository::scaffold::WeightInit;
-use vidcascade_spec::StageOverrides;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -115,15 +114,8 @@ fn bench_repository(name: &str, root: &Path, sgemm: &Sgemm) -> anyhow::Result<Ve
     for manifest in repository.manifest().diffusion_stages() {
         let stage = DiffusionStage::load(&repository, &manifest.name, &device)?;
         let label = format!("{name}/{}", stage.name());
-        let settings = StageOverrides::default().resolve(stage.manifest(), "sampler")?;
-        let input = StageInput {
-            text: &texts[0],
-            unconditional: &texts[1],
-            low_res: previous.as_ref(),
-            seed: 0,
-            settings,
-        };
-        let (state, conditioning) = stage.prepare(&input)?;
+        let (state, conditioning) =
+            stage.prepare_defaults((&texts[0], &texts[1]), previous.as_ref(), 0)?;
         let model = UNetVelocity {
             unet: stage.unet(),
             samples: vec![&conditioning],
@@ -152,7 +144,11 @@ fn bench_repository(name: &str, root: &Path, sgemm: &Sgemm) -> anyhow::Result<Ve
         rows.push(Row {
             stage: label,
             output: manifest.output.map(|o| o.to_string()).unwrap_or_default(),
-            rows: if settings.guidance == 1.0 { 1 } else { 2 },
+            rows: if state.settings().guidance == 1.0 {
+                1
+            } else {
+                2
+            },
             ms_per_step: seconds * 1e3,
             mflop_per_step: flop / 1e6,
             gflops,

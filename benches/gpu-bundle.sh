@@ -43,6 +43,8 @@ import json, os, sys
 root, want, found = sys.argv[1], sys.argv[2:], {}
 for line in sys.stdin:
     m = json.loads(line) if line.startswith("{") else {}
+    if m.get("reason") == "compiler-message":  # warnings and errors: as cargo would show them
+        sys.stderr.write(m["message"].get("rendered") or "")
     if m.get("reason") == "compiler-artifact" and m.get("executable"):
         key = m["target"]["kind"][0] + ":" + m["target"]["name"]
         found[key] = (m["executable"], os.path.relpath(os.path.dirname(m["manifest_path"]), root))

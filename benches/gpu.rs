@@ -25,7 +25,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use serde_json::json;
 use vidcascade_diffusion::step_batch;
-use vidcascade_engine::stage::{StageInput, UNetVelocity};
+use vidcascade_engine::stage::UNetVelocity;
 use vidcascade_engine::{
     Compute, DeviceSpec, DiffusionStage, EmbeddedCascade, EngineConfig, Precision,
 };
@@ -35,7 +35,7 @@ use vidcascade_kernels::sampler::{FusedSamplerStep, SampleSpec, Update};
 use vidcascade_models::ModelRepository;
 use vidcascade_models::repository::weights::expected_tensors;
 use vidcascade_models::unet::{UNetInputs, VideoUNet, VideoUNetConfig};
-use vidcascade_spec::{GenerateRequest, StageOverrides};
+use vidcascade_spec::GenerateRequest;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -182,15 +182,8 @@ fn stage_steps(root: &Path, compute: &Compute) -> anyhow::Result<Vec<(String, f6
     let mut rows = Vec::new();
     for manifest in repository.manifest().diffusion_stages() {
         let stage = DiffusionStage::load_on(&repository, &manifest.name, compute)?;
-        let settings = StageOverrides::default().resolve(stage.manifest(), "sampler")?;
-        let input = StageInput {
-            text: &texts[0],
-            unconditional: &texts[1],
-            low_res: previous.as_ref(),
-            seed: 0,
-            settings,
-        };
-        let (state, conditioning) = stage.prepare(&input)?;
+        let (state, conditioning) =
+            stage.prepare_defaults((&texts[0], &texts[1]), previous.as_ref(), 0)?;
         let model = UNetVelocity {
             unet: stage.unet(),
             samples: vec![&conditioning],

@@ -9,12 +9,12 @@ use std::time::Duration;
 
 use candle_core::{Device, Tensor};
 use vidcascade_diffusion::step_batch;
-use vidcascade_engine::stage::{StageInput, UNetVelocity};
+use vidcascade_engine::stage::UNetVelocity;
 use vidcascade_engine::{
     Compute, DeviceSpec, DiffusionStage, EmbeddedCascade, EngineConfig, Precision,
 };
 use vidcascade_models::ModelRepository;
-use vidcascade_spec::{GenerateRequest, StageOverrides};
+use vidcascade_spec::GenerateRequest;
 
 const PROMPT: &str = "a red circle moving left on a black background";
 
@@ -48,15 +48,8 @@ fn first_steps(compute: &Compute) -> anyhow::Result<Vec<(String, Tensor)>> {
     let mut out = Vec::new();
     for manifest in repository.manifest().diffusion_stages() {
         let stage = DiffusionStage::load_on(&repository, &manifest.name, compute)?;
-        let settings = StageOverrides::default().resolve(stage.manifest(), "sampler")?;
-        let input = StageInput {
-            text: &texts[0],
-            unconditional: &texts[1],
-            low_res: low_res.as_ref(),
-            seed: 3,
-            settings,
-        };
-        let (mut state, conditioning) = stage.prepare(&input)?;
+        let (mut state, conditioning) =
+            stage.prepare_defaults((&texts[0], &texts[1]), low_res.as_ref(), 3)?;
         let model = UNetVelocity {
             unet: stage.unet(),
             samples: vec![&conditioning],

@@ -147,8 +147,12 @@ impl Compute {
                     ),
                 ));
             }
-            DeviceSpec::Cuda(ordinal) => Device::new_cuda(ordinal)
-                .map_err(|e| invalid("--device", format!("{spec} could not be opened: {e}")))?,
+            DeviceSpec::Cuda(ordinal) => Device::new_cuda(ordinal).map_err(|e| {
+                // candle appends a backtrace when RUST_BACKTRACE is set: the first line says it.
+                let error = e.to_string();
+                let first = error.lines().next().unwrap_or_default();
+                invalid("--device", format!("{spec} could not be opened: {first}"))
+            })?,
         };
         Ok(Self {
             device,

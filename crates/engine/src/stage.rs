@@ -15,7 +15,7 @@ use vidcascade_diffusion::{
 };
 use vidcascade_models::unet::Prediction;
 use vidcascade_models::{ModelError, ModelRepository, UNetInputs, VideoUNet};
-use vidcascade_spec::{ResolvedSettings, StageManifest, VideoShape};
+use vidcascade_spec::{ResolvedSettings, StageManifest, StageOverrides, VideoShape};
 
 use crate::video::resample;
 use crate::{Compute, EngineError};
@@ -233,6 +233,29 @@ impl DiffusionStage {
             aug_level: input.settings.noise_augmentation,
         };
         Ok((state, conditioning))
+    }
+
+    /// [`Self::prepare`] at the stage's default settings for `text` (and the empty prompt's
+    /// `unconditional`): what benchmarks and device comparisons start a step from.
+    pub fn prepare_defaults(
+        &self,
+        (text, unconditional): (&Tensor, &Tensor),
+        low_res: Option<&Tensor>,
+        seed: u64,
+    ) -> Result<(SampleState, Conditioning), EngineError> {
+        let settings = StageOverrides::default()
+            .resolve(&self.manifest, "sampler")
+            .map_err(|e| EngineError::InvalidRequest {
+                field: e.field,
+                reason: e.reason,
+            })?;
+        self.prepare(&StageInput {
+            text,
+            unconditional,
+            low_res,
+            seed,
+            settings,
+        })
     }
 
     pub(crate) fn diffusion_error(&self, source: DiffusionError) -> EngineError {

@@ -119,6 +119,11 @@ impl Inputs {
     }
 }
 
+/// `max |t|`.
+fn max_abs(t: &Tensor) -> anyhow::Result<f32> {
+    Ok(t.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?)
+}
+
 #[test]
 fn the_inference_path_matches_the_training_path_on_every_stage() -> anyhow::Result<()> {
     for (name, config, frames, h, w) in stages()? {
@@ -130,12 +135,7 @@ fn the_inference_path_matches_the_training_path_on_every_stage() -> anyhow::Resu
             !got.track_op() && want.track_op(),
             "{name}: the paths were not the two paths"
         );
-        let scale = want.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
-        let diff = (&got - &want)?
-            .abs()?
-            .flatten_all()?
-            .max(0)?
-            .to_scalar::<f32>()?;
+        let (diff, scale) = (max_abs(&(&got - &want)?)?, max_abs(&want)?);
         println!("{name}: max |fast - composed| = {diff:.2e}, max |composed| = {scale:.2e}");
         assert!(
             scale > 0.1,
@@ -206,12 +206,7 @@ fn half_precision_weights_follow_the_f32_prediction_on_every_stage() -> anyhow::
                 DType::F32,
                 "{name}: predictions come back as f32"
             );
-            let scale = want.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
-            let diff = (&got - &want)?
-                .abs()?
-                .flatten_all()?
-                .max(0)?
-                .to_scalar::<f32>()?;
+            let (diff, scale) = (max_abs(&(&got - &want)?)?, max_abs(&want)?);
             println!("{name} {dtype:?}: max |half - f32| = {diff:.2e}, max |f32| = {scale:.2e}");
             assert!(
                 diff <= tolerance * scale,

@@ -155,35 +155,7 @@ fn launch_all(
     unsafe { args.launch(grid(n, batch)) }.w()?;
 
     if thresholding {
-        let radix = function(device, "vc_sampler_radix_hist")?;
-        let select = function(device, "vc_sampler_select")?;
-        for pass in 0u32..3 {
-            if pass > 0 {
-                let mut args = stream.launch_builder(&radix);
-                args.arg(&x0)
-                    .arg(&params_dev)
-                    .arg(&state)
-                    .arg(&mut hist)
-                    .arg(&n64)
-                    .arg(&pass);
-                // SAFETY: matches `vc_sampler_radix_hist(const float*, const SampleParams*,
-                // const unsigned*, unsigned*, unsigned long long, unsigned)`; x0 holds batch * n
-                // elements, state batch * STATE_WORDS, hist batch * HIST_WORDS, and the kernel
-                // reads bins only below 2^11 of each of its five histograms per sample.
-                unsafe { args.launch(grid(n, batch)) }.w()?;
-            }
-            let mut args = stream.launch_builder(&select);
-            args.arg(&params_dev).arg(&hist).arg(&mut state).arg(&pass);
-            let config = LaunchConfig {
-                grid_dim: (batch as u32, 1, 1),
-                block_dim: (SELECT_THREADS, 1, 1),
-                shared_mem_bytes: 0,
-            };
-            // SAFETY: matches `vc_sampler_select(const SampleParams*, const unsigned*,
-            // unsigned*, unsigned)`; one block of exactly one warp per sample, as the kernel's
-            // lane arithmetic assumes; hist and state sized as above.
-            unsafe { args.launch(config) }.w()?;
-        }
+        launch_quantile_passes(device, (&x0, &params_dev), (&mut state, &mut hist), dims)?;
     }
 
     let update = function(device, "vc_sampler_update")?;
@@ -199,6 +171,49 @@ fn launch_all(
     // kernel bounds-checks each of its groups of four against n.
     unsafe { args.launch(grid(n.div_ceil(4), batch)) }.w()?;
     Ok((z_next, x0, flags_out))
+}
+
+/// The radix select of every thresholded sample's quantile: three select launches, with a
+/// histogram pass over x0 before the second and the third (the first pass's histogram came
+/// from `vc_sampler_predict`).
+fn launch_quantile_passes(
+    device: &CudaDevice,
+    (x0, params_dev): (&CudaSlice<f32>, &CudaSlice<DeviceParams>),
+    (state, hist): (&mut CudaSlice<u32>, &mut CudaSlice<u32>),
+    dims: Dims,
+) -> Result<()> {
+    let (batch, n64) = (dims.batch, dims.n as u64);
+    let stream = device.cuda_stream();
+    let radix = function(device, "vc_sampler_radix_hist")?;
+    let select = function(device, "vc_sampler_select")?;
+    for pass in 0u32..3 {
+        if pass > 0 {
+            let mut args = stream.launch_builder(&radix);
+            args.arg(x0)
+                .arg(params_dev)
+                .arg(&*state)
+                .arg(&mut *hist)
+                .arg(&n64)
+                .arg(&pass);
+            // SAFETY: matches `vc_sampler_radix_hist(const float*, const SampleParams*,
+            // const unsigned*, unsigned*, unsigned long long, unsigned)`; x0 holds batch * n
+            // elements, state batch * STATE_WORDS, hist batch * HIST_WORDS, and the kernel
+            // reads bins only below 2^11 of each of its five histograms per sample.
+            unsafe { args.launch(grid(dims.n, batch)) }.w()?;
+        }
+        let mut args = stream.launch_builder(&select);
+        args.arg(params_dev).arg(&*hist).arg(&mut *state).arg(&pass);
+        let config = LaunchConfig {
+            grid_dim: (batch as u32, 1, 1),
+            block_dim: (SELECT_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: matches `vc_sampler_select(const SampleParams*, const unsigned*,
+        // unsigned*, unsigned)`; one block of exactly one warp per sample, as the kernel's
+        // lane arithmetic assumes; hist and state sized as above.
+        unsafe { args.launch(config) }.w()?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
