@@ -350,6 +350,15 @@ fn bench_scaling(gpu: &Device) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// This process's peak resident memory (`VmHWM`), in bytes: rows run smallest first, so it is
+/// the peak of the largest row so far.
+fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
 /// The scaling rows on the CPU in f32, smallest first, until a step takes longer than the limit.
 fn cpu_scaling() -> anyhow::Result<()> {
     let threads = configure_threads(Workload::Inference);
@@ -362,7 +371,8 @@ fn cpu_scaling() -> anyhow::Result<()> {
         let ms = scaling_step(&config, DType::F32, &Device::Cpu, (f, h, w), 1)?;
         emit(
             json!({"kind": "scaling", "label": label, "stage": stage, "device": "cpu", "threads": threads,
-            "dtype": "f32", "frames": f, "height": h, "width": w, "ms": ms}),
+            "dtype": "f32", "frames": f, "height": h, "width": w, "ms": ms,
+            "peak_rss_bytes": peak_rss_bytes()}),
         );
         if ms / 1e3 > limit_s {
             break;
