@@ -26,9 +26,7 @@ use candle_nn::VarBuilder;
 use serde_json::json;
 use vidcascade_diffusion::step_batch;
 use vidcascade_engine::stage::UNetVelocity;
-use vidcascade_engine::{
-    Compute, DeviceSpec, DiffusionStage, EmbeddedCascade, EngineConfig, Precision,
-};
+use vidcascade_engine::{Compute, DiffusionStage, EmbeddedCascade, Precision};
 use vidcascade_kernels::cpu::{Workload, configure_threads};
 use vidcascade_kernels::flash::{FlashBias, flash_attention};
 use vidcascade_kernels::sampler::{FusedSamplerStep, SampleSpec, Update};
@@ -199,24 +197,23 @@ fn stage_steps(root: &Path, compute: &Compute) -> anyhow::Result<Vec<(String, f6
     Ok(rows)
 }
 
-fn computes(gpu: &Device) -> Vec<(Compute, &'static str)> {
+fn computes(gpu: &Device) -> Vec<Compute> {
     let on_gpu = |precision| Compute {
         device: gpu.clone(),
         precision,
-        spec: DeviceSpec::Cuda(0),
     };
     vec![
-        (on_gpu(Precision::F16), "cuda:0"),
-        (on_gpu(Precision::F32), "cuda:0"),
-        (Compute::cpu(), "cpu"),
+        on_gpu(Precision::F16),
+        on_gpu(Precision::F32),
+        Compute::cpu(),
     ]
 }
 
 fn bench_stage_steps(gpu: &Device) -> anyhow::Result<()> {
-    for (compute, device) in computes(gpu) {
+    for compute in computes(gpu) {
         for (stage, ms) in stage_steps(&shipped(), &compute)? {
             emit(
-                json!({"kind": "stage_step", "stage": stage, "device": device,
+                json!({"kind": "stage_step", "stage": stage, "device": compute.spec().to_string(),
                 "dtype": compute.precision.to_string(), "ms": ms}),
             );
         }
@@ -230,18 +227,15 @@ fn bench_generate(gpu: &Device) -> anyhow::Result<()> {
         seed: Some(1),
         ..GenerateRequest::default()
     };
-    for (compute, device) in computes(gpu) {
-        let config = EngineConfig {
-            batch_wait: std::time::Duration::ZERO,
-            ..EngineConfig::default()
-        };
-        let cascade = EmbeddedCascade::on(ModelRepository::open(shipped())?, &compute, config)?;
+    for compute in computes(gpu) {
+        let cascade = EmbeddedCascade::alone_on(ModelRepository::open(shipped())?, &compute)?;
         let ms = time_ms(&compute.device, 5, || {
             cascade.generate(&request, None, |_| std::ops::ControlFlow::Continue(()))?;
             Ok(())
         })?;
         emit(
-            json!({"kind": "generate", "device": device, "dtype": compute.precision.to_string(),
+            json!({"kind": "generate", "device": compute.spec().to_string(),
+            "dtype": compute.precision.to_string(),
             "seconds": ms / 1e3}),
         );
     }

@@ -4,15 +4,11 @@
 //! Runs wherever a CUDA device opens (a `--features cuda` build on a GPU machine); elsewhere each
 //! test prints "skipped: no CUDA device" and returns. `benches/gpu.sh` runs these binaries there.
 
-use std::path::Path;
-use std::time::Duration;
-
 use candle_core::{Device, Tensor};
+use std::path::Path;
 use vidcascade_diffusion::step_batch;
 use vidcascade_engine::stage::UNetVelocity;
-use vidcascade_engine::{
-    Compute, DeviceSpec, DiffusionStage, EmbeddedCascade, EngineConfig, Precision,
-};
+use vidcascade_engine::{Compute, DeviceSpec, DiffusionStage, EmbeddedCascade, Precision};
 use vidcascade_models::ModelRepository;
 use vidcascade_spec::GenerateRequest;
 
@@ -104,12 +100,8 @@ fn the_shipped_cascade_generates_on_the_gpu_like_on_the_cpu() -> anyhow::Result<
         seed: Some(1),
         ..GenerateRequest::default()
     };
-    let config = EngineConfig {
-        batch_wait: Duration::ZERO,
-        ..EngineConfig::default()
-    };
     let run = |compute: &Compute| -> anyhow::Result<Vec<u8>> {
-        let cascade = EmbeddedCascade::on(ModelRepository::open(shipped())?, compute, config)?;
+        let cascade = EmbeddedCascade::alone_on(ModelRepository::open(shipped())?, compute)?;
         let output = cascade.generate(&request, None, |_| std::ops::ControlFlow::Continue(()))?;
         Ok(output.final_video.frames.concat())
     };

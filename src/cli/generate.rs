@@ -3,9 +3,7 @@
 
 use std::ops::ControlFlow;
 
-use std::time::Duration;
-
-use vidcascade_engine::{Compute, EmbeddedCascade, EngineConfig};
+use vidcascade_engine::{Compute, EmbeddedCascade};
 use vidcascade_media::{WriteOptions, write_png, write_video};
 use vidcascade_pipeline::{Event, plan};
 use vidcascade_spec::{GenerateRequest, Video};
@@ -34,14 +32,8 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     plan(&request, repo.manifest(), args.seed)
         .map_err(|err| anyhow::anyhow!(super::in_flag_terms(&err.to_string())))?;
 
-    let compute = Compute::open(args.compute.device, args.compute.dtype)
-        .map_err(|err| anyhow::anyhow!("{err}"))?;
-    // Alone in this process: the engines need not wait for company before a batch.
-    let config = EngineConfig {
-        batch_wait: Duration::ZERO,
-        ..EngineConfig::default()
-    };
-    let cascade = EmbeddedCascade::on(repo, &compute, config)?;
+    let compute = Compute::open(args.compute.device, args.compute.dtype)?;
+    let cascade = EmbeddedCascade::alone_on(repo, &compute)?;
     let mut writer = EventWriter::new(&args);
     let output = cascade.generate(&request, None, |event| writer.see(event));
     if let Some(e) = writer.error {

@@ -5,7 +5,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use candle_core::{DType, Device};
+use candle_core::{DType, Device, DeviceLocation};
 
 use crate::EngineError;
 
@@ -103,8 +103,6 @@ pub struct Compute {
     pub device: Device,
     /// The U-Nets' weight dtype (text encoders stay f32: T5 overflows in f16).
     pub precision: Precision,
-    /// The device as the flags named it.
-    pub spec: DeviceSpec,
 }
 
 impl Default for Compute {
@@ -116,10 +114,22 @@ impl Default for Compute {
 impl Compute {
     /// The CPU in f32.
     pub fn cpu() -> Self {
+        Self::f32_on(&Device::Cpu)
+    }
+
+    /// f32 on an already opened `device` (what callers that hold a `Device` run).
+    pub fn f32_on(device: &Device) -> Self {
         Self {
-            device: Device::Cpu,
+            device: device.clone(),
             precision: Precision::F32,
-            spec: DeviceSpec::Cpu,
+        }
+    }
+
+    /// The device as the flags name it (`cpu`, `cuda:N`), for `Info` and logs.
+    pub fn spec(&self) -> DeviceSpec {
+        match self.device.location() {
+            DeviceLocation::Cuda { gpu_id } => DeviceSpec::Cuda(gpu_id),
+            _ => DeviceSpec::Cpu,
         }
     }
 
@@ -154,11 +164,7 @@ impl Compute {
                 invalid("--device", format!("{spec} could not be opened: {first}"))
             })?,
         };
-        Ok(Self {
-            device,
-            precision,
-            spec,
-        })
+        Ok(Self { device, precision })
     }
 
     /// The U-Nets' dtype.
@@ -197,14 +203,15 @@ mod tests {
             err.to_string().starts_with("--dtype: f16 runs on a GPU"),
             "{err}"
         );
-        assert!(Compute::open(DeviceSpec::Cpu, Precision::F32).is_ok());
+        let cpu = Compute::open(DeviceSpec::Cpu, Precision::F32).expect("f32 on the cpu");
+        assert_eq!(cpu.spec(), DeviceSpec::Cpu);
     }
 
     #[test]
     fn a_cuda_device_without_a_gpu_is_refused_naming_the_flag() {
         match Compute::open(DeviceSpec::Cuda(0), Precision::F16) {
             // A CUDA build on a GPU machine opens it; everywhere else the flag is named.
-            Ok(compute) => assert!(compute.device.is_cuda()),
+            Ok(compute) => assert_eq!(compute.spec(), DeviceSpec::Cuda(0)),
             Err(err) => assert!(err.to_string().starts_with("--device: cuda:0"), "{err}"),
         }
     }

@@ -84,17 +84,22 @@ impl EmbeddedCascade {
         Self::from_repository(repository, device)
     }
 
-    /// Loads every stage of an opened repository and starts its engines. Embedded runs are
-    /// alone, so the engines do not wait for company before a batch.
+    /// Loads every stage of an opened repository in f32 on `device` and starts its engines.
     pub fn from_repository(
         repository: ModelRepository,
         device: &Device,
     ) -> Result<Self, EngineError> {
+        Self::alone_on(repository, &Compute::f32_on(device))
+    }
+
+    /// As [`Self::from_repository`], on `compute`'s device and precision. Embedded runs are
+    /// alone, so the engines do not wait for company before a batch.
+    pub fn alone_on(repository: ModelRepository, compute: &Compute) -> Result<Self, EngineError> {
         let config = EngineConfig {
             batch_wait: Duration::ZERO,
             ..EngineConfig::default()
         };
-        Self::with_config(repository, device, config)
+        Self::on(repository, compute, config)
     }
 
     /// As [`Self::from_repository`], with the stage engines' limits.
@@ -103,15 +108,11 @@ impl EmbeddedCascade {
         device: &Device,
         config: EngineConfig,
     ) -> Result<Self, EngineError> {
-        let compute = Compute {
-            device: device.clone(),
-            ..Compute::cpu()
-        };
-        Self::on(repository, &compute, config)
+        Self::on(repository, &Compute::f32_on(device), config)
     }
 
     /// Every stage on `compute`'s device, the U-Nets in its precision (the text encoder in
-    /// f32), alone in this process like [`Self::from_repository`].
+    /// f32), with the stage engines' limits.
     pub fn on(
         repository: ModelRepository,
         compute: &Compute,

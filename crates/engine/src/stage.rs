@@ -89,11 +89,7 @@ impl DiffusionStage {
         name: &str,
         device: &Device,
     ) -> Result<Self, EngineError> {
-        let compute = Compute {
-            device: device.clone(),
-            ..Compute::cpu()
-        };
-        Self::load_on(repository, name, &compute)
+        Self::load_on(repository, name, &Compute::f32_on(device))
     }
 
     /// Loads diffusion stage `name` on `compute`'s device, its weights in `compute`'s dtype.

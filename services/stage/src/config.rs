@@ -44,8 +44,9 @@ pub struct StageArgs {
     pub compute: ComputeArgs,
 }
 
-/// Where a stage computes (also the flags of `vidcascade serve` and `vidcascade generate`).
-#[derive(Debug, Clone, Copy, Args)]
+/// Where a stage computes (also the flags of `vidcascade serve` and `vidcascade generate`);
+/// the default is the flags' default, f32 on the CPU.
+#[derive(Debug, Clone, Copy, Default, Args)]
 pub struct ComputeArgs {
     /// `cpu`, `cuda` or `cuda:N` (CUDA needs a build with `--features cuda`).
     #[arg(long, env = "VIDCASCADE_DEVICE", default_value = "cpu")]
@@ -152,10 +153,7 @@ impl StageConfig {
             repository,
             stage: stage.to_string(),
             engine,
-            compute: ComputeArgs {
-                device: DeviceSpec::Cpu,
-                dtype: Precision::F32,
-            },
+            compute: ComputeArgs::default(),
             server,
         })
     }

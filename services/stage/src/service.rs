@@ -76,7 +76,7 @@ impl StageServer {
                 &config.repository.manifest().name,
                 config.repository.unet_parameter_count(&config.stage)? as u64,
                 wire_dtype(compute.precision),
-                &compute.spec.to_string(),
+                &compute.spec().to_string(),
             )),
             build: Some(build_info()),
             ..stage_info(stage.manifest())

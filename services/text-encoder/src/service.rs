@@ -50,7 +50,7 @@ impl EncoderServer {
                 &config.repository.manifest().name,
                 0,
                 v1::DType::F32,
-                &compute.spec.to_string(),
+                &compute.spec().to_string(),
             )),
             embedding_dim: engine.embedding_dim() as u32,
             max_tokens: engine.max_tokens() as u32,
