@@ -12,6 +12,8 @@
 //! the CPU's: with radii below 5.8 and std <= 1 that is below 1e-5 as well. Flags must be equal.
 
 use candle_core::{DType, Device, Result, Tensor};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 use vidcascade_kernels::sampler::{FusedSamplerStep, NonFiniteFlag, SampleSpec, Update};
 
 /// The GPU, or `None` after saying why the test is skipped.
@@ -26,39 +28,22 @@ fn gpu() -> Option<Device> {
     }
 }
 
-/// splitmix64, so the cases need no dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn normals(&mut self, count: usize, scale: f64) -> Vec<f32> {
-        (0..count)
-            .map(|_| ((self.unit() * 2.0 - 1.0) * scale) as f32)
-            .collect()
-    }
+/// `count` values uniform in `[-scale, scale)`.
+fn uniform(rng: &mut ChaCha8Rng, count: usize, scale: f64) -> Vec<f32> {
+    (0..count)
+        .map(|_| rng.random_range(-scale..scale) as f32)
+        .collect()
 }
 
 /// A random batch: `(z, v_all, specs)`; sample `b` uses row `b` and, when guided, row
 /// `batch + (its index among the guided)`, as `step_batch` lays them out.
-fn batch(rng: &mut Rng, batch: usize, n: usize) -> (Vec<f32>, Vec<f32>, Vec<SampleSpec>) {
+fn batch(rng: &mut ChaCha8Rng, batch: usize, n: usize) -> (Vec<f32>, Vec<f32>, Vec<SampleSpec>) {
     let mut specs = Vec::new();
     let mut guided = 0;
     for b in 0..batch {
-        let phi_t = 0.05 + rng.unit() * 1.45;
-        let phi_s = phi_t * rng.unit();
-        let guidance = [1.0, 0.0, 3.0, 7.5][rng.below(4)];
+        let phi_t = 0.05 + rng.random::<f64>() * 1.45;
+        let phi_s = phi_t * rng.random::<f64>();
+        let guidance = [1.0, 0.0, 3.0, 7.5][rng.random_range(0..4)];
         let uncond_row = (guidance != 1.0).then(|| {
             guided += 1;
             batch + guided - 1
@@ -66,7 +51,7 @@ fn batch(rng: &mut Rng, batch: usize, n: usize) -> (Vec<f32>, Vec<f32>, Vec<Samp
         let (var_t, var_s) = (phi_t.sin().powi(2), phi_s.sin().powi(2));
         let alpha_ts = phi_t.cos() / phi_s.cos();
         let var_ts = (var_t - alpha_ts * alpha_ts * var_s).max(0.0);
-        let update = match rng.below(3) {
+        let update = match rng.random_range(0..3) {
             0 => Update::Last,
             1 => Update::Ddim {
                 alpha_s: phi_s.cos(),
@@ -76,7 +61,7 @@ fn batch(rng: &mut Rng, batch: usize, n: usize) -> (Vec<f32>, Vec<f32>, Vec<Samp
                 c_z: alpha_ts * var_s / var_t,
                 c_x: phi_s.cos() * var_ts / var_t,
                 std: (var_ts * var_s / var_t).sqrt(),
-                seed: rng.next(),
+                seed: rng.random(),
                 stream: b as u64,
             },
         };
@@ -86,13 +71,13 @@ fn batch(rng: &mut Rng, batch: usize, n: usize) -> (Vec<f32>, Vec<f32>, Vec<Samp
             guidance,
             alpha_t: phi_t.cos(),
             sigma_t: phi_t.sin(),
-            threshold_quantile: [None, Some(0.995), Some(0.5), Some(1.0)][rng.below(4)],
+            threshold_quantile: [None, Some(0.995), Some(0.5), Some(1.0)][rng.random_range(0..4)],
             update,
-            step: 1 + rng.below(40) as u32,
+            step: rng.random_range(1..=40),
         });
     }
-    let z = rng.normals(batch * n, 2.0);
-    let v_all = rng.normals((batch + guided) * n, 3.0);
+    let z = uniform(rng, batch * n, 2.0);
+    let v_all = uniform(rng, (batch + guided) * n, 3.0);
     (z, v_all, specs)
 }
 
@@ -110,7 +95,7 @@ fn assert_close(what: &str, got: &[f32], want: &[f32], tolerance: f32) {
 #[test]
 fn fused_sampler_step_on_the_gpu_matches_its_cpu_reference() -> Result<()> {
     let Some(gpu) = gpu() else { return Ok(()) };
-    let mut rng = Rng(2024);
+    let mut rng = ChaCha8Rng::seed_from_u64(2024);
     let shapes = [
         (1, 1),
         (3, 5),
@@ -150,7 +135,7 @@ fn fused_sampler_step_on_the_gpu_matches_its_cpu_reference() -> Result<()> {
 #[test]
 fn a_non_finite_sample_is_flagged_on_the_gpu_and_the_others_are_not() -> Result<()> {
     let Some(gpu) = gpu() else { return Ok(()) };
-    let mut rng = Rng(7);
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
     let (b, n) = (4, 10_000);
     let (z, mut v_all, specs) = batch(&mut rng, b, n);
     v_all[2 * n + 9_999] = f32::NAN; // sample 2's conditional row, last element

@@ -92,18 +92,16 @@ fn attend_row(
 
 #[cfg(test)]
 mod tests {
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
     use super::*;
 
-    /// A small deterministic generator (xorshift), so the tests need no RNG crate.
+    /// `n` values uniform in `[-amplitude, amplitude)`, the same for the same seed.
     fn values(seed: u64, n: usize, amplitude: f32) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
         (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * amplitude
-            })
+            .map(|_| rng.random_range(-amplitude..amplitude))
             .collect()
     }
 

@@ -144,6 +144,9 @@ pub fn radix_threshold_scale(values: &[f32], p: f64) -> f64 {
 
 #[cfg(test)]
 mod tests {
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
     use super::*;
 
     /// numpy's quantile by sorting: the definition the radix select must reproduce.
@@ -156,38 +159,22 @@ mod tests {
         f64::from(m[lo]) + (f64::from(m[hi]) - f64::from(m[lo])) * frac
     }
 
-    /// splitmix64: a dependency-free generator for the randomised cases.
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^ (z >> 31)
-        }
-        fn below(&mut self, n: u64) -> u64 {
-            self.next() % n
-        }
-        fn unit(&mut self) -> f64 {
-            (self.next() >> 11) as f64 / (1u64 << 53) as f64
-        }
-        /// Values of very different kinds: normal-ish, large, tiny, few distinct (ties).
-        fn values(&mut self, n: usize) -> Vec<f32> {
-            let kind = self.below(5);
-            (0..n)
-                .map(|_| {
-                    let u = self.unit() as f32 * 2.0 - 1.0;
-                    match kind {
-                        0 => u,
-                        1 => u * 40.0,
-                        2 => u * 1e-30,
-                        3 => (self.below(4) as f32 - 1.5) * 0.75,
-                        _ => f32::from_bits(self.next() as u32 & 0xff7f_ffff),
-                    }
-                })
-                .collect()
-        }
+    /// Values of very different kinds: normal-ish, large, tiny, few distinct (ties), and any
+    /// finite-or-not bit pattern below the largest.
+    fn random_values(rng: &mut ChaCha8Rng, n: usize) -> Vec<f32> {
+        let kind = rng.random_range(0..5);
+        (0..n)
+            .map(|_| {
+                let u = rng.random::<f64>() as f32 * 2.0 - 1.0;
+                match kind {
+                    0 => u,
+                    1 => u * 40.0,
+                    2 => u * 1e-30,
+                    3 => (rng.random_range(0..4) as f32 - 1.5) * 0.75,
+                    _ => f32::from_bits(rng.random::<u32>() & 0xff7f_ffff),
+                }
+            })
+            .collect()
     }
 
     fn assert_same(values: &[f32], p: f64) {
@@ -202,15 +189,15 @@ mod tests {
 
     #[test]
     fn radix_quantile_equals_the_sorted_quantile_on_random_data() {
-        let mut rng = Rng(7);
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
         for _ in 0..400 {
-            let n = match rng.below(3) {
-                0 => 1 + rng.below(8) as usize,
-                1 => 1 + rng.below(300) as usize,
-                _ => 1 + rng.below(5000) as usize,
+            let n = match rng.random_range(0..3) {
+                0 => rng.random_range(1..=8),
+                1 => rng.random_range(1..=300),
+                _ => rng.random_range(1..=5000),
             };
-            let values = rng.values(n);
-            for p in [rng.unit(), 0.995, 1.0, 0.5, 1e-9] {
+            let values = random_values(&mut rng, n);
+            for p in [rng.random::<f64>(), 0.995, 1.0, 0.5, 1e-9] {
                 assert_same(&values, p);
             }
         }
