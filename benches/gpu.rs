@@ -302,6 +302,7 @@ fn scaling_step(
         context_mask: &mask,
         cond: cond.as_ref(),
         aug_level: aug.as_ref(),
+        known_frames: None,
     };
     time_ms(device, runs, || {
         unet.forward(&inputs)?;

@@ -301,6 +301,7 @@ impl StageCall<Tensor> for EmbeddedCascade {
             text: call.text.text.clone(),
             unconditional: call.text.unconditional.clone(),
             low_res,
+            known: None,
             seed: call.seed,
             settings: call.stage.settings,
             preview_every: call.preview_every as usize,

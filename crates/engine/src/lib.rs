@@ -21,7 +21,7 @@ pub mod video;
 pub use compute::{Compute, DeviceSpec, Precision};
 pub use embedded::{CascadeOutput, EmbeddedCascade, StageOutput};
 pub use error::EngineError;
-pub use stage::DiffusionStage;
+pub use stage::{DiffusionStage, KnownFrames};
 pub use stage_worker::{EngineConfig, JobEvent, JobHandle, StageEngine, StageJob};
 pub use stats::EngineStats;
 pub use text_worker::{TextEngine, TextEngineConfig};

@@ -13,7 +13,7 @@ use vidcascade_diffusion::noise::GaussianNoise;
 use vidcascade_diffusion::{
     CosineSchedule, DiffusionError, ModelRow, SampleState, SamplerSettings, VelocityModel,
 };
-use vidcascade_models::unet::Prediction;
+use vidcascade_models::unet::{Prediction, known_frames};
 use vidcascade_models::{ModelError, ModelRepository, UNetInputs, VideoUNet};
 use vidcascade_spec::{ResolvedSettings, StageManifest, StageOverrides, VideoShape};
 
@@ -45,6 +45,18 @@ pub struct Conditioning {
     pub upsampled: Option<Tensor>,
     /// SR stages: its augmentation time.
     pub aug_level: f64,
+    /// Stages with context frames, when some are given: `[CONTEXT_CHANNELS, F, H, W]`.
+    pub known: Option<Tensor>,
+}
+
+/// Frames a stage's output must continue from: image-to-video gives the first, a story's next
+/// segment the previous segment's last frames.
+#[derive(Debug, Clone)]
+pub struct KnownFrames {
+    /// `[3, F, H, W]` at the stage's output shape, in [-1, 1]; frames not given are ignored.
+    pub video: Tensor,
+    /// Which of the `F` frames are given.
+    pub given: Vec<bool>,
 }
 
 /// One stage's input: what the caller asks for.
@@ -56,6 +68,8 @@ pub struct StageInput<'a> {
     pub unconditional: &'a Tensor,
     /// SR stages: the previous stage's output `[3, F_in, H_in, W_in]` in [-1, 1].
     pub low_res: Option<&'a Tensor>,
+    /// Frames the output must continue from, if any.
+    pub known: Option<&'a KnownFrames>,
     /// Seed of the initial noise, ancestral noise and augmentation noise.
     pub seed: u64,
     /// Resolved settings.
@@ -160,6 +174,9 @@ impl DiffusionStage {
                 });
             }
         }
+        if let Some(known) = input.known {
+            self.check_known(known)?;
+        }
         match (self.manifest.input, input.low_res) {
             (None, None) => Ok(()),
             (None, Some(_)) => Err(EngineError::InvalidRequest {
@@ -196,6 +213,51 @@ impl DiffusionStage {
         }
     }
 
+    /// Checks known frames against this stage: it must take them, at its output shape.
+    fn check_known(&self, known: &KnownFrames) -> Result<(), EngineError> {
+        let invalid = |reason: String| EngineError::InvalidRequest {
+            field: "context_frames".into(),
+            reason,
+        };
+        if !self.unet.config().context_frames {
+            return Err(invalid(format!(
+                "stage `{}` was not trained with context frames; use a cascade that has them",
+                self.name()
+            )));
+        }
+        let out = self.output_shape()?;
+        let want = [3, out.frames, out.height, out.width];
+        if known.video.dims() != want || known.given.len() != out.frames {
+            return Err(invalid(format!(
+                "stage `{}` takes known frames [3, {}, {}, {}] with {} flags, got {:?} with {}",
+                self.name(),
+                out.frames,
+                out.height,
+                out.width,
+                out.frames,
+                known.video.dims(),
+                known.given.len()
+            )));
+        }
+        Ok(())
+    }
+
+    /// The known-frames input `[CONTEXT_CHANNELS, F, H, W]` on the stage's device, or `None`
+    /// when no frame is given.
+    fn known_input(&self, known: Option<&KnownFrames>) -> Result<Option<Tensor>, EngineError> {
+        let Some(known) = known.filter(|k| k.given.iter().any(|&g| g)) else {
+            return Ok(None);
+        };
+        let given: Vec<f32> = known
+            .given
+            .iter()
+            .map(|&g| f32::from(u8::from(g)))
+            .collect();
+        let given = Tensor::from_vec(given, (1, known.given.len()), &self.device)?;
+        let video = known.video.to_device(&self.device)?.unsqueeze(0)?;
+        Ok(Some(known_frames(&video, &given)?.squeeze(0)?))
+    }
+
     /// Validates `input` and builds the initial sample and its conditioning.
     pub fn prepare(
         &self,
@@ -227,6 +289,7 @@ impl DiffusionStage {
             video,
             upsampled,
             aug_level: input.settings.noise_augmentation,
+            known: self.known_input(input.known)?,
         };
         Ok((state, conditioning))
     }
@@ -249,6 +312,7 @@ impl DiffusionStage {
             text,
             unconditional,
             low_res,
+            known: None,
             seed,
             settings,
         })
@@ -347,6 +411,7 @@ impl VelocityModel for UNetVelocity<'_> {
         } else {
             (None, None)
         };
+        let known = stack_known(&conditionings, z)?;
         let inputs = UNetInputs {
             z,
             t: &times,
@@ -354,6 +419,7 @@ impl VelocityModel for UNetVelocity<'_> {
             context_mask: &mask,
             cond: cond.as_ref(),
             aug_level: aug.as_ref(),
+            known_frames: known.as_ref(),
         };
         let output = self.unet.forward(&inputs).map_err(|e| match e {
             ModelError::Tensor(t) => DiffusionError::Tensor(t),
@@ -387,6 +453,27 @@ fn stack_videos(
         })
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Tensor::stack(&videos, 0)?)
+}
+
+/// The rows' known frames `[B, CONTEXT_CHANNELS, F, H, W]`, zeros (nothing given) for rows
+/// without; `None` when no row has any.
+fn stack_known(
+    conditionings: &[&Conditioning],
+    z: &Tensor,
+) -> Result<Option<Tensor>, DiffusionError> {
+    let Some(shape) = conditionings
+        .iter()
+        .find_map(|c| c.known.as_ref())
+        .map(Tensor::shape)
+    else {
+        return Ok(None);
+    };
+    let zeros = Tensor::zeros(shape, DType::F32, z.device())?;
+    let rows: Vec<&Tensor> = conditionings
+        .iter()
+        .map(|c| c.known.as_ref().unwrap_or(&zeros))
+        .collect();
+    Ok(Some(Tensor::stack(&rows, 0)?))
 }
 
 /// `v = (alpha z - x0) / sigma` per row (`z = alpha x0 + sigma eps` and `v = alpha eps - sigma x0`),

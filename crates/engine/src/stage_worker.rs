@@ -29,7 +29,7 @@ use vidcascade_spec::ResolvedSettings;
 
 use crate::EngineError;
 use crate::queue::JobQueue;
-use crate::stage::{Conditioning, DiffusionStage, StageInput, UNetVelocity};
+use crate::stage::{Conditioning, DiffusionStage, KnownFrames, StageInput, UNetVelocity};
 use crate::stats::EngineStats;
 
 /// Engine limits.
@@ -62,6 +62,8 @@ pub struct StageJob {
     pub unconditional: Tensor,
     /// SR stages: the previous stage's output `[3, F, H, W]` in [-1, 1].
     pub low_res: Option<Tensor>,
+    /// Frames the output must continue from (stages trained with context frames).
+    pub known: Option<KnownFrames>,
     /// Seed of all noise.
     pub seed: u64,
     /// Resolved sampler settings.
@@ -407,6 +409,7 @@ impl Worker {
             text: &job.text,
             unconditional: &job.unconditional,
             low_res: job.low_res.as_ref(),
+            known: job.known.as_ref(),
             seed: job.seed,
             settings: job.settings,
         };

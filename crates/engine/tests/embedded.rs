@@ -360,6 +360,7 @@ fn an_untrained_residual_super_resolution_stage_returns_its_upsampled_input() ->
             text: text.clone(),
             unconditional: unconditional.clone(),
             low_res: Some(low_res.clone()),
+            known: None,
             seed: 3,
             settings,
             preview_every: 0,

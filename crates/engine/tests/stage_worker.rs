@@ -48,6 +48,7 @@ fn job(f: &Fixture, seed: u64, steps: usize) -> anyhow::Result<StageJob> {
         text: f.text.clone(),
         unconditional: f.unconditional.clone(),
         low_res: None,
+        known: None,
         seed,
         settings,
         preview_every: 0,

@@ -115,6 +115,7 @@ impl Inputs {
             context_mask: &self.mask,
             cond: self.cond.as_ref(),
             aug_level: self.aug.as_ref(),
+            known_frames: None,
         }
     }
 }

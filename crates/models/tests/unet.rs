@@ -9,7 +9,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use vidcascade_models::ModelError;
 use vidcascade_models::repository::scaffold::all_finite;
-use vidcascade_models::unet::{Prediction, UNetInputs, VideoUNet, VideoUNetConfig};
+use vidcascade_models::unet::{Prediction, UNetInputs, VideoUNet, VideoUNetConfig, known_frames};
 use vidcascade_test_support::tiny_scaffold;
 
 fn random_unet(config: &VideoUNetConfig) -> anyhow::Result<VideoUNet> {
@@ -71,6 +71,7 @@ impl Batch {
             context_mask: &self.mask,
             cond: self.cond.as_ref(),
             aug_level: self.aug.as_ref(),
+            known_frames: None,
         }
     }
 }
@@ -365,5 +366,107 @@ fn bad_inputs_name_the_field() -> anyhow::Result<()> {
             .to_string()
             .contains("`cond`")
     );
+    Ok(())
+}
+
+#[test]
+fn zero_context_weights_change_nothing_and_trained_ones_read_the_known_frames() -> anyhow::Result<()>
+{
+    for (name, config, frames, side) in stage_configs() {
+        assert!(
+            config.context_frames,
+            "the tiny {name} takes context frames"
+        );
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+        let with = VideoUNet::new(vb.clone(), &config)?;
+        let without = VideoUNet::new(
+            vb,
+            &VideoUNetConfig {
+                context_frames: false,
+                ..config.clone()
+            },
+        )?;
+        let context_in = |n: &str| n.starts_with("context_in.");
+        let vars = varmap.data().lock().expect("varmap lock").clone();
+        assert!(vars.keys().any(|n| context_in(n)), "stage {name}");
+        for (n, var) in &vars {
+            if !context_in(n) {
+                var.set(&Tensor::randn(0f32, 0.2, var.dims(), &Device::Cpu)?)?;
+            }
+        }
+        let batch = Batch::new(&config, 2, frames, side, &[0.5, 0.9])?;
+        let video = Tensor::randn(0f32, 1.0, (2, 3, frames, side, side), &Device::Cpu)?;
+        let mut first = vec![0f32; 2 * frames];
+        first[0] = 1.0;
+        first[frames] = 1.0;
+        let given = Tensor::from_vec(first, (2, frames), &Device::Cpu)?;
+        let known = known_frames(&video, &given)?;
+        let with_known = |known: Option<&Tensor>| -> anyhow::Result<Tensor> {
+            Ok(with.forward(&UNetInputs {
+                known_frames: known,
+                ..batch.inputs()
+            })?)
+        };
+        let gap = |a: &Tensor, b: &Tensor| -> anyhow::Result<f32> {
+            Ok((a - b)?.abs()?.max_all()?.to_scalar::<f32>()?)
+        };
+        // Untrained (zero) context weights: the stage computes what it did without them, given
+        // frames or not.
+        let plain = without.forward(&batch.inputs())?;
+        assert!(gap(&with_known(None)?, &plain)? < 1e-6, "stage {name}");
+        assert!(
+            gap(&with_known(Some(&known))?, &plain)? < 1e-6,
+            "stage {name}"
+        );
+        // Trained: the known frames change the output; "nothing given" equals all-zero input.
+        for (n, var) in &vars {
+            if context_in(n) {
+                var.set(&Tensor::randn(0f32, 0.5, var.dims(), &Device::Cpu)?)?;
+            }
+        }
+        let nothing = known_frames(
+            &video,
+            &Tensor::zeros((2, frames), DType::F32, &Device::Cpu)?,
+        )?;
+        assert!(
+            gap(&with_known(None)?, &with_known(Some(&nothing))?)? < 1e-5,
+            "stage {name}"
+        );
+        assert!(
+            gap(&with_known(Some(&known))?, &with_known(None)?)? > 1e-3,
+            "stage {name}"
+        );
+        // Wrong shapes, and known frames for a stage without context, are named errors.
+        let short = known.narrow(2, 0, frames - 1)?;
+        let err = with.forward(&UNetInputs {
+            known_frames: Some(&short),
+            ..batch.inputs()
+        });
+        assert!(
+            matches!(
+                err,
+                Err(ModelError::InvalidInput {
+                    field: "known_frames",
+                    ..
+                })
+            ),
+            "stage {name}: {err:?}"
+        );
+        let err = without.forward(&UNetInputs {
+            known_frames: Some(&known),
+            ..batch.inputs()
+        });
+        assert!(
+            matches!(
+                err,
+                Err(ModelError::InvalidInput {
+                    field: "known_frames",
+                    ..
+                })
+            ),
+            "stage {name}: {err:?}"
+        );
+    }
     Ok(())
 }

@@ -62,6 +62,7 @@ fn tiny_unet(temporal: TemporalMixing, cond_channels: usize) -> VideoUNetConfig 
         layout_channels: if cond_channels == 0 { 4 } else { 0 },
         layout_grid: 8,
         layout_storyboard_knots: if cond_channels == 0 { 4 } else { 0 },
+        context_frames: true,
         prediction: if cond_channels == 0 {
             Prediction::V
         } else {

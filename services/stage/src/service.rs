@@ -148,6 +148,7 @@ impl StageServer {
             text: &text,
             unconditional: &unconditional,
             low_res: low_res.as_ref(),
+            known: None,
             seed: request.seed,
             settings,
         };
@@ -165,6 +166,7 @@ impl StageServer {
             text,
             unconditional,
             low_res,
+            known: None,
             seed: request.seed,
             settings,
             preview_every: request.preview_every as usize,
@@ -192,6 +194,7 @@ impl StageServer {
             text: text.clone(),
             unconditional: text,
             low_res,
+            known: None,
             seed: 0,
             settings,
             preview_every: 0,

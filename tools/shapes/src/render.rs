@@ -51,6 +51,84 @@ impl Placement {
     }
 }
 
+/// A clip that continues from known frames: the shape sits at `anchor` at progress
+/// `anchor_progress` (the last known frame), came there moving `previous`, and from there moves the
+/// scene's way, `travel` of the frame per clip at the same speed, stopping where its edge meets
+/// the frame's. Image-to-video is the case where the first frame is the anchor; a story's next
+/// segment the case where the previous segment's last frames lead up to it, possibly from another
+/// direction.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Continuation {
+    /// Half-extent of the shape, as a fraction of the frame side.
+    pub size: f64,
+    /// Where the shape is at the last known frame, in frame units `(x, y)`.
+    pub anchor: (f64, f64),
+    /// The clip progress (frame / frames) of the last known frame.
+    pub anchor_progress: f64,
+    /// The direction the shape came from before the anchor.
+    pub previous: crate::world::Motion,
+    /// Distance travelled over a whole clip, as a fraction of the frame side.
+    pub travel: f64,
+}
+
+impl Continuation {
+    /// A random continuation whose last known frame is frame `last_known` of `frames`.
+    pub fn sample(rng: &mut impl Rng, last_known: usize, frames: usize) -> Self {
+        let size = rng.random_range(0.14..0.20);
+        let margin = size + 0.02;
+        Self {
+            size,
+            anchor: (
+                rng.random_range(margin..1.0 - margin),
+                rng.random_range(margin..1.0 - margin),
+            ),
+            anchor_progress: last_known as f64 / frames as f64,
+            previous: crate::world::Motion::ALL[rng.random_range(0..4)],
+            travel: rng.random_range(0.40..0.60),
+        }
+    }
+
+    /// The shape's centre at progress `p`, kept whole inside the frame.
+    pub fn centre(&self, scene: &Scene, p: f64) -> (f64, f64) {
+        let (motion, distance) = if p < self.anchor_progress {
+            (self.previous, p - self.anchor_progress)
+        } else {
+            (scene.motion, p - self.anchor_progress)
+        };
+        let (dx, dy) = motion.vector();
+        let d = distance * self.travel;
+        let keep = |v: f64| v.clamp(self.size, 1.0 - self.size);
+        (keep(self.anchor.0 + dx * d), keep(self.anchor.1 + dy * d))
+    }
+}
+
+/// Where the shape is in each frame of a clip: a scene's own [`Placement`] or a [`Continuation`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Trajectory {
+    /// The world's clips: centred travel along the motion.
+    Placed(Placement),
+    /// A clip continuing from known frames.
+    Continued(Continuation),
+}
+
+impl Trajectory {
+    /// Half-extent of the shape.
+    pub fn size(&self) -> f64 {
+        match self {
+            Trajectory::Placed(p) => p.size,
+            Trajectory::Continued(c) => c.size,
+        }
+    }
+
+    /// The shape's centre at progress `p` in [0, 1).
+    pub fn centre(&self, scene: &Scene, p: f64) -> (f64, f64) {
+        match self {
+            Trajectory::Placed(placement) => placement.centre(scene, p),
+            Trajectory::Continued(c) => c.centre(scene, p),
+        }
+    }
+}
+
 /// Whether point `(x, y)` (frame units) is inside `shape` centred at `c` with half-extent `r`.
 fn inside(shape: ShapeKind, c: (f64, f64), r: f64, x: f64, y: f64) -> bool {
     let (dx, dy) = (x - c.0, y - c.1);
@@ -78,13 +156,30 @@ pub fn render_rgb8(
     height: usize,
     width: usize,
 ) -> Vec<Vec<u8>> {
+    render_trajectory_rgb8(
+        scene,
+        &Trajectory::Placed(*placement),
+        frames,
+        height,
+        width,
+    )
+}
+
+/// [`render_rgb8`] along any [`Trajectory`].
+pub fn render_trajectory_rgb8(
+    scene: &Scene,
+    trajectory: &Trajectory,
+    frames: usize,
+    height: usize,
+    width: usize,
+) -> Vec<Vec<u8>> {
     let fg = scene.colour.rgb().map(f64::from);
     let bg = scene.background.rgb().map(f64::from);
     let side = height.min(width) as f64;
-    let r = placement.size;
+    let r = trajectory.size();
     (0..frames)
         .map(|k| {
-            let centre = placement.centre(scene, k as f64 / frames as f64);
+            let centre = trajectory.centre(scene, k as f64 / frames as f64);
             let mut frame = Vec::with_capacity(height * width * 3);
             for i in 0..height {
                 for j in 0..width {
@@ -117,7 +212,24 @@ pub fn render_chw(
     height: usize,
     width: usize,
 ) -> Vec<f32> {
-    let rgb = render_rgb8(scene, placement, frames, height, width);
+    render_trajectory_chw(
+        scene,
+        &Trajectory::Placed(*placement),
+        frames,
+        height,
+        width,
+    )
+}
+
+/// [`render_chw`] along any [`Trajectory`].
+pub fn render_trajectory_chw(
+    scene: &Scene,
+    trajectory: &Trajectory,
+    frames: usize,
+    height: usize,
+    width: usize,
+) -> Vec<f32> {
+    let rgb = render_trajectory_rgb8(scene, trajectory, frames, height, width);
     let plane = height * width;
     let mut out = vec![0f32; 3 * frames * plane];
     for (f, frame) in rgb.iter().enumerate() {
@@ -153,6 +265,34 @@ mod tests {
             let (dx, dy) = motion.vector();
             assert!((b.0 - a.0) * dx >= 0.0 && (b.1 - a.1) * dy >= 0.0);
             assert!(((b.0 - a.0).abs() + (b.1 - a.1).abs()) > 0.4);
+        }
+    }
+
+    #[test]
+    fn a_continuation_comes_in_the_previous_way_and_leaves_the_scene_way_without_leaving_the_frame()
+    {
+        let s = scene(Motion::Up);
+        let c = Continuation {
+            size: 0.15,
+            anchor: (0.5, 0.5),
+            anchor_progress: 0.25,
+            previous: Motion::Right,
+            travel: 0.5,
+        };
+        let before = c.centre(&s, 0.0);
+        assert!((before.0 - (0.5 - 0.125)).abs() < 1e-12 && (before.1 - 0.5).abs() < 1e-12);
+        assert_eq!(c.centre(&s, 0.25), (0.5, 0.5));
+        let after = c.centre(&s, 0.75);
+        assert!((after.0 - 0.5).abs() < 1e-12 && (after.1 - 0.25).abs() < 1e-12);
+        // Far enough, the shape stops with its edge on the frame's.
+        let far = Continuation { travel: 5.0, ..c };
+        assert_eq!(far.centre(&s, 0.9).1, 0.15);
+        // The 8- and 16-frame renderings agree on shared instants, as for placements.
+        let t = Trajectory::Continued(c);
+        let low = render_trajectory_rgb8(&s, &t, 8, 16, 16);
+        let high = render_trajectory_rgb8(&s, &t, 16, 16, 16);
+        for (j, frame) in low.iter().enumerate() {
+            assert_eq!(frame, &high[2 * j]);
         }
     }
 

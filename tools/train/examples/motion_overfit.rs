@@ -118,6 +118,7 @@ fn main() -> anyhow::Result<()> {
             context_mask: &mask.narrow(0, 0, 2)?,
             cond: None,
             aug_level: None,
+            known_frames: None,
         })?;
         let x0 = ((&z * a)? - (&v * s)?)?;
         for (i, cap) in probe_captions.iter().enumerate() {
@@ -164,6 +165,7 @@ fn main() -> anyhow::Result<()> {
             context_mask: &mask,
             cond: None,
             aug_level: None,
+            known_frames: None,
         })?;
         let loss = (v - target)?.sqr()?.mean_all()?;
         opt.backward_step(&loss)?;

@@ -102,6 +102,7 @@ fn x0_estimate(
         context_mask: &clips.mask,
         cond: Some(&cond),
         aug_level: Some(&aa),
+        known_frames: None,
     };
     let v = unet.forward(&inputs)?;
     let x0 = ((&z * a)? - (v * s)?)?;
@@ -295,6 +296,7 @@ fn main() -> anyhow::Result<()> {
                         context_mask: &wclips.mask,
                         cond: Some(&condw),
                         aug_level: Some(&aa),
+                        known_frames: None,
                     })?;
                     let x0w = ((&zw * a)? - (vw * s)?)?;
                     let win = mean_psnr(&x0w, &wclips.hi)?;
@@ -338,6 +340,7 @@ fn main() -> anyhow::Result<()> {
                                 text: emb,
                                 unconditional: unc,
                                 low_res: Some(low),
+                                known: None,
                                 seed: 5 + i as u64,
                                 settings,
                                 preview_every: 1,

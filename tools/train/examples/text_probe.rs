@@ -238,6 +238,7 @@ fn main() -> anyhow::Result<()> {
                 context_mask: mask,
                 cond: None,
                 aug_level: None,
+                known_frames: None,
             })?;
             losses.push((&v - &v_target)?.sqr()?.mean_all()?.to_scalar::<f32>()?);
             let x0 = ((&z * a)? - (&v * s)?)?;
@@ -277,6 +278,7 @@ fn main() -> anyhow::Result<()> {
             context_mask: &mask,
             cond: None,
             aug_level: None,
+            known_frames: None,
         })?;
         let x0 = ((&z * a)? - (&v * s)?)?.get(0)?;
         let track = centroid_track(&x0, [-1.0, -1.0, 1.0])?;
@@ -339,6 +341,7 @@ fn main() -> anyhow::Result<()> {
                         text: text.clone(),
                         unconditional: uncond.clone(),
                         low_res: None,
+                        known: None,
                         seed: i as u64 + 1,
                         settings,
                         preview_every: 0,

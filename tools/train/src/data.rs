@@ -11,7 +11,7 @@ use rand::Rng;
 use rand::seq::IndexedRandom;
 use rand_chacha::ChaCha8Rng;
 use vidcascade_models::repository::VideoShape;
-use vidcascade_shapes::render::{Placement, render_chw};
+use vidcascade_shapes::render::{Continuation, Placement, Trajectory, render_trajectory_chw};
 use vidcascade_shapes::world::{Scene, training_scenes};
 
 /// A training window of the output video: super-resolution stages are local in time (temporal
@@ -34,6 +34,9 @@ pub struct Batch {
     pub low_res: Option<Tensor>,
     /// Captions, `""` for dropped text.
     pub captions: Vec<String>,
+    /// Which target frames are given as context `[B, F]` (1) or not (0); all 0 unless the sampler
+    /// draws context.
+    pub given: Tensor,
 }
 
 /// Draws batches for a stage.
@@ -45,6 +48,7 @@ pub struct BatchSampler {
     text_dropout: f64,
     short_caption_rate: f64,
     crop: Option<Crop>,
+    context_rate: f64,
 }
 
 impl BatchSampler {
@@ -57,6 +61,27 @@ impl BatchSampler {
             text_dropout,
             short_caption_rate: 0.25,
             crop: None,
+            context_rate: 0.0,
+        }
+    }
+
+    /// Gives known frames to a share `rate` of the examples: half of them the first frame
+    /// (image-to-video), half the first `k` frames, `k` from 2 to half the clip (a continuation);
+    /// half of those examples continue from an anchor anywhere in the frame, possibly turning
+    /// there (see [`Continuation`]), the rest are the world's own clips.
+    pub fn with_context(mut self, rate: f64) -> Self {
+        self.context_rate = rate;
+        self
+    }
+
+    /// How many leading frames of a `frames`-frame example are given (0 for none).
+    fn draw_given(&self, rng: &mut ChaCha8Rng, frames: usize) -> usize {
+        if frames < 2 || !rng.random_bool(self.context_rate) {
+            0
+        } else if rng.random_bool(0.5) {
+            1
+        } else {
+            rng.random_range(2..=(frames / 2).max(2))
         }
     }
 
@@ -90,13 +115,11 @@ impl BatchSampler {
         let mut videos = Vec::with_capacity(size);
         let mut low = Vec::with_capacity(size);
         let mut captions = Vec::with_capacity(size);
+        let mut given = Vec::new();
         for _ in 0..size {
             let Some(scene) = self.scenes.choose(rng).copied() else {
                 candle_core::bail!("no training scenes");
             };
-            let placement = Placement::sample(rng);
-            let data = render_chw(&scene, &placement, o.frames, o.height, o.width);
-            let video = Tensor::from_vec(data, (3, o.frames, o.height, o.width), device)?;
             let e = self.example_shape();
             // Window offsets, multiples of the up-sampling factors so both windows line up.
             let (tf, sf) = match self.input {
@@ -106,6 +129,15 @@ impl BatchSampler {
             let f0 = tf * rng.random_range(0..=(o.frames - e.frames) / tf);
             let y0 = sf * rng.random_range(0..=(o.height - e.height) / sf);
             let x0 = sf * rng.random_range(0..=(o.width - e.width) / sf);
+            let known = self.draw_given(rng, e.frames);
+            let trajectory = if known > 0 && rng.random_bool(0.5) {
+                Trajectory::Continued(Continuation::sample(rng, f0 + known - 1, o.frames))
+            } else {
+                Trajectory::Placed(Placement::sample(rng))
+            };
+            given.extend((0..e.frames).map(|f| f32::from(u8::from(f < known))));
+            let data = render_trajectory_chw(&scene, &trajectory, o.frames, o.height, o.width);
+            let video = Tensor::from_vec(data, (3, o.frames, o.height, o.width), device)?;
             videos.push(
                 video
                     .narrow(1, f0, e.frames)?
@@ -113,7 +145,7 @@ impl BatchSampler {
                     .narrow(3, x0, e.width)?,
             );
             if let Some(i) = self.input {
-                let data = render_chw(&scene, &placement, i.frames, i.height, i.width);
+                let data = render_trajectory_chw(&scene, &trajectory, i.frames, i.height, i.width);
                 let low_video = Tensor::from_vec(data, (3, i.frames, i.height, i.width), device)?;
                 low.push(
                     low_video
@@ -139,6 +171,7 @@ impl BatchSampler {
                 Some(Tensor::stack(&low, 0)?)
             },
             captions,
+            given: Tensor::from_vec(given, (size, self.example_shape().frames), device)?,
         })
     }
 }

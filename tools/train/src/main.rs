@@ -128,6 +128,10 @@ struct TrainArgs {
     /// Train on square crops of this side (SR stages).
     #[arg(long)]
     crop_side: Option<usize>,
+    /// Share of examples given known frames (stages with context frames; ignored otherwise):
+    /// half of them the first frame, half the first k frames (docs/training.md).
+    #[arg(long, default_value_t = 0.5)]
+    context_rate: f64,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -205,6 +209,7 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
         log_every: args.log_every,
         seed: args.seed,
         crop,
+        context_rate: args.context_rate,
     };
     let state = trainer::train(&args.model, &args.run_dir, config)?;
     println!(

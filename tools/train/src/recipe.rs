@@ -2,6 +2,10 @@
 //!
 //! encoder (T5, d_model 64) -> base 8 frames 16x16 @ 4 fps (temporal attention)
 //!   -> TSR 16 frames 16x16 @ 8 fps (temporal conv) -> SSR 16 frames 32x32 @ 8 fps (temporal conv)
+//!   -> SSR2 16 frames 64x64 @ 8 fps (temporal conv)
+//!
+//! Every diffusion stage takes known frames (`context_frames`), so each can continue from given
+//! frames at its own resolution: image-to-video and stories.
 
 use vidcascade_models::repository::scaffold::{Scaffold, ScaffoldStage};
 use vidcascade_models::repository::{StageDefaults, StageKind, StageManifest, VideoShape};
@@ -25,7 +29,7 @@ pub fn shapes_scaffold() -> Scaffold {
         description: "Coloured shapes moving over coloured backgrounds; trained with vidcascade-train on the synthetic shapes world".into(),
         encoder: encoder(),
         vocabulary: vocabulary(),
-        stages: vec![base_stage(), tsr_stage(), ssr_stage()],
+        stages: vec![base_stage(), tsr_stage(), ssr_stage(), ssr2_stage()],
     }
 }
 
@@ -74,6 +78,7 @@ fn unet(
         layout_channels: if cond_channels == 0 { 4 } else { 0 },
         layout_grid: 8,
         layout_storyboard_knots: if cond_channels == 0 { 8 } else { 0 },
+        context_frames: true,
         prediction: if cond_channels == 0 {
             Prediction::V
         } else {
@@ -156,6 +161,31 @@ fn ssr_stage() -> ScaffoldStage {
             StageKind::Ssr,
             Some(shape(16, 16, 8.0)),
             shape(16, 32, 8.0),
+            StageDefaults {
+                steps: 12,
+                guidance: 1.0,
+                noise_augmentation: 0.15,
+                ..StageDefaults::default()
+            },
+        ),
+        unet: unet(
+            TemporalMixing::Conv,
+            3,
+            16,
+            vec![1, 2, 2],
+            vec![false, false, true],
+        ),
+    }
+}
+
+/// The second spatial super-resolution stage: 16 frames from 32x32 to 64x64, the final video.
+fn ssr2_stage() -> ScaffoldStage {
+    ScaffoldStage {
+        manifest: stage(
+            "ssr2",
+            StageKind::Ssr,
+            Some(shape(16, 32, 8.0)),
+            shape(16, 64, 8.0),
             StageDefaults {
                 steps: 12,
                 guidance: 1.0,

@@ -23,7 +23,7 @@ use vidcascade_diffusion::noise::GaussianNoise;
 use vidcascade_engine::stage::{augment, pad_embeddings};
 use vidcascade_engine::video::resample;
 use vidcascade_models::repository::{ModelRepository, StageManifest, VideoShape, files};
-use vidcascade_models::unet::Prediction;
+use vidcascade_models::unet::{Prediction, known_frames};
 use vidcascade_models::{TextEncoder, UNetInputs, VideoUNet};
 
 use crate::data::{BatchSampler, Crop};
@@ -73,6 +73,10 @@ pub struct TrainConfig {
     pub seed: u64,
     /// SR stages: train on windows of this many output frames and this side.
     pub crop: Option<Crop>,
+    /// Stages with context frames: the share of examples given known frames (absent in older
+    /// run states: 0).
+    #[serde(default)]
+    pub context_rate: f64,
 }
 
 /// The serde default of the settings older run states lack: 1, which leaves training as it was.
@@ -214,7 +218,19 @@ pub fn train(model_dir: &Path, run_dir: &Path, config: TrainConfig) -> anyhow::R
 
     let vars = varmap.all_vars();
     let optimizers = Optimizers::new(&vars_by_name, &config)?;
-    let mut sampler = BatchSampler::new(output, stage.input, config.text_dropout);
+    if !(0.0..=1.0).contains(&config.context_rate) {
+        bail!(
+            "--context-rate must be in [0, 1], got {}",
+            config.context_rate
+        );
+    }
+    let context_rate = if unet_config.context_frames {
+        config.context_rate
+    } else {
+        0.0
+    };
+    let mut sampler =
+        BatchSampler::new(output, stage.input, config.text_dropout).with_context(context_rate);
     if let Some(crop) = config.crop {
         sampler = sampler.with_crop(crop);
     }
@@ -223,6 +239,7 @@ pub fn train(model_dir: &Path, run_dir: &Path, config: TrainConfig) -> anyhow::R
         sampler,
         stage: stage.name.clone(),
         prediction: unet_config.prediction,
+        context_frames: unet_config.context_frames,
         device,
         unet,
         encoder,
@@ -357,6 +374,8 @@ struct Trainer {
     /// The stage's name, for messages.
     stage: String,
     prediction: Prediction,
+    /// Whether the U-Net takes known frames.
+    context_frames: bool,
     device: Device,
     unet: VideoUNet,
     encoder: TextEncoder,
@@ -465,6 +484,11 @@ impl Trainer {
             }
             None => (None, None, None),
         };
+        let known = if self.context_frames {
+            Some(known_frames(&batch.videos, &batch.given)?)
+        } else {
+            None
+        };
         let inputs = UNetInputs {
             z: &noised.z,
             t: &t,
@@ -472,6 +496,7 @@ impl Trainer {
             context_mask: &mask,
             cond: cond.as_ref(),
             aug_level: aug.as_ref(),
+            known_frames: known.as_ref(),
         };
         let prediction = self.unet.forward(&inputs)?;
         Ok(match (self.prediction, &upsampled) {
@@ -614,6 +639,7 @@ mod tests {
             log_every: 1,
             seed: 1,
             crop: None,
+            context_rate: 0.0,
         }
     }
 

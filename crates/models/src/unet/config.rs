@@ -113,7 +113,19 @@ pub struct VideoUNetConfig {
     /// `layout_channels`.
     #[serde(default)]
     pub layout_storyboard_knots: usize,
+    /// Takes known frames: [`CONTEXT_CHANNELS`] extra input channels per frame, the frame's RGB
+    /// where it is given (zero elsewhere) and a mask plane (1 where given), read by their own
+    /// zero-initialised convolution added to the first one's output. Image-to-video gives the
+    /// first frame, a continuation the previous clip's last frames; with nothing given the input
+    /// is all zeros, so a stage migrated to take context computes what it computed before, and
+    /// a stage trained with random masks (none among them) still generates from text alone.
+    /// Absent in older configs (false).
+    #[serde(default)]
+    pub context_frames: bool,
 }
+
+/// Channels of the known-frames input of a stage with `context_frames`: RGB and the mask.
+pub const CONTEXT_CHANNELS: usize = 4;
 
 impl VideoUNetConfig {
     /// Width of the time (and augmentation, and pooled text) embedding.

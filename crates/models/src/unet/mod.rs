@@ -12,6 +12,7 @@
 //! Weight names are the module tree (`down.0.res.0.conv1.weight`, `mid.attn.qkv.weight`, ...).
 
 pub mod config;
+mod context;
 pub mod embeddings;
 pub mod resnet;
 pub mod spatial_attention;
@@ -20,7 +21,9 @@ pub mod temporal;
 use candle_core::{DType, Module, Result as CandleResult, Tensor};
 use candle_nn::VarBuilder;
 
-pub use config::{Prediction, TemporalMixing, VideoUNetConfig};
+pub use config::{CONTEXT_CHANNELS, Prediction, TemporalMixing, VideoUNetConfig};
+use context::ContextInput;
+pub use context::known_frames;
 use embeddings::{LayoutMap, PooledText, ScalarEmbedding, clip_progress};
 use resnet::ResBlock;
 use spatial_attention::SpatialAttention;
@@ -44,6 +47,9 @@ pub struct UNetInputs<'a> {
     pub cond: Option<&'a Tensor>,
     /// SR stages: the augmentation time of `cond` per video `[B]`, in [0, 1].
     pub aug_level: Option<&'a Tensor>,
+    /// Stages with `context_frames`: the known frames `[B, CONTEXT_CHANNELS, F, H, W]` (see
+    /// [`known_frames`]); `None` gives none.
+    pub known_frames: Option<&'a Tensor>,
 }
 
 /// `[n, 2, h, w]`: the x and y coordinate of every pixel, from -1 at the first row or column to 1
@@ -132,6 +138,7 @@ pub struct VideoUNet {
     aug_embed: Option<ScalarEmbedding>,
     frame_embed: Option<ScalarEmbedding>,
     layout: Option<LayoutMap>,
+    context_in: Option<ContextInput>,
     text_pool: PooledText,
     conv_in: SameConv,
     down: Vec<Level>,
@@ -163,6 +170,10 @@ impl VideoUNet {
             )?,
             frame_embed: Self::optional_embedding(cfg.frame_embedding, cfg, vb.pp("frame_embed"))?,
             layout: Self::build_layout(cfg, vb.pp("layout"))?,
+            context_in: cfg
+                .context_frames
+                .then(|| ContextInput::new(cfg.model_channels, vb.pp("context_in")))
+                .transpose()?,
             text_pool: PooledText::new(cfg.context_dim, emb_dim, vb.pp("text_pool"))?,
             conv_in: conv2d_same(
                 cfg.input_channels(),
@@ -327,6 +338,7 @@ impl VideoUNet {
         let (b, f, h, w) = self.check_video(inputs.z)?;
         self.check_text(inputs, b)?;
         self.check_conditioning(inputs, [b, self.config.cond_channels, f, h, w])?;
+        self.check_known_frames(inputs, [b, CONTEXT_CHANNELS, f, h, w])?;
         Ok((b, f, h, w))
     }
 
@@ -430,6 +442,26 @@ impl VideoUNet {
         }
     }
 
+    /// Checks that known frames come only to a stage that takes them, shaped `want`.
+    fn check_known_frames(
+        &self,
+        inputs: &UNetInputs<'_>,
+        want: [usize; 5],
+    ) -> Result<(), ModelError> {
+        match inputs.known_frames {
+            None => Ok(()),
+            Some(_) if !self.config.context_frames => invalid_input(
+                "known_frames",
+                "this model takes no context frames (its config has no context_frames)".into(),
+            ),
+            Some(known) if known.dims() != want => invalid_input(
+                "known_frames",
+                format!("must be {want:?}, got {:?}", known.dims()),
+            ),
+            Some(_) => Ok(()),
+        }
+    }
+
     /// The network output `[B, out_channels, F, H, W]`: `v`, or the residual over the upsampled
     /// conditioning video (see [`Prediction`]), as the config says.
     pub fn forward(&self, inputs: &UNetInputs<'_>) -> Result<Tensor, ModelError> {
@@ -462,10 +494,12 @@ impl VideoUNet {
         let z = inputs.z.to_dtype(dtype)?;
         let context = inputs.context.to_dtype(dtype)?;
         let cond = inputs.cond.map(|c| c.to_dtype(dtype)).transpose()?;
+        let known = inputs.known_frames.map(|k| k.to_dtype(dtype)).transpose()?;
         let cast = UNetInputs {
             z: &z,
             context: &context,
             cond: cond.as_ref(),
+            known_frames: known.as_ref(),
             ..*inputs
         };
         self.forward_unchecked(&cast, b, frames, h, w)?
@@ -482,7 +516,11 @@ impl VideoUNet {
     ) -> CandleResult<Tensor> {
         let conditioning = self.conditioning(inputs, b, frames)?;
         let x = self.input_stack(inputs, &conditioning, b, frames, h, w)?;
-        let h_ = self.backbone(&x, &conditioning, frames)?;
+        let known = inputs
+            .known_frames
+            .map(|k| fold_frames(k, b, frames, h, w))
+            .transpose()?;
+        let h_ = self.backbone(&x, known.as_ref(), &conditioning, frames)?;
         let out = self.conv_out.forward(&self.out_norm.forward_silu(&h_)?)?;
         // [B*F, C, H, W] -> [B, C, F, H, W]
         let c = out.dim(1)?;
@@ -553,11 +591,15 @@ impl VideoUNet {
     fn backbone(
         &self,
         x: &Tensor,
+        known: Option<&Tensor>,
         conditioning: &Conditioning,
         frames: usize,
     ) -> CandleResult<Tensor> {
         let Conditioning { emb, ctx, mask, .. } = conditioning;
         let mut h_ = self.conv_in.forward(x)?;
+        if let Some(context_in) = &self.context_in {
+            h_ = context_in.add_to(&h_, known)?;
+        }
         let mut skips = vec![h_.clone()];
         for level in &self.down {
             for layer in &level.layers {
