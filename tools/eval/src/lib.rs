@@ -6,6 +6,10 @@
 //! consistency with its input (its even frames are the input's instants: PSNR) and the smoothness
 //! of the shape's track; each SSR stage's output, box-downsampled, against its input (PSNR).
 
+pub mod colour_check;
+pub mod context;
+pub mod context_eval;
+
 use std::ops::ControlFlow;
 
 use candle_core::Device;
@@ -37,6 +41,10 @@ pub struct PromptResult {
     pub shape_ok: bool,
     /// Motion direction correct.
     pub motion_ok: bool,
+    /// The shape's median colour named against a wider set of colours (see [`colour_check`]).
+    pub colour_wide: Option<String>,
+    /// The background's median colour, named the same way.
+    pub background_wide: Option<String>,
     /// TSR: PSNR (dB) of its even frames against its input frames.
     pub tsr_keyframe_psnr: Option<f64>,
     /// TSR: standard deviation of the per-frame centroid step over its mean (0 = perfectly even motion).
@@ -58,6 +66,10 @@ pub struct Summary {
     pub background_accuracy: f64,
     /// Fraction with both colours right.
     pub both_colours_accuracy: f64,
+    /// Fraction whose shape colour also reads right against the wider colour set.
+    pub wide_colour_accuracy: f64,
+    /// Fraction whose background also reads right against the wider colour set.
+    pub wide_background_accuracy: f64,
     /// Fraction with the right shape.
     pub shape_accuracy: f64,
     /// Fraction moving the right way.
@@ -99,6 +111,12 @@ pub fn summarise(results: &[PromptResult]) -> Summary {
         colour_accuracy: fraction(results, |r| r.colour_ok),
         background_accuracy: fraction(results, |r| r.background_ok),
         both_colours_accuracy: fraction(results, |r| r.colour_ok && r.background_ok),
+        wide_colour_accuracy: fraction(results, |r| {
+            r.colour_wide.as_deref() == Some(r.expected.colour.word())
+        }),
+        wide_background_accuracy: fraction(results, |r| {
+            r.background_wide.as_deref() == Some(r.expected.background.word())
+        }),
         shape_accuracy: fraction(results, |r| r.shape_ok),
         motion_accuracy: fraction(results, |r| r.motion_ok),
         base_motion_accuracy: fraction(results, |r| r.base_video.motion == Some(r.expected.motion)),
@@ -151,6 +169,20 @@ fn ssr_psnr(input: &Video, output: &Video) -> anyhow::Result<f64> {
     Ok(psnr(&a.frames, &input.frames))
 }
 
+/// The wide-set names of the shape's and the background's median colours in `video`.
+pub fn wide_names(video: &Video, analysis: &Analysis) -> (Option<String>, Option<String>) {
+    let (h, w) = (video.height, video.width);
+    let name = |colour: Option<vidcascade_shapes::world::Colour>, border: bool| {
+        colour
+            .and_then(|c| colour_check::median_of(&video.frames, h, w, c, border))
+            .map(|rgb| colour_check::wide_name(rgb).to_string())
+    };
+    (
+        name(analysis.colour, false),
+        name(analysis.background, true),
+    )
+}
+
 /// Scores one finished generation against the scene it was asked for.
 pub fn score(
     prompt: &str,
@@ -161,6 +193,7 @@ pub fn score(
 ) -> anyhow::Result<PromptResult> {
     let final_video = analyse_video(&output.final_video);
     let base_video = analyse_video(&output.stages[0].video);
+    let (colour_wide, background_wide) = wide_names(&output.final_video, &final_video);
     let mut tsr = (None, None);
     let mut ssr = Vec::new();
     for pair in output.stages.windows(2) {
@@ -179,6 +212,8 @@ pub fn score(
         background_ok: final_video.background == Some(expected.background),
         shape_ok: final_video.shape == Some(expected.shape),
         motion_ok: final_video.motion == Some(expected.motion),
+        colour_wide,
+        background_wide,
         final_video,
         base_video,
         tsr_keyframe_psnr: tsr.0,
@@ -226,13 +261,13 @@ pub fn markdown(results: &[PromptResult], summary: &Summary) -> String {
     let word = |w: Option<&str>| w.unwrap_or("-").to_string();
     let mut out = String::new();
     out.push_str(
-        "| prompt | seed | colour | background | shape | motion | TSR keyframe PSNR | SSR PSNR |\n",
+        "| prompt | seed | colour | background | shape | motion | wide-set names (shape / background) | TSR keyframe PSNR | SSR PSNR |\n",
     );
-    out.push_str("|---|---|---|---|---|---|---|---|\n");
+    out.push_str("|---|---|---|---|---|---|---|---|---|\n");
     for r in results {
         let a = &r.final_video;
         out.push_str(&format!(
-            "| {} | {} | {} ({}) | {} ({}) | {} ({}) | {} ({}) | {} | {} |\n",
+            "| {} | {} | {} ({}) | {} ({}) | {} ({}) | {} ({}) | {} / {} | {} | {} |\n",
             r.prompt,
             r.seed,
             mark(r.colour_ok),
@@ -243,6 +278,8 @@ pub fn markdown(results: &[PromptResult], summary: &Summary) -> String {
             word(a.shape.map(|s| s.word())),
             mark(r.motion_ok),
             word(a.motion.map(|m| m.word())),
+            word(r.colour_wide.as_deref()),
+            word(r.background_wide.as_deref()),
             r.tsr_keyframe_psnr
                 .map_or("-".into(), |p| format!("{p:.1} dB")),
             r.ssr_psnr
@@ -254,11 +291,13 @@ pub fn markdown(results: &[PromptResult], summary: &Summary) -> String {
     }
     let pct = |x: f64| format!("{:.1} %", 100.0 * x);
     out.push_str(&format!(
-        "\n| metric | value |\n|---|---|\n| prompts | {} |\n| shape colour accuracy | {} |\n| background colour accuracy | {} |\n| both colours right | {} |\n| shape accuracy | {} |\n| motion direction accuracy | {} |\n| motion direction accuracy (base stage) | {} |\n| TSR keyframe PSNR (mean) | {} |\n| TSR track jitter (mean, lower is smoother) | {} |\n",
+        "\n| metric | value |\n|---|---|\n| prompts | {} |\n| shape colour accuracy | {} |\n| background colour accuracy | {} |\n| both colours right | {} |\n| shape colour right against the wider colour set | {} |\n| background right against the wider colour set | {} |\n| shape accuracy | {} |\n| motion direction accuracy | {} |\n| motion direction accuracy (base stage) | {} |\n| TSR keyframe PSNR (mean) | {} |\n| TSR track jitter (mean, lower is smoother) | {} |\n",
         summary.prompts,
         pct(summary.colour_accuracy),
         pct(summary.background_accuracy),
         pct(summary.both_colours_accuracy),
+        pct(summary.wide_colour_accuracy),
+        pct(summary.wide_background_accuracy),
         pct(summary.shape_accuracy),
         pct(summary.motion_accuracy),
         pct(summary.base_motion_accuracy),

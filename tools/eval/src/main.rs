@@ -4,7 +4,10 @@
 //! vidcascade-eval --model models/shapes --out docs/eval
 //! ```
 //! Writes `report.json` (every prompt and the summary), `report.md` (the table) and
-//! `contact-sheet.png` (one row per prompt, final frames across).
+//! `contact-sheet.png` (one row per prompt, final frames across). For a cascade whose stages
+//! take context frames it also runs image-to-video and continuation on the same prompts
+//! (`context.json`, appended to `report.md`, `context-sheet.png`: image-to-video rows, then
+//! the joined continuations).
 
 use std::path::PathBuf;
 
@@ -12,8 +15,11 @@ use anyhow::Context;
 use candle_core::Device;
 use clap::Parser;
 use vidcascade_engine::EmbeddedCascade;
+use vidcascade_eval::context_eval::{
+    context_markdown, evaluate_continuation, evaluate_image_to_video, summarise_context,
+};
 use vidcascade_eval::{contact_sheet, evaluate, markdown, summarise};
-use vidcascade_shapes::world::held_out_scenes;
+use vidcascade_shapes::world::{Scene, held_out_scenes};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -33,6 +39,12 @@ struct Args {
     /// Evaluate only the first N held-out prompts.
     #[arg(long)]
     limit: Option<usize>,
+    /// Seeds per prompt for image-to-video and continuation (0 skips them).
+    #[arg(long, default_value_t = 1)]
+    context_seeds: u64,
+    /// Base frames of overlap for continuations.
+    #[arg(long, default_value_t = 2)]
+    overlap: usize,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -61,7 +73,11 @@ fn main() -> anyhow::Result<()> {
         args.out.join("report.json"),
         serde_json::to_string_pretty(&json)?,
     )?;
-    let table = markdown(&results, &summary);
+    let mut table = markdown(&results, &summary);
+    if args.context_seeds > 0 && takes_context(&cascade)? {
+        table.push('\n');
+        table.push_str(&evaluate_context(&cascade, &scenes, &args)?);
+    }
     std::fs::write(args.out.join("report.md"), &table)?;
     let refs: Vec<&vidcascade_spec::Video> = finals.iter().collect();
     let (w, h, rgb) = contact_sheet(&refs, 3, 2);
@@ -72,4 +88,55 @@ fn main() -> anyhow::Result<()> {
         args.out.display()
     );
     Ok(())
+}
+
+/// Whether every diffusion stage of `cascade` takes context frames.
+fn takes_context(cascade: &EmbeddedCascade) -> anyhow::Result<bool> {
+    Ok(cascade
+        .engines()
+        .iter()
+        .all(|e| e.stage().unet().config().context_frames))
+}
+
+/// Image-to-video and continuation on `scenes`: writes `context.json` and `context-sheet.png`
+/// and returns the markdown summary.
+fn evaluate_context(
+    cascade: &EmbeddedCascade,
+    scenes: &[Scene],
+    args: &Args,
+) -> anyhow::Result<String> {
+    let encoder = cascade.repository().load_text_encoder(&Device::Cpu)?;
+    let seeds: Vec<u64> = (0..args.context_seeds).map(|s| 100 + 2 * s).collect();
+    let mut sheet = Vec::new();
+    let images = evaluate_image_to_video(cascade, &encoder, scenes, &seeds, |r, video| {
+        println!(
+            "image-to-video {:<55} seed {} frame-0 PSNR {:.1} dB colour {} background {} shape {} motion {}",
+            r.prompt, r.seed, r.frame0_psnr, r.colour_ok, r.background_ok, r.shape_ok, r.motion_ok
+        );
+        sheet.push(video.clone());
+    })?;
+    let continuations = evaluate_continuation(
+        cascade,
+        &encoder,
+        scenes,
+        &seeds,
+        args.overlap,
+        |r, video| {
+            println!(
+                "continuation {:<55} seed {} seam {:?} px in-clip {:?} px ratio {:?}",
+                r.prompt, r.seed, r.seam_step, r.in_clip_step, r.seam_ratio
+            );
+            sheet.push(video.clone());
+        },
+    )?;
+    let summary = summarise_context(&images, &continuations);
+    let json = serde_json::json!({"summary": summary, "image_to_video": images, "continuation": continuations});
+    std::fs::write(
+        args.out.join("context.json"),
+        serde_json::to_string_pretty(&json)?,
+    )?;
+    let refs: Vec<&vidcascade_spec::Video> = sheet.iter().collect();
+    let (w, h, rgb) = contact_sheet(&refs, 2, 2);
+    vidcascade_media::write_png(&args.out.join("context-sheet.png"), w, h, &rgb)?;
+    Ok(context_markdown(&summary))
 }

@@ -28,7 +28,8 @@ pub struct Analysis {
     pub track: Vec<Option<(f64, f64)>>,
 }
 
-fn nearest_colour(p: &[u8]) -> Colour {
+/// The palette colour nearest the RGB pixel `p`.
+pub fn nearest_colour(p: &[u8]) -> Colour {
     let mut best = Colour::Black;
     let mut best_d = i32::MAX;
     for c in Colour::ALL {

@@ -9,6 +9,7 @@
 //! the stage, and otherwise from the weights in the model repository.
 
 mod data;
+mod distill;
 mod ema;
 mod objective;
 mod recipe;
@@ -132,6 +133,11 @@ struct TrainArgs {
     /// half of them the first frame, half the first k frames (docs/training.md).
     #[arg(long, default_value_t = 0.5)]
     context_rate: f64,
+    /// Progressive distillation: the teacher's model repository. The stage of `--model` (a copy
+    /// of the teacher to start with) becomes a student sampling half the teacher's steps at
+    /// guidance 1, and `--model`'s manifest says so (docs/training.md).
+    #[arg(long)]
+    teacher: Option<PathBuf>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -210,6 +216,7 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
         seed: args.seed,
         crop,
         context_rate: args.context_rate,
+        teacher: args.teacher,
     };
     let state = trainer::train(&args.model, &args.run_dir, config)?;
     println!(

@@ -20,13 +20,14 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use vidcascade_diffusion::noise::GaussianNoise;
-use vidcascade_engine::stage::{augment, pad_embeddings};
+use vidcascade_engine::stage::{Conditioning, augment, pad_embeddings};
 use vidcascade_engine::video::resample;
 use vidcascade_models::repository::{ModelRepository, StageManifest, VideoShape, files};
 use vidcascade_models::unet::{Prediction, known_frames};
 use vidcascade_models::{TextEncoder, UNetInputs, VideoUNet};
 
-use crate::data::{BatchSampler, Crop};
+use crate::data::{Batch, BatchSampler, Crop};
+use crate::distill::{Teacher, student_x0};
 use crate::ema::Ema;
 use crate::objective::{noise_batch, shift_time, weighted_mse};
 
@@ -77,6 +78,9 @@ pub struct TrainConfig {
     /// run states: 0).
     #[serde(default)]
     pub context_rate: f64,
+    /// Progressive distillation: the teacher's model repository (absent: ordinary training).
+    #[serde(default)]
+    pub teacher: Option<PathBuf>,
 }
 
 /// The serde default of the settings older run states lack: 1, which leaves training as it was.
@@ -229,8 +233,22 @@ pub fn train(model_dir: &Path, run_dir: &Path, config: TrainConfig) -> anyhow::R
     } else {
         0.0
     };
+    let teacher = config
+        .teacher
+        .as_deref()
+        .map(|dir| Teacher::load(dir, &stage.name))
+        .transpose()?;
+    if let Some(teacher) = &teacher {
+        write_student_defaults(&repo, &stage.name, teacher.student_steps())?;
+    }
+    // A student learns the guided teacher from the conditional branch: no empty captions.
+    let text_dropout = if teacher.is_some() {
+        0.0
+    } else {
+        config.text_dropout
+    };
     let mut sampler =
-        BatchSampler::new(output, stage.input, config.text_dropout).with_context(context_rate);
+        BatchSampler::new(output, stage.input, text_dropout).with_context(context_rate);
     if let Some(crop) = config.crop {
         sampler = sampler.with_crop(crop);
     }
@@ -240,6 +258,7 @@ pub fn train(model_dir: &Path, run_dir: &Path, config: TrainConfig) -> anyhow::R
         stage: stage.name.clone(),
         prediction: unet_config.prediction,
         context_frames: unet_config.context_frames,
+        teacher,
         device,
         unet,
         encoder,
@@ -251,6 +270,65 @@ pub fn train(model_dir: &Path, run_dir: &Path, config: TrainConfig) -> anyhow::R
         config,
     };
     trainer.run(state, &paths)
+}
+
+/// One batch with everything both objectives condition on.
+struct Prepared {
+    batch: Batch,
+    /// Each example's caption embedding `[tokens, dim]`.
+    texts: Vec<Tensor>,
+    /// SR stages: augmented conditioning videos, the resampled ones, the levels `[B]`.
+    sr: Option<(Tensor, Tensor, Tensor)>,
+    /// Stages with context frames: `[B, CONTEXT_CHANNELS, F, H, W]`.
+    known: Option<Tensor>,
+}
+
+impl Prepared {
+    /// Each example as the serving stage conditions a sample (`empty`: the empty prompt's
+    /// embedding).
+    fn conditionings(&self, empty: &Tensor) -> anyhow::Result<Vec<Conditioning>> {
+        let levels = match &self.sr {
+            Some((_, _, aug)) => aug.to_vec1::<f32>()?,
+            None => vec![0.0; self.texts.len()],
+        };
+        let pick = |t: Option<&Tensor>, b: usize| t.map(|t| t.get(b)).transpose();
+        self.texts
+            .iter()
+            .enumerate()
+            .map(|(b, text)| {
+                Ok(Conditioning {
+                    text: text.clone(),
+                    unconditional: empty.clone(),
+                    video: pick(self.sr.as_ref().map(|s| &s.0), b)?,
+                    upsampled: pick(self.sr.as_ref().map(|s| &s.1), b)?,
+                    aug_level: f64::from(levels[b]),
+                    known: pick(self.known.as_ref(), b)?,
+                })
+            })
+            .collect()
+    }
+}
+
+/// Sets the student repository's defaults for `stage`: the student's steps, guidance 1 (it has
+/// learnt the guided teacher).
+fn write_student_defaults(repo: &ModelRepository, stage: &str, steps: usize) -> anyhow::Result<()> {
+    let mut manifest = repo.manifest().clone();
+    for entry in manifest.stages.iter_mut().filter(|s| s.name == stage) {
+        entry.defaults.steps = steps;
+        entry.defaults.guidance = 1.0;
+    }
+    let path = repo.root().join(files::MANIFEST);
+    write_atomically(&path, |tmp| {
+        Ok(std::fs::write(
+            tmp,
+            serde_json::to_string_pretty(&manifest)? + "\n",
+        )?)
+    })?;
+    println!(
+        "{}: {stage} now samples {steps} steps at guidance 1 (the student's)",
+        path.display()
+    );
+    Ok(())
 }
 
 /// The diffusion stage `name` of `repo` (one with an output shape).
@@ -376,6 +454,8 @@ struct Trainer {
     prediction: Prediction,
     /// Whether the U-Net takes known frames.
     context_frames: bool,
+    /// Distillation: the teacher the student learns from.
+    teacher: Option<Teacher>,
     device: Device,
     unet: VideoUNet,
     encoder: TextEncoder,
@@ -455,16 +535,43 @@ impl Trainer {
         })
     }
 
-    /// The loss of step `step` on a fresh batch noised at random times.
+    /// The loss of step `step` on a fresh batch: the denoising objective, or the distillation
+    /// one when there is a teacher.
     fn loss(&mut self, step: usize, rng: &mut ChaCha8Rng) -> anyhow::Result<Tensor> {
-        let config = &self.config;
-        let device = &self.device;
-        let batch = self.sampler.sample(rng, config.batch, device)?;
-
+        let batch = self.sampler.sample(rng, self.config.batch, &self.device)?;
         let texts = embed_cached(&self.encoder, &mut self.cache, &batch.captions)?;
-        let refs: Vec<&Tensor> = texts.iter().collect();
-        let (context, mask) = pad_embeddings(&refs)?;
+        let sr = match &batch.low_res {
+            Some(low) => Some(self.sr_conditioning(low, step, rng)?),
+            None => None,
+        };
+        let known = if self.context_frames {
+            Some(known_frames(&batch.videos, &batch.given)?)
+        } else {
+            None
+        };
+        let prepared = Prepared {
+            batch,
+            texts,
+            sr,
+            known,
+        };
+        if self.teacher.is_some() {
+            self.distillation_loss(&prepared, step, rng)
+        } else {
+            self.denoising_loss(&prepared, step, rng)
+        }
+    }
 
+    /// The training objective: v (or x0 residual) MSE at random times.
+    fn denoising_loss(
+        &self,
+        prepared: &Prepared,
+        step: usize,
+        rng: &mut ChaCha8Rng,
+    ) -> anyhow::Result<Tensor> {
+        let (config, device, batch) = (&self.config, &self.device, &prepared.batch);
+        let refs: Vec<&Tensor> = prepared.texts.iter().collect();
+        let (context, mask) = pad_embeddings(&refs)?;
         let times: Vec<f64> = (0..config.batch)
             .map(|_| shift_time(rng.random_range(0.0..1.0), config.time_shift))
             .collect();
@@ -476,32 +583,20 @@ impl Trainer {
             config.batch,
             device,
         )?;
-
-        let (cond, upsampled, aug) = match &batch.low_res {
-            Some(low) => {
-                let (cond, up, aug) = self.sr_conditioning(low, step, rng)?;
-                (Some(cond), Some(up), Some(aug))
-            }
-            None => (None, None, None),
-        };
-        let known = if self.context_frames {
-            Some(known_frames(&batch.videos, &batch.given)?)
-        } else {
-            None
-        };
+        let sr = prepared.sr.as_ref();
         let inputs = UNetInputs {
             z: &noised.z,
             t: &t,
             context: &context,
             context_mask: &mask,
-            cond: cond.as_ref(),
-            aug_level: aug.as_ref(),
-            known_frames: known.as_ref(),
+            cond: sr.map(|s| &s.0),
+            aug_level: sr.map(|s| &s.2),
+            known_frames: prepared.known.as_ref(),
         };
         let prediction = self.unet.forward(&inputs)?;
-        Ok(match (self.prediction, &upsampled) {
+        Ok(match (self.prediction, sr) {
             (Prediction::V, _) => weighted_mse(&prediction, &noised.v, &noised.weights)?,
-            (Prediction::X0Residual, Some(up)) => {
+            (Prediction::X0Residual, Some((_, up, _))) => {
                 weighted_mse(&(up + prediction)?, &batch.videos, &noised.x0_weights)?
             }
             (Prediction::X0Residual, None) => {
@@ -511,6 +606,31 @@ impl Trainer {
                 )
             }
         })
+    }
+
+    /// Progressive distillation (see [`crate::distill`]): the student's x0 at a time of its grid
+    /// against the teacher's two-step target.
+    fn distillation_loss(
+        &mut self,
+        prepared: &Prepared,
+        step: usize,
+        rng: &mut ChaCha8Rng,
+    ) -> anyhow::Result<Tensor> {
+        let teacher = self.teacher.as_ref().context("no teacher")?;
+        let (config, batch) = (&self.config, &prepared.batch);
+        let n = teacher.student_steps();
+        let indices: Vec<usize> = (0..config.batch).map(|_| rng.random_range(1..=n)).collect();
+        let times: Vec<f64> = indices.iter().map(|&i| i as f64 / n as f64).collect();
+        let eps = GaussianNoise::new(config.seed, step as u64)
+            .tensor(batch.videos.dims(), &self.device)?;
+        let noised = noise_batch(&batch.videos, &eps, &times, config.min_snr_gamma)?;
+        let empty = embed_cached(&self.encoder, &mut self.cache, &[String::new()])?.remove(0);
+        let conditionings = prepared.conditionings(&empty)?;
+        let target = teacher
+            .targets(&noised.z, &indices, &conditionings)?
+            .detach();
+        let x0 = student_x0(&self.unet, &noised.z, &times, &conditionings)?;
+        Ok(weighted_mse(&x0, &target, &noised.x0_weights)?)
     }
 
     /// SR stages: each example's low-resolution video resampled to the output as at inference,
@@ -640,6 +760,7 @@ mod tests {
             seed: 1,
             crop: None,
             context_rate: 0.0,
+            teacher: None,
         }
     }
 
@@ -689,6 +810,65 @@ mod tests {
             network > 5e-4 && network <= 1.01e-3,
             "network moved {network}"
         );
+        Ok(())
+    }
+
+    #[test]
+    fn distillation_trains_every_stage_of_a_student_and_sets_its_defaults() -> anyhow::Result<()> {
+        use vidcascade_models::repository::scaffold::WeightInit;
+        let dir = tempfile::tempdir()?;
+        let (teacher, student) = (dir.path().join("teacher"), dir.path().join("student"));
+        for root in [&teacher, &student] {
+            vidcascade_test_support::tiny_scaffold().write(root, WeightInit::Random { seed: 3 })?;
+        }
+        // The tiny SR stages sample 3 steps; a teacher needs an even count.
+        let path = teacher.join(files::MANIFEST);
+        let mut manifest: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path)?)?;
+        for entry in manifest["stages"].as_array_mut().into_iter().flatten() {
+            if entry["name"] != "base" && entry["name"] != "text-encoder" {
+                entry["defaults"]["steps"] = 4.into();
+            }
+        }
+        std::fs::write(&path, manifest.to_string())?;
+        for stage in ["base", "tsr", "ssr"] {
+            let weights = student.join(stage).join(files::WEIGHTS);
+            let before = candle_core::safetensors::load(&weights, &Device::Cpu)?;
+            let cfg = TrainConfig {
+                stage: stage.into(),
+                steps: 2,
+                batch: 2,
+                context_rate: 0.5,
+                teacher: Some(teacher.clone()),
+                ..config(1.0)
+            };
+            let state = train(&student, &dir.path().join("runs"), cfg)?;
+            assert!(
+                state.recent_loss.is_finite() && state.recent_loss > 0.0,
+                "{stage}"
+            );
+            let after = candle_core::safetensors::load(&weights, &Device::Cpu)?;
+            let moved = before.iter().any(|(name, old)| {
+                (&after[name] - old)
+                    .and_then(|d| d.abs()?.max_all()?.to_scalar::<f32>())
+                    .is_ok_and(|m| m > 0.0)
+            });
+            assert!(moved, "{stage}: the student's weights did not move");
+        }
+        let repo = ModelRepository::open(&student)?;
+        let teacher_repo = ModelRepository::open(&teacher)?;
+        for stage in ["base", "tsr", "ssr"] {
+            let (s, t) = (
+                repo.manifest().stage(stage).context("stage")?.defaults,
+                teacher_repo
+                    .manifest()
+                    .stage(stage)
+                    .context("stage")?
+                    .defaults,
+            );
+            assert_eq!(s.steps * 2, t.steps, "{stage}");
+            assert_eq!(s.guidance, 1.0, "{stage}");
+        }
         Ok(())
     }
 
