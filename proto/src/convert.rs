@@ -93,6 +93,7 @@ pub fn stage_info(stage: &StageManifest) -> v1::StageInfo {
         output: stage.output.as_ref().map(shape_to_wire),
         defaults: (stage.kind != StageKind::TextEncoder).then(|| defaults_to_wire(stage)),
         max_request_bytes: crate::MAX_STAGE_REQUEST_BYTES as u64,
+        max_context_frames: stage.max_context_frames as u32,
         ..Default::default()
     }
 }

@@ -29,7 +29,7 @@ use vidcascade_pipeline::{
 };
 use vidcascade_spec::{ErrorType, GenerateRequest, Manifest, Video};
 
-use crate::stage::DiffusionStage;
+use crate::stage::{DiffusionStage, KnownFrames};
 use crate::stage_worker::{EngineConfig, JobEvent, StageEngine, StageJob};
 use crate::text_worker::{TextEngine, TextEngineConfig};
 use crate::video::{video_from_tensor, video_to_tensor};
@@ -297,11 +297,17 @@ impl StageCall<Tensor> for EmbeddedCascade {
             .map(|video| video_to_tensor(video, &self.device))
             .transpose()
             .map_err(EngineError::from)?;
+        let known = match (call.context, call.stage.manifest.output) {
+            (Some(context), Some(shape)) => {
+                Some(KnownFrames::leading(context, shape, &self.device)?)
+            }
+            _ => None,
+        };
         let mut handle = engine.submit(StageJob {
             text: call.text.text.clone(),
             unconditional: call.text.unconditional.clone(),
             low_res,
-            known: None,
+            known,
             seed: call.seed,
             settings: call.stage.settings,
             preview_every: call.preview_every as usize,

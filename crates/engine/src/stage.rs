@@ -15,9 +15,9 @@ use vidcascade_diffusion::{
 };
 use vidcascade_models::unet::{Prediction, known_frames};
 use vidcascade_models::{ModelError, ModelRepository, UNetInputs, VideoUNet};
-use vidcascade_spec::{ResolvedSettings, StageManifest, StageOverrides, VideoShape};
+use vidcascade_spec::{ResolvedSettings, StageManifest, StageOverrides, Video, VideoShape};
 
-use crate::video::resample;
+use crate::video::{resample, video_to_tensor};
 use crate::{Compute, EngineError};
 
 /// The sampler's settings for a resolved stage run (on the schedule every stage uses).
@@ -57,6 +57,41 @@ pub struct KnownFrames {
     pub video: Tensor,
     /// Which of the `F` frames are given.
     pub given: Vec<bool>,
+}
+
+impl KnownFrames {
+    /// The leading frames `context` (RGB8, the output's size, 1..=`shape.frames` of them) of an
+    /// output of `shape`, on `device`; a mismatch is an invalid request naming `context`.
+    pub fn leading(
+        context: &Video,
+        shape: VideoShape,
+        device: &Device,
+    ) -> Result<Self, EngineError> {
+        let given = context.frames.len();
+        if context.width != shape.width
+            || context.height != shape.height
+            || given == 0
+            || given > shape.frames
+        {
+            return Err(EngineError::InvalidRequest {
+                field: "context".into(),
+                reason: format!(
+                    "must be 1..={} frames of {}x{}, got {given} of {}x{}",
+                    shape.frames, shape.width, shape.height, context.width, context.height
+                ),
+            });
+        }
+        let known = video_to_tensor(context, device)?;
+        let rest = Tensor::zeros(
+            (3, shape.frames - given, shape.height, shape.width),
+            known.dtype(),
+            device,
+        )?;
+        Ok(Self {
+            video: Tensor::cat(&[known, rest], 1)?,
+            given: (0..shape.frames).map(|f| f < given).collect(),
+        })
+    }
 }
 
 /// One stage's input: what the caller asks for.

@@ -68,6 +68,9 @@ pub struct StageCallRequest<'a, E> {
     pub text: &'a Embeddings<E>,
     /// SR stages: the previous stage's output, exactly as RGB8.
     pub conditioning: Option<&'a Video>,
+    /// Known leading frames of the output, at its size: the init image (first clip) or the
+    /// overlap with this stage's output of the previous clip (see [`crate::context`]).
+    pub context: Option<&'a Video>,
     /// Seed of the stage's noise.
     pub seed: u64,
     /// Preview cadence (0 = none).

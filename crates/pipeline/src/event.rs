@@ -1,7 +1,8 @@
 //! The one event stream of a cascade run, in order: per clip, the text encoder's
 //! `StageStarted`/`StageCompleted`, then per diffusion stage `StageStarted`, `Progress` after
-//! every step (with a `Preview` on the requested cadence) and `StageCompleted` with its video;
-//! finally `Completed` with every clip's final frames and the timings.
+//! every step (with a `Preview` on the requested cadence) and `StageCompleted` with its video,
+//! then `ClipCompleted` with the clip's new final frames; finally `Completed` with the whole
+//! final video and the timings.
 
 use std::time::Duration;
 
@@ -55,6 +56,17 @@ pub enum Event {
         video: Option<Video>,
         /// Wall time of the call, queueing included.
         elapsed: Duration,
+    },
+    /// A clip's last stage finished: the frames it adds to the final video (a continuing clip's
+    /// first frames cover the previous clip's last instants and are left out), so a long video
+    /// plays from its start while later clips are still being made.
+    ClipCompleted {
+        /// Which clip.
+        clip: usize,
+        /// Index of `video`'s first frame in the final video.
+        first_frame: usize,
+        /// The new final frames.
+        video: Video,
     },
     /// Every clip's final frames, played one after another, and where the time went.
     Completed {

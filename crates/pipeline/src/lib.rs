@@ -11,6 +11,7 @@
 //! cannot drift apart, and this crate holds no tensor code.
 
 pub mod backend;
+pub mod context;
 pub mod error;
 pub mod event;
 pub mod plan;

@@ -11,12 +11,18 @@ use vidcascade_spec::manifest::{Manifest, StageKind, StageManifest, VideoShape};
 use vidcascade_spec::request::{check_prompt, clip_seed, echo, stage_seed};
 use vidcascade_spec::{GenerateRequest, ResolvedSettings, StageOverrides};
 
+use vidcascade_spec::Video;
+
 use crate::PipelineError;
+use crate::context::{decode_init_image, new_frames_from, overlap_frames};
 
 /// Most segments in a prompt sequence.
-pub const MAX_SEGMENTS: usize = 8;
-/// Most clips one request may generate.
-pub const MAX_CLIPS: usize = 8;
+pub const MAX_SEGMENTS: usize = 64;
+/// Most clips one request may generate: with the shipped cascade's continuing clips (2 s, then
+/// 1.5 s more per clip) 144.5 s of video, over two minutes.
+pub const MAX_CLIPS: usize = 96;
+/// Base frames of overlap between consecutive clips when every stage takes context frames.
+pub const STORY_OVERLAP: usize = 2;
 /// Largest preview cadence.
 pub const MAX_PREVIEW_EVERY: u32 = 1000;
 
@@ -46,6 +52,12 @@ pub struct Plan {
     pub preview_every: u32,
     /// Shape of one clip's final video.
     pub clip_shape: VideoShape,
+    /// Base frames each clip after the first continues from (0: clips are independent).
+    pub overlap: usize,
+    /// Frames per clip of the base stage.
+    pub base_frames: usize,
+    /// The decoded init image, pinned as the first clip's frame 0.
+    pub init_image: Option<Video>,
 }
 
 impl Plan {
@@ -54,10 +66,20 @@ impl Plan {
         stage_seed(clip_seed(self.seed, clip), index)
     }
 
-    /// The shape of the whole final video (every clip's frames, one after another).
+    /// The first final frame of clip `clip` that earlier clips do not cover.
+    pub fn new_frames_from(&self, clip: usize) -> usize {
+        if clip == 0 {
+            0
+        } else {
+            new_frames_from(self.clip_shape.frames, self.base_frames, self.overlap)
+        }
+    }
+
+    /// The shape of the whole final video (every clip's new frames, one after another).
     pub fn final_shape(&self) -> VideoShape {
+        let later = self.clip_shape.frames - self.new_frames_from(1);
         VideoShape {
-            frames: self.clip_shape.frames * self.clips.len(),
+            frames: self.clip_shape.frames + later * self.clips.len().saturating_sub(1),
             ..self.clip_shape
         }
     }
@@ -68,9 +90,54 @@ pub fn clip_seconds(shape: &VideoShape) -> f64 {
     shape.frames as f64 / f64::from(shape.fps)
 }
 
-/// The longest video a request may ask for, in seconds.
-pub fn max_seconds(clip_shape: &VideoShape) -> f64 {
-    clip_seconds(clip_shape) * MAX_CLIPS as f64
+/// Seconds each clip after the first adds: a whole clip, less what continuing clips overlap.
+fn later_clip_seconds(clip_shape: &VideoShape, base_frames: usize, overlap: usize) -> f64 {
+    let overlapped = new_frames_from(clip_shape.frames, base_frames, overlap);
+    (clip_shape.frames - overlapped) as f64 / f64::from(clip_shape.fps)
+}
+
+/// The longest video a request may ask for, in seconds, when clips continue each other with
+/// `overlap` base frames of `base_frames` (0: independent clips).
+pub fn max_seconds(clip_shape: &VideoShape, base_frames: usize, overlap: usize) -> f64 {
+    clip_seconds(clip_shape)
+        + later_clip_seconds(clip_shape, base_frames, overlap) * (MAX_CLIPS - 1) as f64
+}
+
+/// The longest video a request may ask for from `manifest`'s cascade, in seconds (`None`
+/// without diffusion stages).
+pub fn manifest_max_seconds(manifest: &Manifest) -> Option<f64> {
+    let clip_shape = manifest.final_output()?;
+    let context: Vec<usize> = manifest
+        .diffusion_stages()
+        .map(|s| s.max_context_frames)
+        .collect();
+    let overlap = story_overlap(manifest, &context);
+    Some(max_seconds(&clip_shape, base_frames(manifest), overlap))
+}
+
+/// Base frames consecutive clips overlap by: [`STORY_OVERLAP`] when every diffusion stage takes
+/// enough known leading frames (`max_context_frames`, in cascade order), else 0 (independent
+/// clips).
+pub fn story_overlap(manifest: &Manifest, max_context_frames: &[usize]) -> usize {
+    let base_frames = base_frames(manifest);
+    let stages: Vec<&StageManifest> = manifest.diffusion_stages().collect();
+    let supported = !stages.is_empty()
+        && stages.len() == max_context_frames.len()
+        && stages.iter().zip(max_context_frames).all(|(stage, &most)| {
+            let frames = stage.output.map_or(0, |o| o.frames);
+            let needed = overlap_frames(STORY_OVERLAP, frames / base_frames.max(1));
+            base_frames > STORY_OVERLAP && most >= needed
+        });
+    if supported { STORY_OVERLAP } else { 0 }
+}
+
+/// Frames per clip of the first diffusion stage.
+fn base_frames(manifest: &Manifest) -> usize {
+    manifest
+        .diffusion_stages()
+        .next()
+        .and_then(|s| s.output)
+        .map_or(1, |o| o.frames)
 }
 
 fn checked_prompt(field: &str, prompt: &str) -> Result<String, PipelineError> {
@@ -79,25 +146,36 @@ fn checked_prompt(field: &str, prompt: &str) -> Result<String, PipelineError> {
 }
 
 /// Validates `request` against the manifest and plans it. `random_seed` is used when the
-/// request has none.
+/// request has none. When every diffusion stage takes context frames (`max_context_frames` in
+/// the manifest), clips continue each other and an init image is allowed.
 pub fn plan(
     request: &GenerateRequest,
     manifest: &Manifest,
     random_seed: u64,
 ) -> Result<Plan, PipelineError> {
+    let max_context_frames: Vec<usize> = manifest
+        .diffusion_stages()
+        .map(|s| s.max_context_frames)
+        .collect();
     let clip_shape = manifest
         .final_output()
         .ok_or_else(|| PipelineError::invalid("model", "the manifest has no diffusion stage"))?;
-    let clips = plan_clips(request, &clip_shape)?;
-    if request.init_image_png.is_some() {
-        return Err(PipelineError::invalid(
-            "init_image_png",
-            format!(
-                "model `{}` has no image conditioning; leave it unset",
-                manifest.name
-            ),
-        ));
-    }
+    let overlap = story_overlap(manifest, &max_context_frames);
+    let base_frames = base_frames(manifest);
+    let clips = plan_clips(request, &clip_shape, base_frames, overlap)?;
+    let init_image = match &request.init_image_png {
+        None => None,
+        Some(_) if max_context_frames.is_empty() || max_context_frames.contains(&0) => {
+            return Err(PipelineError::invalid(
+                "init_image_png",
+                format!(
+                    "model `{}` has no image conditioning (its stages take no context frames); leave it unset",
+                    manifest.name
+                ),
+            ));
+        }
+        Some(png) => Some(decode_init_image(png)?),
+    };
     if request.preview_every > MAX_PREVIEW_EVERY {
         return Err(PipelineError::invalid(
             "preview_every",
@@ -116,6 +194,9 @@ pub fn plan(
         seed: request.seed.unwrap_or(random_seed),
         preview_every: request.preview_every,
         clip_shape,
+        overlap,
+        base_frames,
+        init_image,
     })
 }
 
@@ -123,6 +204,8 @@ pub fn plan(
 fn plan_clips(
     request: &GenerateRequest,
     clip_shape: &VideoShape,
+    base_frames: usize,
+    overlap: usize,
 ) -> Result<Vec<String>, PipelineError> {
     match (request.prompt.is_empty(), request.segments.is_empty()) {
         (false, false) => Err(PipelineError::invalid(
@@ -134,13 +217,15 @@ fn plan_clips(
             "required (or give segments for a prompt sequence)",
         )),
         (false, true) => Ok(vec![checked_prompt("prompt", &request.prompt)?]),
-        (true, false) => plan_segments(request, clip_shape),
+        (true, false) => plan_segments(request, clip_shape, base_frames, overlap),
     }
 }
 
 fn plan_segments(
     request: &GenerateRequest,
     clip_shape: &VideoShape,
+    base_frames: usize,
+    overlap: usize,
 ) -> Result<Vec<String>, PipelineError> {
     if request.segments.len() > MAX_SEGMENTS {
         return Err(PipelineError::invalid(
@@ -151,28 +236,38 @@ fn plan_segments(
             ),
         ));
     }
-    let clip_len = clip_seconds(clip_shape);
-    let max_seconds = max_seconds(clip_shape);
+    let first_len = clip_seconds(clip_shape);
+    let later_len = later_clip_seconds(clip_shape, base_frames, overlap);
+    let max_seconds = max_seconds(clip_shape, base_frames, overlap);
     let mut clips = Vec::new();
+    let mut total = 0.0;
     for (i, segment) in request.segments.iter().enumerate() {
         let prompt = checked_prompt(&format!("segments[{i}].prompt"), &segment.prompt)?;
         let seconds = f64::from(segment.seconds);
         if !(seconds.is_finite() && seconds > 0.0 && seconds <= max_seconds) {
             return Err(PipelineError::invalid(
                 format!("segments[{i}].seconds"),
-                format!("must be in (0, {max_seconds}], got {}", segment.seconds),
+                format!("must be in (0, {max_seconds:.1}], got {}", segment.seconds),
             ));
         }
-        let count = (seconds / clip_len - 1e-6).ceil().max(1.0) as usize;
-        clips.extend(std::iter::repeat_n(prompt, count));
+        // Clips until this segment's seconds are covered (at least one).
+        let mut covered = 0.0;
+        while covered < seconds - 1e-6 && clips.len() <= MAX_CLIPS {
+            let len = if clips.is_empty() {
+                first_len
+            } else {
+                later_len
+            };
+            clips.push(prompt.clone());
+            covered += len;
+            total += len;
+        }
     }
     if clips.len() > MAX_CLIPS {
         return Err(PipelineError::invalid(
             "segments",
             format!(
-                "ask for {} clips ({:.1} s); the limit is {MAX_CLIPS} clips ({max_seconds:.1} s)",
-                clips.len(),
-                clips.len() as f64 * clip_len,
+                "ask for more than {MAX_CLIPS} clips (over {total:.1} s); the limit is {max_seconds:.1} s"
             ),
         ));
     }

@@ -19,6 +19,7 @@ use crate::PipelineError;
 use crate::backend::{
     CallError, Embeddings, StageCall, StageCallRequest, StageClock, StageReport, TextEncoding,
 };
+use crate::context::{continuation_context, image_context};
 use crate::event::{Event, StageTiming};
 use crate::plan::Plan;
 
@@ -134,16 +135,33 @@ impl Run<'_> {
         S: StageCall<T::Embedding>,
     {
         let mut finals: Vec<Video> = Vec::with_capacity(self.plan.clips.len());
+        // Each stage's output of the previous clip, which the next clip continues from.
+        let mut previous_clip: Vec<Video> = Vec::new();
         for clip in 0..self.plan.clips.len() {
             let text = self.encode(encoder, clip).await?;
-            let mut previous: Option<Video> = None;
+            let mut outputs: Vec<Video> = Vec::with_capacity(self.plan.stages.len());
             for index in 0..self.plan.stages.len() {
-                previous = Some(
-                    self.stage(stages, clip, index, &text, previous.as_ref())
-                        .await?,
-                );
+                let context = self.context(clip, index, &previous_clip);
+                let video = self
+                    .stage(stages, clip, index, &text, outputs.last(), context.as_ref())
+                    .await?;
+                outputs.push(video);
             }
-            finals.extend(previous);
+            if let Some(last) = outputs.last() {
+                let new = Video {
+                    frames: last.frames[self.plan.new_frames_from(clip).min(last.frames.len())..]
+                        .to_vec(),
+                    ..last.clone()
+                };
+                self.send(Event::ClipCompleted {
+                    clip,
+                    first_frame: finals.iter().map(|v| v.frames.len()).sum(),
+                    video: new.clone(),
+                })
+                .await?;
+                finals.push(new);
+            }
+            previous_clip = outputs;
         }
         let video = Video::concat(&finals).ok_or_else(|| PipelineError::Stage {
             stage: "cascade".into(),
@@ -191,6 +209,26 @@ impl Run<'_> {
         Ok(text)
     }
 
+    /// The known leading frames of stage `index` in clip `clip`: the init image for the first
+    /// clip, the overlap with the same stage's output of the previous clip for a continuing one.
+    fn context(&self, clip: usize, index: usize, previous_clip: &[Video]) -> Option<Video> {
+        let plan = self.plan;
+        let output = plan.stages[index].manifest.output?;
+        match (clip, &plan.init_image) {
+            (0, Some(image)) => Some(image_context(
+                image,
+                output.width,
+                output.height,
+                output.fps,
+            )),
+            (0, None) => None,
+            _ if plan.overlap == 0 => None,
+            _ => previous_clip
+                .get(index)
+                .map(|v| continuation_context(v, plan.base_frames, plan.overlap)),
+        }
+    }
+
     async fn stage<E, S: StageCall<E>>(
         &mut self,
         stages: &S,
@@ -198,6 +236,7 @@ impl Run<'_> {
         index: usize,
         text: &Embeddings<E>,
         previous: Option<&Video>,
+        context: Option<&Video>,
     ) -> Result<Video, PipelineError> {
         let plan = self.plan;
         let stage = &plan.stages[index];
@@ -218,6 +257,7 @@ impl Run<'_> {
             stage,
             text,
             conditioning: previous,
+            context,
             seed: plan.stage_seed(clip, index),
             preview_every: plan.preview_every,
             deadline,
@@ -374,6 +414,11 @@ mod tests {
                     video.as_ref().map_or(0, |v| v.frames.len())
                 )
             }
+            Event::ClipCompleted {
+                clip,
+                first_frame,
+                video,
+            } => format!("clip {clip} {first_frame}+{}", video.frames.len()),
             Event::Completed { video, timings } => {
                 format!("completed {} {}", video.frames.len(), timings.len())
             }
@@ -413,6 +458,8 @@ mod tests {
                     format!("done {stage} {frames}"),
                 ]);
             }
+            // This manifest's stages take no context frames: the clips are independent.
+            expected.push(format!("clip {clip} {}+4", 4 * clip));
         }
         expected.push("completed 8 8".into());
         assert_eq!(events.iter().map(describe).collect::<Vec<_>>(), expected);

@@ -167,6 +167,15 @@ pub struct StageManifest {
     /// Sampling defaults (diffusion stages).
     #[serde(default)]
     pub defaults: StageDefaults,
+    /// Most known leading frames of its output the stage continues from (image-to-video,
+    /// stories; its network has `context_frames`); 0, absent in older manifests, when it
+    /// cannot. At most the output's frames.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub max_context_frames: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// The whole `manifest.json`.
@@ -236,6 +245,16 @@ impl Manifest {
             self.check_shapes(path, &at, stage, previous)?;
             if stage.kind != StageKind::TextEncoder {
                 check_defaults(path, &at, &stage.defaults)?;
+            }
+            let frames = stage.output.map_or(0, |o| o.frames);
+            if stage.max_context_frames > frames {
+                return Err(invalid(
+                    path,
+                    format!(
+                        "{at}: `max_context_frames` {} is above the output's {frames} frames",
+                        stage.max_context_frames
+                    ),
+                ));
             }
             previous = Some(stage);
         }

@@ -159,6 +159,7 @@ mod tests {
                 fps: 2.0,
             }),
             defaults: StageDefaults::default(),
+            max_context_frames: 0,
         }
     }
 

@@ -103,6 +103,8 @@ fn tiny_manifest(
             noise_augmentation: aug,
             ..StageDefaults::default()
         },
+        // The tiny U-Nets take context frames.
+        max_context_frames: output.frames,
     }
 }
 

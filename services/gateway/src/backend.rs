@@ -127,7 +127,7 @@ impl StageCall<v1::Tensor> for ReplicaBackend {
             text_embedding: Some(call.text.text.clone()),
             uncond_embedding: Some(call.text.unconditional.clone()),
             conditioning: call.conditioning.map(video_to_wire),
-            context: None,
+            context: call.context.map(video_to_wire),
             seed: call.seed,
             sampler: Some(overrides_to_wire(&call.stage.overrides)),
             preview_every: call.preview_every,

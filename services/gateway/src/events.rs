@@ -120,6 +120,10 @@ impl WireEvents {
                 self.stage_completed(stage, clip, video).await?
             }
             Event::Completed { video, timings } => self.completed(video, timings).await?,
+            // The contract has no per-clip event yet: a client sees each clip's frames in its
+            // last stage's `StageCompleted` (with `include_stage_videos`) and all of them in
+            // `Completed`.
+            Event::ClipCompleted { .. } => Vec::new(),
         })
     }
 

@@ -11,7 +11,7 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
-use vidcascade_pipeline::plan::{MAX_SEGMENTS, max_seconds};
+use vidcascade_pipeline::plan::{MAX_SEGMENTS, manifest_max_seconds};
 use vidcascade_pipeline::{Event, PipelineError, Plan, RunLimits, plan, run};
 use vidcascade_proto::convert::{request_from_wire, shape_to_wire, stage_info};
 use vidcascade_proto::v1::gateway_server::{Gateway, GatewayServer as GatewayRpcServer};
@@ -88,7 +88,7 @@ fn gateway_info(config: &GatewayConfig) -> v1::GatewayInfo {
         build: Some(build_info()),
         stages: manifest.stages.iter().map(stage_info).collect(),
         clip_shape: clip_shape.as_ref().map(shape_to_wire),
-        max_seconds: clip_shape.map_or(0.0, |s| max_seconds(&s) as f32),
+        max_seconds: manifest_max_seconds(manifest).unwrap_or(0.0) as f32,
         max_segments: MAX_SEGMENTS as u32,
         max_concurrent_requests: config.max_concurrent as u32,
         max_request_bytes: 4 << 20,

@@ -9,7 +9,7 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
-use vidcascade_engine::stage::StageInput;
+use vidcascade_engine::stage::{KnownFrames, StageInput};
 use vidcascade_engine::video::{video_from_tensor, video_to_tensor};
 use vidcascade_engine::{
     Checkpoint, Compute, DiffusionStage, EngineError, JobEvent, JobHandle, Precision, StageEngine,
@@ -71,7 +71,11 @@ impl StageServer {
             max_queue_size: config.engine.max_queue as u32,
             text_embedding_dim: unet.context_dim as u32,
             max_text_tokens: config.repository.text_encoder_config().max_tokens as u32,
-            max_context_frames: 0,
+            max_context_frames: if unet.context_frames {
+                stage.output_shape()?.frames as u32
+            } else {
+                0
+            },
             model: Some(model_info_on(
                 &config.repository.manifest().name,
                 config.repository.unet_parameter_count(&config.stage)? as u64,
@@ -125,15 +129,26 @@ impl StageServer {
         };
         let text = tensor("text_embedding", &request.text_embedding)?;
         let unconditional = tensor("uncond_embedding", &request.uncond_embedding)?;
-        if request.context.is_some() {
-            return Err(StageServiceError::Unsupported {
-                field: "context",
-                reason: format!(
-                    "stage `{}` takes no context frames (max_context_frames is 0)",
-                    self.stage.name()
-                ),
-            });
-        }
+        let known = match &request.context {
+            None => None,
+            Some(_) if !self.stage.unet().config().context_frames => {
+                return Err(StageServiceError::Unsupported {
+                    field: "context",
+                    reason: format!(
+                        "stage `{}` takes no context frames (max_context_frames is 0)",
+                        self.stage.name()
+                    ),
+                });
+            }
+            Some(video) => {
+                let video = video_from_wire(video.clone()).map_err(|e| e.within("context"))?;
+                Some(KnownFrames::leading(
+                    &video,
+                    self.stage.output_shape()?,
+                    &device,
+                )?)
+            }
+        };
         let low_res = match &request.conditioning {
             None => None,
             Some(video) => {
@@ -148,7 +163,7 @@ impl StageServer {
             text: &text,
             unconditional: &unconditional,
             low_res: low_res.as_ref(),
-            known: None,
+            known: known.as_ref(),
             seed: request.seed,
             settings,
         };
@@ -166,7 +181,7 @@ impl StageServer {
             text,
             unconditional,
             low_res,
-            known: None,
+            known,
             seed: request.seed,
             settings,
             preview_every: request.preview_every as usize,

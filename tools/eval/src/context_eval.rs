@@ -1,18 +1,19 @@
-//! Image-to-video and continuation on held-out prompts: how closely the video starts from the
-//! given image, whether it still follows the prompt after it, and whether a continuation moves
-//! on from the previous clip without a jump.
+//! Image-to-video and continuation on held-out prompts, through the cascade's own request path
+//! (`init_image_png`, and a two-segment prompt sequence whose second clip continues the first,
+//! see `vidcascade_pipeline::context`): how closely the video starts from the given image,
+//! whether it still follows the prompt after it, and whether the second clip moves on from the
+//! first without a jump.
+
+use std::ops::ControlFlow;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 use vidcascade_engine::EmbeddedCascade;
-use vidcascade_models::TextEncoder;
 use vidcascade_shapes::analysis::{analyse, psnr};
 use vidcascade_shapes::render::{Continuation, Trajectory, render_trajectory_rgb8};
 use vidcascade_shapes::world::{Motion, Scene};
-use vidcascade_spec::Video;
-
-use crate::context::{continuation_context, image_context, overlap_frames, run_with_known};
+use vidcascade_spec::{GenerateRequest, Segment, Video};
 
 /// One image-to-video run.
 #[derive(Debug, Clone, Serialize)]
@@ -40,9 +41,8 @@ pub struct ContinuationResult {
     pub prompt: String,
     /// The seed of the first clip (the second uses the next one).
     pub seed: u64,
-    /// Base frames of overlap.
-    pub k: usize,
-    /// The shape's centroid step (px, final video) from the last given frame to the first new one.
+    /// The shape's centroid step (px, final video) from the first clip's last frame to the
+    /// second clip's first new one.
     pub seam_step: Option<f64>,
     /// The median centroid step inside the first clip.
     pub in_clip_step: Option<f64>,
@@ -79,28 +79,45 @@ pub fn start_image(scene: &Scene, seed: u64, side: usize, fps: f32) -> Video {
     }
 }
 
+/// `image` as PNG bytes.
+pub fn png_bytes(image: &Video) -> anyhow::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    {
+        let mut encoder = png::Encoder::new(&mut out, image.width as u32, image.height as u32);
+        encoder.set_color(png::ColorType::Rgb);
+        encoder.set_depth(png::BitDepth::Eight);
+        let mut writer = encoder.write_header()?;
+        writer.write_image_data(&image.frames[0])?;
+    }
+    Ok(out)
+}
+
+/// Generates `request` to its final video.
+fn final_video(cascade: &EmbeddedCascade, request: &GenerateRequest) -> anyhow::Result<Video> {
+    Ok(cascade
+        .generate(request, None, |_| ControlFlow::Continue(()))?
+        .final_video)
+}
+
 /// Runs image-to-video for `scenes` x `seeds`.
 pub fn evaluate_image_to_video(
     cascade: &EmbeddedCascade,
-    encoder: &TextEncoder,
     scenes: &[Scene],
     seeds: &[u64],
     mut on_result: impl FnMut(&ImageResult, &Video),
 ) -> anyhow::Result<Vec<ImageResult>> {
     let last = cascade
         .manifest()
-        .diffusion_stages()
-        .last()
-        .and_then(|s| s.output)
+        .final_output()
         .ok_or_else(|| anyhow::anyhow!("the cascade has no diffusion stage"))?;
     let mut results = Vec::new();
     for scene in scenes {
         for &seed in seeds {
             let image = start_image(scene, seed, last.width, last.fps);
-            let known = image_context(cascade, &image)?;
             let prompt = scene.caption();
-            let outputs = run_with_known(cascade, encoder, &prompt, seed, &known)?;
-            let video = outputs.last().ok_or_else(|| anyhow::anyhow!("no output"))?;
+            let mut request = GenerateRequest::new(prompt.clone()).with_seed(seed);
+            request.init_image_png = Some(png_bytes(&image)?);
+            let video = final_video(cascade, &request)?;
             let a = analyse(&video.frames, video.height, video.width);
             let result = ImageResult {
                 prompt,
@@ -111,7 +128,7 @@ pub fn evaluate_image_to_video(
                 shape_ok: a.shape == Some(scene.shape),
                 motion_ok: a.motion == Some(scene.motion),
             };
-            on_result(&result, video);
+            on_result(&result, &video);
             results.push(result);
         }
     }
@@ -127,58 +144,57 @@ fn median(mut values: Vec<f64>) -> Option<f64> {
     values.get(values.len() / 2).copied()
 }
 
-/// Runs a clip and its continuation with `k` base frames of overlap for `scenes` x `seeds`;
-/// `on_result` sees the joined final video (the first clip up to the overlap, then the second).
+/// Runs a clip and its continuation (a two-segment story of the same prompt: the second clip
+/// continues from the first one's last frames) for `scenes` x `seeds`; `on_result` sees the
+/// story's final video.
 pub fn evaluate_continuation(
     cascade: &EmbeddedCascade,
-    encoder: &TextEncoder,
     scenes: &[Scene],
     seeds: &[u64],
-    k: usize,
     mut on_result: impl FnMut(&ContinuationResult, &Video),
 ) -> anyhow::Result<Vec<ContinuationResult>> {
-    let none = vec![None; cascade.engines().len()];
+    let clip = cascade
+        .manifest()
+        .final_output()
+        .ok_or_else(|| anyhow::anyhow!("the cascade has no diffusion stage"))?;
+    let clip_seconds = clip.frames as f32 / clip.fps;
     let mut results = Vec::new();
     for scene in scenes {
         for &seed in seeds {
             let prompt = scene.caption();
-            let first = run_with_known(cascade, encoder, &prompt, seed, &none)?;
-            let known = continuation_context(&first, k)?;
-            let second = run_with_known(cascade, encoder, &prompt, seed + 1, &known)?;
-            let (a, b) = match (first.last(), second.last()) {
-                (Some(a), Some(b)) => (a, b),
-                _ => anyhow::bail!("no output"),
+            let segment = |seconds| Segment {
+                prompt: prompt.clone(),
+                seconds,
             };
-            let ratio = a.frames.len() / first[0].frames.len();
-            let overlap = overlap_frames(k, ratio);
-            let start = ratio * (first[0].frames.len() - k);
-            let joined = Video {
-                frames: [&a.frames[..start], &b.frames[..]].concat(),
-                ..a.clone()
+            let request = GenerateRequest {
+                segments: vec![segment(clip_seconds), segment(0.5)],
+                seed: Some(seed),
+                ..GenerateRequest::default()
             };
-            let track = analyse(&joined.frames, joined.height, joined.width).track;
-            let seam_at = start + overlap;
+            let story = final_video(cascade, &request)?;
+            let track = analyse(&story.frames, story.height, story.width).track;
+            let seam_at = clip.frames;
             let seam_step = match (track.get(seam_at - 1), track.get(seam_at)) {
                 (Some(Some(p)), Some(Some(q))) => Some(distance(*p, *q)),
                 _ => None,
             };
-            let steps: Vec<f64> = track[..start + overlap]
+            let steps: Vec<f64> = track[..seam_at]
                 .windows(2)
                 .filter_map(|w| Some(distance(w[0]?, w[1]?)))
                 .collect();
             let in_clip_step = median(steps);
-            let second_analysis = analyse(&b.frames, b.height, b.width);
+            let second = &story.frames[seam_at.min(story.frames.len())..];
+            let second_analysis = analyse(second, story.height, story.width);
             let result = ContinuationResult {
-                prompt,
+                prompt: prompt.clone(),
                 seed,
-                k,
                 seam_ratio: seam_step.zip(in_clip_step).map(|(s, m)| s / m.max(0.5)),
                 seam_step,
                 in_clip_step,
                 colours_ok: second_analysis.colour == Some(scene.colour)
                     && second_analysis.background == Some(scene.background),
             };
-            on_result(&result, &joined);
+            on_result(&result, &story);
             results.push(result);
         }
     }

@@ -7,7 +7,6 @@
 //! of the shape's track; each SSR stage's output, box-downsampled, against its input (PSNR).
 
 pub mod colour_check;
-pub mod context;
 pub mod context_eval;
 
 use std::ops::ControlFlow;

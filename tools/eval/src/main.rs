@@ -42,9 +42,6 @@ struct Args {
     /// Seeds per prompt for image-to-video and continuation (0 skips them).
     #[arg(long, default_value_t = 1)]
     context_seeds: u64,
-    /// Base frames of overlap for continuations.
-    #[arg(long, default_value_t = 2)]
-    overlap: usize,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -93,9 +90,9 @@ fn main() -> anyhow::Result<()> {
 /// Whether every diffusion stage of `cascade` takes context frames.
 fn takes_context(cascade: &EmbeddedCascade) -> anyhow::Result<bool> {
     Ok(cascade
-        .engines()
-        .iter()
-        .all(|e| e.stage().unet().config().context_frames))
+        .manifest()
+        .diffusion_stages()
+        .all(|s| s.max_context_frames > 0))
 }
 
 /// Image-to-video and continuation on `scenes`: writes `context.json` and `context-sheet.png`
@@ -105,30 +102,22 @@ fn evaluate_context(
     scenes: &[Scene],
     args: &Args,
 ) -> anyhow::Result<String> {
-    let encoder = cascade.repository().load_text_encoder(&Device::Cpu)?;
     let seeds: Vec<u64> = (0..args.context_seeds).map(|s| 100 + 2 * s).collect();
     let mut sheet = Vec::new();
-    let images = evaluate_image_to_video(cascade, &encoder, scenes, &seeds, |r, video| {
+    let images = evaluate_image_to_video(cascade, scenes, &seeds, |r, video| {
         println!(
             "image-to-video {:<55} seed {} frame-0 PSNR {:.1} dB colour {} background {} shape {} motion {}",
             r.prompt, r.seed, r.frame0_psnr, r.colour_ok, r.background_ok, r.shape_ok, r.motion_ok
         );
         sheet.push(video.clone());
     })?;
-    let continuations = evaluate_continuation(
-        cascade,
-        &encoder,
-        scenes,
-        &seeds,
-        args.overlap,
-        |r, video| {
-            println!(
-                "continuation {:<55} seed {} seam {:?} px in-clip {:?} px ratio {:?}",
-                r.prompt, r.seed, r.seam_step, r.in_clip_step, r.seam_ratio
-            );
-            sheet.push(video.clone());
-        },
-    )?;
+    let continuations = evaluate_continuation(cascade, scenes, &seeds, |r, video| {
+        println!(
+            "continuation {:<55} seed {} seam {:?} px in-clip {:?} px ratio {:?}",
+            r.prompt, r.seed, r.seam_step, r.in_clip_step, r.seam_ratio
+        );
+        sheet.push(video.clone());
+    })?;
     let summary = summarise_context(&images, &continuations);
     let json = serde_json::json!({"summary": summary, "image_to_video": images, "continuation": continuations});
     std::fs::write(

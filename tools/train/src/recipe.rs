@@ -102,6 +102,8 @@ fn stage(
         input,
         output: Some(output),
         defaults,
+        // Every stage continues from known frames (`context_frames` in `unet`).
+        max_context_frames: output.frames,
     }
 }
 

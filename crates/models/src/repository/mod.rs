@@ -232,6 +232,12 @@ fn check_unet_against_stage(
             config.context_dim, encoder.d_model
         ));
     }
+    if stage.max_context_frames > 0 && !config.context_frames {
+        return fail(format!(
+            "the manifest's max_context_frames is {} but config.json has no context_frames",
+            stage.max_context_frames
+        ));
+    }
     if config.in_channels != 3 || config.out_channels != 3 {
         return fail(format!(
             "in_channels and out_channels must be 3 (RGB), got {} and {}",

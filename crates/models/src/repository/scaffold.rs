@@ -123,6 +123,7 @@ impl Scaffold {
             input: None,
             output: None,
             defaults: StageDefaults::default(),
+            max_context_frames: 0,
         }];
         stages.extend(self.stages.iter().map(|s| s.manifest.clone()));
         Manifest {
