@@ -460,15 +460,47 @@ impl VelocityModel for UNetVelocity<'_> {
             ModelError::Tensor(t) => DiffusionError::Tensor(t),
             other => DiffusionError::Model(Box::new(other)),
         })?;
-        match self.unet.config().prediction {
-            Prediction::V => Ok(output),
-            Prediction::X0Residual => {
-                let upsampled =
-                    stack_videos(&conditionings, |c| c.upsampled.as_ref(), "upsampled video")?;
-                Ok(velocity_from_x0(z, &(upsampled + output)?, t)?)
+        self.velocity(z, output, t, &conditionings, known)
+    }
+}
+
+impl UNetVelocity<'_> {
+    /// The sampler's `v` from the network's `output` for the rows' `conditionings`, with the
+    /// rows' `known` frames pinned.
+    fn velocity(
+        &self,
+        z: &Tensor,
+        output: Tensor,
+        t: &[f64],
+        conditionings: &[&Conditioning],
+        known: Option<Tensor>,
+    ) -> Result<Tensor, DiffusionError> {
+        let prediction = self.unet.config().prediction;
+        let residual_base =
+            || stack_videos(conditionings, |c| c.upsampled.as_ref(), "upsampled video");
+        match (prediction, known) {
+            (Prediction::V, None) => Ok(output),
+            (Prediction::X0Residual, None) => {
+                Ok(velocity_from_x0(z, &(residual_base()? + output)?, t)?)
+            }
+            // Known frames are pinned: their x0 estimate is the given frame at every step, so
+            // the sampler lands on it exactly and the other frames are denoised around it.
+            (prediction, Some(known)) => {
+                let x0 = match prediction {
+                    Prediction::V => x0_from_velocity(z, &output, t)?,
+                    Prediction::X0Residual => (residual_base()? + output)?,
+                };
+                Ok(velocity_from_x0(z, &pin_known(&x0, &known)?, t)?)
             }
         }
     }
+}
+
+/// `x0` with the known frames of `known` (`[B, CONTEXT_CHANNELS, F, H, W]`) put in.
+fn pin_known(x0: &Tensor, known: &Tensor) -> Result<Tensor, candle_core::Error> {
+    let rgb = known.narrow(1, 0, 3)?;
+    let mask = known.narrow(1, 3, 1)?.broadcast_as(x0.shape())?;
+    (x0 - x0.mul(&mask)?)? + rgb
 }
 
 /// Stacks one video per row, `[B, ...]`; a super-resolution row without it is an error naming
@@ -509,6 +541,23 @@ fn stack_known(
         .map(|c| c.known.as_ref().unwrap_or(&zeros))
         .collect();
     Ok(Some(Tensor::stack(&rows, 0)?))
+}
+
+/// `x0 = alpha z - sigma v` per row (the inverse of [`velocity_from_x0`]).
+pub fn x0_from_velocity(z: &Tensor, v: &Tensor, t: &[f64]) -> Result<Tensor, candle_core::Error> {
+    let schedule = CosineSchedule::default();
+    let (alphas, sigmas): (Vec<f32>, Vec<f32>) = t
+        .iter()
+        .map(|&ti| {
+            let (alpha, sigma) = schedule.alpha_sigma(ti);
+            (alpha as f32, sigma as f32)
+        })
+        .unzip();
+    let mut per_row = vec![1usize; z.rank()];
+    per_row[0] = t.len();
+    let alpha = Tensor::from_vec(alphas, per_row.as_slice(), z.device())?;
+    let sigma = Tensor::from_vec(sigmas, per_row.as_slice(), z.device())?;
+    z.broadcast_mul(&alpha)? - v.broadcast_mul(&sigma)?
 }
 
 /// `v = (alpha z - x0) / sigma` per row (`z = alpha x0 + sigma eps` and `v = alpha eps - sigma x0`),

@@ -142,6 +142,11 @@ fn describe(event: &Event) -> String {
             "done {stage} {}",
             video.as_ref().map_or(0, |v| v.frames.len())
         ),
+        Event::ClipCompleted {
+            clip,
+            first_frame,
+            video,
+        } => format!("clip {clip} frames {first_frame}+{}", video.frames.len()),
         Event::Completed { video, timings } => {
             format!(
                 "completed {} frames, {} timings",
@@ -183,6 +188,7 @@ fn the_observer_sees_every_stage_and_step_in_order() -> anyhow::Result<()> {
         }
         expected.push(format!("done {stage} {frames}"));
     }
+    expected.push("clip 0 frames 0+8".into());
     expected.push("completed 8 frames, 4 timings".into());
     assert_eq!(log, expected);
     Ok(())

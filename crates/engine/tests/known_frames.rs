@@ -93,7 +93,8 @@ fn a_stage_with_context_frames_reads_them_and_nothing_given_is_plain_text_to_vid
 fn a_stage_from_an_older_repository_loads_and_refuses_known_frames_by_name() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let root = vidcascade_test_support::tiny_model(dir.path())?;
-    // An older stage: config.json has no `context_frames` key at all, and no weights for it.
+    // An older stage: config.json has no `context_frames` key at all, no weights for it, and
+    // the manifest no `max_context_frames`.
     let config_path = root.join("base").join("config.json");
     let mut config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&config_path)?)?;
@@ -102,6 +103,16 @@ fn a_stage_from_an_older_repository_loads_and_refuses_known_frames_by_name() -> 
         .expect("object")
         .remove("context_frames");
     std::fs::write(&config_path, config.to_string())?;
+    let manifest_path = root.join("manifest.json");
+    let mut manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&manifest_path)?)?;
+    for stage in manifest["stages"].as_array_mut().into_iter().flatten() {
+        stage
+            .as_object_mut()
+            .expect("object")
+            .remove("max_context_frames");
+    }
+    std::fs::write(&manifest_path, manifest.to_string())?;
     let weights_path = root.join("base").join("model.safetensors");
     let mut weights = candle_core::safetensors::load(&weights_path, &Device::Cpu)?;
     weights.retain(|name, _| !name.starts_with("context_in."));

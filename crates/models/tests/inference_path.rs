@@ -11,7 +11,7 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
-use vidcascade_models::unet::{UNetInputs, VideoUNet, VideoUNetConfig};
+use vidcascade_models::unet::{UNetInputs, VideoUNet, VideoUNetConfig, known_frames};
 use vidcascade_test_support::tiny_scaffold;
 
 /// Largest allowed `|fast - composed|`, relative to the largest `|composed|`: both paths run
@@ -86,10 +86,13 @@ struct Inputs {
     mask: Tensor,
     cond: Option<Tensor>,
     aug: Option<Tensor>,
+    known: Option<Tensor>,
 }
 
 impl Inputs {
-    /// Two videos (as a guided stage batches them), the second with two padded text tokens.
+    /// Two videos (as a guided stage batches them), the second with two padded text tokens;
+    /// a stage with context frames gets the first frame of the first video and none of the
+    /// second.
     fn new(config: &VideoUNetConfig, frames: usize, h: usize, w: usize) -> anyhow::Result<Self> {
         let dev = Device::Cpu;
         let sr = config.is_super_resolution();
@@ -104,6 +107,14 @@ impl Inputs {
             )?,
             cond: sr.then(|| video(config.cond_channels)).transpose()?,
             aug: sr.then(|| Tensor::new(&[0.1f32, 0.2], &dev)).transpose()?,
+            known: config
+                .context_frames
+                .then(|| {
+                    let mut given = vec![0f32; 2 * frames];
+                    given[0] = 1.0;
+                    known_frames(&video(3)?, &Tensor::from_vec(given, (2, frames), &dev)?)
+                })
+                .transpose()?,
         })
     }
 
@@ -115,7 +126,7 @@ impl Inputs {
             context_mask: &self.mask,
             cond: self.cond.as_ref(),
             aug_level: self.aug.as_ref(),
-            known_frames: None,
+            known_frames: self.known.as_ref(),
         }
     }
 }

@@ -78,6 +78,11 @@ pub struct TrainConfig {
     /// run states: 0).
     #[serde(default)]
     pub context_rate: f64,
+    /// Learning-rate multiplier of the known-frames input (`context_in.*`): it starts at zero
+    /// behind a trained network, a direct path like the layout map (absent in older run
+    /// states: 1).
+    #[serde(default = "unscaled")]
+    pub context_lr_scale: f64,
     /// Progressive distillation: the teacher's model repository (absent: ordinary training).
     #[serde(default)]
     pub teacher: Option<PathBuf>,
@@ -98,6 +103,8 @@ fn require_positive(flag: &str, value: f64, hint: &str) -> anyhow::Result<()> {
 
 /// Parameters trained at `TrainConfig::layout_lr_scale` times the learning rate.
 const LAYOUT_PREFIX: &str = "layout.";
+/// Parameters trained at `TrainConfig::context_lr_scale` times the learning rate.
+const CONTEXT_PREFIX: &str = "context_in.";
 
 /// What is kept between runs.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -175,6 +182,11 @@ pub fn train(model_dir: &Path, run_dir: &Path, config: TrainConfig) -> anyhow::R
     require_positive(
         "--layout-lr-scale",
         config.layout_lr_scale,
+        "1 = the network's rate",
+    )?;
+    require_positive(
+        "--context-lr-scale",
+        config.context_lr_scale,
         "1 = the network's rate",
     )?;
     let device = Device::Cpu;
@@ -394,19 +406,25 @@ impl RunPaths {
     }
 }
 
-/// AdamW for the network, and one for the layout map at its own learning rate.
+/// AdamW for the network, and one each for the layout map and the known-frames input at
+/// their own learning rates.
 struct Optimizers {
     network: AdamW,
     layout: AdamW,
+    context: AdamW,
 }
 
 impl Optimizers {
-    /// Splits the variables into the layout map's (`layout.*`) and the rest.
+    /// Splits the variables into the layout map's (`layout.*`), the known-frames input's
+    /// (`context_in.*`) and the rest.
     fn new(vars_by_name: &HashMap<String, Var>, config: &TrainConfig) -> anyhow::Result<Self> {
-        let (mut layout_vars, mut network_vars) = (Vec::new(), Vec::new());
+        let (mut layout_vars, mut context_vars, mut network_vars) =
+            (Vec::new(), Vec::new(), Vec::new());
         for (name, var) in vars_by_name {
             if name.starts_with(LAYOUT_PREFIX) {
                 layout_vars.push(var.clone());
+            } else if name.starts_with(CONTEXT_PREFIX) {
+                context_vars.push(var.clone());
             } else {
                 network_vars.push(var.clone());
             }
@@ -424,18 +442,22 @@ impl Optimizers {
         Ok(Self {
             network: adamw(network_vars)?,
             layout: adamw(layout_vars)?,
+            context: adamw(context_vars)?,
         })
     }
 
-    /// Sets the network's rate to `lr` and the layout map's to `lr * layout_scale`.
-    fn set_learning_rate(&mut self, lr: f64, layout_scale: f64) {
+    /// Sets the network's rate to `lr`, the layout map's to `lr * config.layout_lr_scale` and
+    /// the known-frames input's to `lr * config.context_lr_scale`.
+    fn set_learning_rate(&mut self, lr: f64, config: &TrainConfig) {
         self.network.set_learning_rate(lr);
-        self.layout.set_learning_rate(lr * layout_scale);
+        self.layout.set_learning_rate(lr * config.layout_lr_scale);
+        self.context.set_learning_rate(lr * config.context_lr_scale);
     }
 
     fn step(&mut self, grads: &GradStore) -> candle_core::Result<()> {
         self.network.step(grads)?;
-        self.layout.step(grads)
+        self.layout.step(grads)?;
+        self.context.step(grads)
     }
 }
 
@@ -512,8 +534,7 @@ impl Trainer {
     /// AdamW, EMA.
     fn step(&mut self, step: usize) -> anyhow::Result<StepReport> {
         let lr = self.config.lr * (step as f64 / self.config.warmup.max(1) as f64).min(1.0);
-        self.optimizers
-            .set_learning_rate(lr, self.config.layout_lr_scale);
+        self.optimizers.set_learning_rate(lr, &self.config);
         let mut rng = ChaCha8Rng::seed_from_u64(
             self.config.seed ^ (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
         );
@@ -760,6 +781,7 @@ mod tests {
             seed: 1,
             crop: None,
             context_rate: 0.0,
+            context_lr_scale: 1.0,
             teacher: None,
         }
     }
