@@ -400,3 +400,52 @@ fn ctrl_c_on_serve_lets_an_in_flight_generation_finish_through_every_stage() -> 
     assert!(serve_status.success(), "serve exited with {serve_status}");
     Ok(())
 }
+
+#[test]
+fn a_story_is_one_continuous_video_and_an_init_image_is_checked() -> anyhow::Result<()> {
+    let (dir, model) = tiny_model()?;
+    let gif = dir.path().join("story.gif");
+    let story_file = dir.path().join("story.txt");
+    std::fs::write(
+        &story_file,
+        "# three prompts\na red circle\na blue square\t0.1\na green one\n",
+    )?;
+    for story in [
+        vec!["--story", "a red circle", "a blue square", "a green one"],
+        vec!["--story-file", path(&story_file)],
+    ] {
+        let mut args = vec!["generate", "-o", path(&gif), "--model", path(&model)];
+        args.extend(story);
+        let out = vidcascade(&args)?;
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // The tiny stages take context frames: 8 frames, then 8 - 4 new ones per continuation.
+        assert_eq!(read_gif(&gif)?.frames.len(), 16);
+    }
+    let not_png = dir.path().join("image.png");
+    std::fs::write(&not_png, b"GIF89a")?;
+    let prompt_and = |extra: &[&str]| -> anyhow::Result<Output> {
+        let mut args = vec![
+            "generate",
+            "a red circle",
+            "-o",
+            path(&gif),
+            "--model",
+            path(&model),
+        ];
+        args.extend_from_slice(extra);
+        vidcascade(&args)
+    };
+    assert_clean_failure(
+        &prompt_and(&["--init-image", path(&not_png)])?,
+        "--init-image: is not a readable PNG",
+    );
+    assert_clean_failure(
+        &prompt_and(&["--story", "a blue square"])?,
+        "give either PROMPT or --story",
+    );
+    Ok(())
+}

@@ -22,13 +22,17 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         .diffusion_stages()
         .map(|s| s.name.clone())
         .collect();
-    let request = GenerateRequest {
-        prompt: args.prompt.clone(),
+    let mut request = GenerateRequest {
+        prompt: args.prompt.clone().unwrap_or_default(),
         seed: Some(args.seed),
         overrides: args.sampling.overrides(&stages)?,
         preview_every: args.output.preview_every.unwrap_or(0) as u32,
         ..GenerateRequest::default()
     };
+    if args.story.is_story() && args.prompt.is_some() {
+        anyhow::bail!("give either PROMPT or --story / --story-file, not both");
+    }
+    args.story.apply(&mut request)?;
     plan(&request, repo.manifest(), args.seed)
         .map_err(|err| anyhow::anyhow!(super::in_flag_terms(&err.to_string())))?;
 

@@ -7,6 +7,7 @@ mod info;
 mod plan;
 mod progress;
 mod serve;
+mod story;
 
 use std::path::PathBuf;
 
@@ -80,7 +81,10 @@ struct ModelArg {
 #[derive(Debug, Args)]
 pub struct GenerateArgs {
     /// What the video should show, e.g. "a red circle moving left on a black background".
-    prompt: String,
+    #[arg(required_unless_present_any = ["story", "story_file"])]
+    prompt: Option<String>,
+    #[command(flatten)]
+    story: story::StoryArgs,
     #[command(flatten)]
     output: OutputArgs,
     #[command(flatten)]
@@ -206,6 +210,9 @@ impl OutputArgs {
 /// A validation message in the words the user typed: `stage_overrides[base].steps: ...` (the
 /// API's field) becomes `--steps base=...: ...` (the flag that set it).
 fn in_flag_terms(message: &str) -> String {
+    if let Some(rest) = message.strip_prefix("init_image_png:") {
+        return format!("--init-image:{rest}");
+    }
     let Some(rest) = message.strip_prefix("stage_overrides[") else {
         return message.to_string();
     };
@@ -343,6 +350,10 @@ mod tests {
             "--steps base=...: must be in 1..=1000, got 0"
         );
         assert_eq!(in_flag_terms("prompt: required"), "prompt: required");
+        assert_eq!(
+            in_flag_terms("init_image_png: is not a readable PNG"),
+            "--init-image: is not a readable PNG"
+        );
         assert_eq!(
             in_flag_terms("stage_overrides[tsr].noise_augmentation: in [0, 1]"),
             "stage_overrides[tsr].noise_augmentation: in [0, 1]"

@@ -250,9 +250,9 @@ fn plan_segments(
                 format!("must be in (0, {max_seconds:.1}], got {}", segment.seconds),
             ));
         }
-        // Clips until this segment's seconds are covered (at least one).
+        // Clips until this segment's seconds are covered, at least one.
         let mut covered = 0.0;
-        while covered < seconds - 1e-6 && clips.len() <= MAX_CLIPS {
+        loop {
             let len = if clips.is_empty() {
                 first_len
             } else {
@@ -261,6 +261,9 @@ fn plan_segments(
             clips.push(prompt.clone());
             covered += len;
             total += len;
+            if covered >= seconds - 1e-6 || clips.len() > MAX_CLIPS {
+                break;
+            }
         }
     }
     if clips.len() > MAX_CLIPS {

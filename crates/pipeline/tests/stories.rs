@@ -246,6 +246,18 @@ fn a_story_is_limited_to_its_documented_length_and_a_bad_image_names_its_field()
         other => format!("not invalid: {other:?}"),
     };
     assert_eq!(field(&long), "segments[0].seconds");
+    // The shortest segment still gets one clip.
+    let tiny = GenerateRequest {
+        segments: vec![Segment {
+            prompt: "red".into(),
+            seconds: f32::MIN_POSITIVE,
+        }],
+        ..GenerateRequest::default()
+    };
+    assert_eq!(
+        plan(&tiny, &manifest, 0).map(|p| p.clips.len()).ok(),
+        Some(1)
+    );
     let mut bad = GenerateRequest::new("red");
     bad.init_image_png = Some(b"GIF89a".to_vec());
     assert_eq!(field(&bad), "init_image_png");

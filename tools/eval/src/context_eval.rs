@@ -22,7 +22,7 @@ pub struct ImageResult {
     pub prompt: String,
     /// The seed (also of the image's placement).
     pub seed: u64,
-    /// PSNR (dB) of the final video's frame 0 against the given image.
+    /// PSNR (dB) of the final video's frame 0 against the given image (100 when identical).
     pub frame0_psnr: f64,
     /// The final video's colours, shape and motion match the prompt.
     pub colour_ok: bool,
@@ -122,7 +122,8 @@ pub fn evaluate_image_to_video(
             let result = ImageResult {
                 prompt,
                 seed,
-                frame0_psnr: psnr(&video.frames[..1], &image.frames),
+                // Identical frames have infinite PSNR; report them as 100 dB.
+                frame0_psnr: psnr(&video.frames[..1], &image.frames).min(100.0),
                 colour_ok: a.colour == Some(scene.colour),
                 background_ok: a.background == Some(scene.background),
                 shape_ok: a.shape == Some(scene.shape),
