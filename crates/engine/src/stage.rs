@@ -543,37 +543,39 @@ fn stack_known(
     Ok(Some(Tensor::stack(&rows, 0)?))
 }
 
-/// `x0 = alpha z - sigma v` per row (the inverse of [`velocity_from_x0`]).
-pub fn x0_from_velocity(z: &Tensor, v: &Tensor, t: &[f64]) -> Result<Tensor, candle_core::Error> {
+/// `scales(alpha, sigma)` of each row's time `t[i]` (computed in f64), shaped to broadcast
+/// over `z` `[rows, ...]`.
+fn row_scales(
+    z: &Tensor,
+    t: &[f64],
+    scales: impl Fn(f64, f64) -> (f64, f64),
+) -> Result<(Tensor, Tensor), candle_core::Error> {
     let schedule = CosineSchedule::default();
     let (alphas, sigmas): (Vec<f32>, Vec<f32>) = t
         .iter()
         .map(|&ti| {
             let (alpha, sigma) = schedule.alpha_sigma(ti);
-            (alpha as f32, sigma as f32)
+            let (a, b) = scales(alpha, sigma);
+            (a as f32, b as f32)
         })
         .unzip();
     let mut per_row = vec![1usize; z.rank()];
     per_row[0] = t.len();
-    let alpha = Tensor::from_vec(alphas, per_row.as_slice(), z.device())?;
-    let sigma = Tensor::from_vec(sigmas, per_row.as_slice(), z.device())?;
+    Ok((
+        Tensor::from_vec(alphas, per_row.as_slice(), z.device())?,
+        Tensor::from_vec(sigmas, per_row.as_slice(), z.device())?,
+    ))
+}
+
+/// `x0 = alpha z - sigma v` per row (the inverse of [`velocity_from_x0`]).
+pub fn x0_from_velocity(z: &Tensor, v: &Tensor, t: &[f64]) -> Result<Tensor, candle_core::Error> {
+    let (alpha, sigma) = row_scales(z, t, |alpha, sigma| (alpha, sigma))?;
     z.broadcast_mul(&alpha)? - v.broadcast_mul(&sigma)?
 }
 
 /// `v = (alpha z - x0) / sigma` per row (`z = alpha x0 + sigma eps` and `v = alpha eps - sigma x0`),
 /// on the schedule every sampler uses; `sigma` never reaches 0 on its clipped log-SNR range.
 pub fn velocity_from_x0(z: &Tensor, x0: &Tensor, t: &[f64]) -> Result<Tensor, candle_core::Error> {
-    let schedule = CosineSchedule::default();
-    let (alphas, inverse_sigmas): (Vec<f32>, Vec<f32>) = t
-        .iter()
-        .map(|&ti| {
-            let (alpha, sigma) = schedule.alpha_sigma(ti);
-            (alpha as f32, (1.0 / sigma) as f32)
-        })
-        .unzip();
-    let mut per_row = vec![1usize; z.rank()];
-    per_row[0] = t.len();
-    let alpha = Tensor::from_vec(alphas, per_row.as_slice(), z.device())?;
-    let inverse_sigma = Tensor::from_vec(inverse_sigmas, per_row.as_slice(), z.device())?;
+    let (alpha, inverse_sigma) = row_scales(z, t, |alpha, sigma| (alpha, 1.0 / sigma))?;
     (z.broadcast_mul(&alpha)? - x0)?.broadcast_mul(&inverse_sigma)
 }

@@ -439,34 +439,22 @@ fn zero_context_weights_change_nothing_and_trained_ones_read_the_known_frames() 
         );
         // Wrong shapes, and known frames for a stage without context, are named errors.
         let short = known.narrow(2, 0, frames - 1)?;
-        let err = with.forward(&UNetInputs {
-            known_frames: Some(&short),
-            ..batch.inputs()
-        });
-        assert!(
-            matches!(
-                err,
-                Err(ModelError::InvalidInput {
-                    field: "known_frames",
-                    ..
-                })
-            ),
-            "stage {name}: {err:?}"
-        );
-        let err = without.forward(&UNetInputs {
-            known_frames: Some(&known),
-            ..batch.inputs()
-        });
-        assert!(
-            matches!(
-                err,
-                Err(ModelError::InvalidInput {
-                    field: "known_frames",
-                    ..
-                })
-            ),
-            "stage {name}: {err:?}"
-        );
+        for (unet, known) in [(&with, &short), (&without, &known)] {
+            let err = unet.forward(&UNetInputs {
+                known_frames: Some(known),
+                ..batch.inputs()
+            });
+            assert!(
+                matches!(
+                    err,
+                    Err(ModelError::InvalidInput {
+                        field: "known_frames",
+                        ..
+                    })
+                ),
+                "stage {name}: {err:?}"
+            );
+        }
     }
     Ok(())
 }

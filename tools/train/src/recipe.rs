@@ -157,37 +157,22 @@ fn tsr_stage() -> ScaffoldStage {
 
 /// The spatial super-resolution stage: 16 frames from 16x16 to 32x32.
 fn ssr_stage() -> ScaffoldStage {
-    ScaffoldStage {
-        manifest: stage(
-            "ssr",
-            StageKind::Ssr,
-            Some(shape(16, 16, 8.0)),
-            shape(16, 32, 8.0),
-            StageDefaults {
-                steps: 12,
-                guidance: 1.0,
-                noise_augmentation: 0.15,
-                ..StageDefaults::default()
-            },
-        ),
-        unet: unet(
-            TemporalMixing::Conv,
-            3,
-            16,
-            vec![1, 2, 2],
-            vec![false, false, true],
-        ),
-    }
+    spatial_sr_stage("ssr", 16)
 }
 
 /// The second spatial super-resolution stage: 16 frames from 32x32 to 64x64, the final video.
 fn ssr2_stage() -> ScaffoldStage {
+    spatial_sr_stage("ssr2", 32)
+}
+
+/// A spatial x2 super-resolution stage `name`: 16 frames from `side` to `2 side`.
+fn spatial_sr_stage(name: &str, side: usize) -> ScaffoldStage {
     ScaffoldStage {
         manifest: stage(
-            "ssr2",
+            name,
             StageKind::Ssr,
-            Some(shape(16, 32, 8.0)),
-            shape(16, 64, 8.0),
+            Some(shape(16, side, 8.0)),
+            shape(16, 2 * side, 8.0),
             StageDefaults {
                 steps: 12,
                 guidance: 1.0,
