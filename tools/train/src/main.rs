@@ -12,6 +12,7 @@ mod data;
 mod distill;
 mod ema;
 mod objective;
+mod optim;
 mod recipe;
 mod text_pretrain;
 mod trainer;

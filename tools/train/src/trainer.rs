@@ -15,7 +15,7 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
-use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
+use candle_nn::{VarBuilder, VarMap};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -23,13 +23,14 @@ use vidcascade_diffusion::noise::GaussianNoise;
 use vidcascade_engine::stage::{Conditioning, augment, pad_embeddings};
 use vidcascade_engine::video::resample;
 use vidcascade_models::repository::{ModelRepository, StageManifest, VideoShape, files};
-use vidcascade_models::unet::{Prediction, known_frames};
+use vidcascade_models::unet::{Prediction, VideoUNetConfig, known_frames};
 use vidcascade_models::{TextEncoder, UNetInputs, VideoUNet};
 
 use crate::data::{Batch, BatchSampler, Crop};
 use crate::distill::{Teacher, student_x0};
 use crate::ema::Ema;
 use crate::objective::{noise_batch, shift_time, weighted_mse};
+use crate::optim::Optimizers;
 
 /// Hyper-parameters of a run.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -100,11 +101,6 @@ fn require_positive(flag: &str, value: f64, hint: &str) -> anyhow::Result<()> {
     }
     Ok(())
 }
-
-/// Parameters trained at `TrainConfig::layout_lr_scale` times the learning rate.
-const LAYOUT_PREFIX: &str = "layout.";
-/// Parameters trained at `TrainConfig::context_lr_scale` times the learning rate.
-const CONTEXT_PREFIX: &str = "context_in.";
 
 /// What is kept between runs.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -178,17 +174,7 @@ fn clip_gradients(grads: &mut GradStore, vars: &[Var], max_norm: f64) -> anyhow:
 
 /// Trains `config.stage` of the repository at `model_dir`, keeping resume state in `run_dir`.
 pub fn train(model_dir: &Path, run_dir: &Path, config: TrainConfig) -> anyhow::Result<TrainState> {
-    require_positive("--time-shift", config.time_shift, "1 = uniform times")?;
-    require_positive(
-        "--layout-lr-scale",
-        config.layout_lr_scale,
-        "1 = the network's rate",
-    )?;
-    require_positive(
-        "--context-lr-scale",
-        config.context_lr_scale,
-        "1 = the network's rate",
-    )?;
+    check_settings(&config)?;
     let device = Device::Cpu;
     let repo = ModelRepository::open(model_dir)?;
     let stage = diffusion_stage(&repo, &config.stage, model_dir)?;
@@ -234,17 +220,6 @@ pub fn train(model_dir: &Path, run_dir: &Path, config: TrainConfig) -> anyhow::R
 
     let vars = varmap.all_vars();
     let optimizers = Optimizers::new(&vars_by_name, &config)?;
-    if !(0.0..=1.0).contains(&config.context_rate) {
-        bail!(
-            "--context-rate must be in [0, 1], got {}",
-            config.context_rate
-        );
-    }
-    let context_rate = if unet_config.context_frames {
-        config.context_rate
-    } else {
-        0.0
-    };
     let teacher = config
         .teacher
         .as_deref()
@@ -253,17 +228,7 @@ pub fn train(model_dir: &Path, run_dir: &Path, config: TrainConfig) -> anyhow::R
     if let Some(teacher) = &teacher {
         write_student_defaults(&repo, &stage.name, teacher.student_steps())?;
     }
-    // A student learns the guided teacher from the conditional branch: no empty captions.
-    let text_dropout = if teacher.is_some() {
-        0.0
-    } else {
-        config.text_dropout
-    };
-    let mut sampler =
-        BatchSampler::new(output, stage.input, text_dropout).with_context(context_rate);
-    if let Some(crop) = config.crop {
-        sampler = sampler.with_crop(crop);
-    }
+    let sampler = batch_sampler(&config, &stage, output, &unet_config, teacher.is_some());
     let trainer = Trainer {
         example: sampler.example_shape(),
         sampler,
@@ -282,6 +247,46 @@ pub fn train(model_dir: &Path, run_dir: &Path, config: TrainConfig) -> anyhow::R
         config,
     };
     trainer.run(state, &paths)
+}
+
+/// Rejects settings out of range, naming their flags, before anything loads.
+fn check_settings(config: &TrainConfig) -> anyhow::Result<()> {
+    require_positive("--time-shift", config.time_shift, "1 = uniform times")?;
+    for (flag, value) in [
+        ("--layout-lr-scale", config.layout_lr_scale),
+        ("--context-lr-scale", config.context_lr_scale),
+    ] {
+        require_positive(flag, value, "1 = the network's rate")?;
+    }
+    if !(0.0..=1.0).contains(&config.context_rate) {
+        bail!(
+            "--context-rate must be in [0, 1], got {}",
+            config.context_rate
+        );
+    }
+    Ok(())
+}
+
+/// The batches of `stage`: context frames only for a network that takes them, and no empty
+/// captions for a student (it learns the guided teacher from the conditional branch).
+fn batch_sampler(
+    config: &TrainConfig,
+    stage: &StageManifest,
+    output: VideoShape,
+    unet_config: &VideoUNetConfig,
+    distilling: bool,
+) -> BatchSampler {
+    let context_rate = if unet_config.context_frames {
+        config.context_rate
+    } else {
+        0.0
+    };
+    let text_dropout = if distilling { 0.0 } else { config.text_dropout };
+    let sampler = BatchSampler::new(output, stage.input, text_dropout).with_context(context_rate);
+    match config.crop {
+        Some(crop) => sampler.with_crop(crop),
+        None => sampler,
+    }
 }
 
 /// One batch with everything both objectives condition on.
@@ -403,61 +408,6 @@ impl RunPaths {
         } else {
             &self.shipped
         }
-    }
-}
-
-/// AdamW for the network, and one each for the layout map and the known-frames input at
-/// their own learning rates.
-struct Optimizers {
-    network: AdamW,
-    layout: AdamW,
-    context: AdamW,
-}
-
-impl Optimizers {
-    /// Splits the variables into the layout map's (`layout.*`), the known-frames input's
-    /// (`context_in.*`) and the rest.
-    fn new(vars_by_name: &HashMap<String, Var>, config: &TrainConfig) -> anyhow::Result<Self> {
-        let (mut layout_vars, mut context_vars, mut network_vars) =
-            (Vec::new(), Vec::new(), Vec::new());
-        for (name, var) in vars_by_name {
-            if name.starts_with(LAYOUT_PREFIX) {
-                layout_vars.push(var.clone());
-            } else if name.starts_with(CONTEXT_PREFIX) {
-                context_vars.push(var.clone());
-            } else {
-                network_vars.push(var.clone());
-            }
-        }
-        let adamw = |group: Vec<Var>| {
-            AdamW::new(
-                group,
-                ParamsAdamW {
-                    lr: config.lr,
-                    weight_decay: config.weight_decay,
-                    ..Default::default()
-                },
-            )
-        };
-        Ok(Self {
-            network: adamw(network_vars)?,
-            layout: adamw(layout_vars)?,
-            context: adamw(context_vars)?,
-        })
-    }
-
-    /// Sets the network's rate to `lr`, the layout map's to `lr * config.layout_lr_scale` and
-    /// the known-frames input's to `lr * config.context_lr_scale`.
-    fn set_learning_rate(&mut self, lr: f64, config: &TrainConfig) {
-        self.network.set_learning_rate(lr);
-        self.layout.set_learning_rate(lr * config.layout_lr_scale);
-        self.context.set_learning_rate(lr * config.context_lr_scale);
-    }
-
-    fn step(&mut self, grads: &GradStore) -> candle_core::Result<()> {
-        self.network.step(grads)?;
-        self.layout.step(grads)?;
-        self.context.step(grads)
     }
 }
 
@@ -760,6 +710,7 @@ fn embed_cached(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::optim::LAYOUT_PREFIX;
 
     fn config(time_shift: f64) -> TrainConfig {
         TrainConfig {
