@@ -34,7 +34,7 @@ use std::path::{Path, PathBuf};
 
 use vidcascade_spec::Video;
 
-pub use self::png::write_png;
+pub use self::png::{encode_png, write_png};
 
 /// The error type of an encoder library, kept as the cause of an [`OutputError`].
 pub type BoxedCause = Box<dyn std::error::Error + Send + Sync + 'static>;

@@ -59,8 +59,9 @@ pub fn write_png(path: &Path, width: usize, height: usize, rgb: &[u8]) -> Result
     super::write_file(path, &bytes)
 }
 
-/// The bytes of a PNG file holding one `width x height` RGB8 image; errors name `path`.
-pub(super) fn encode_png(
+/// The bytes of a PNG file holding one `width x height` RGB8 image; errors name `path` (where
+/// the bytes are going).
+pub fn encode_png(
     path: &Path,
     width: usize,
     height: usize,

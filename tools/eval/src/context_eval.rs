@@ -79,19 +79,6 @@ pub fn start_image(scene: &Scene, seed: u64, side: usize, fps: f32) -> Video {
     }
 }
 
-/// `image` as PNG bytes.
-pub fn png_bytes(image: &Video) -> anyhow::Result<Vec<u8>> {
-    let mut out = Vec::new();
-    {
-        let mut encoder = png::Encoder::new(&mut out, image.width as u32, image.height as u32);
-        encoder.set_color(png::ColorType::Rgb);
-        encoder.set_depth(png::BitDepth::Eight);
-        let mut writer = encoder.write_header()?;
-        writer.write_image_data(&image.frames[0])?;
-    }
-    Ok(out)
-}
-
 /// Generates `request` to its final video.
 fn final_video(cascade: &EmbeddedCascade, request: &GenerateRequest) -> anyhow::Result<Video> {
     Ok(cascade
@@ -116,7 +103,12 @@ pub fn evaluate_image_to_video(
             let image = start_image(scene, seed, last.width, last.fps);
             let prompt = scene.caption();
             let mut request = GenerateRequest::new(prompt.clone()).with_seed(seed);
-            request.init_image_png = Some(png_bytes(&image)?);
+            request.init_image_png = Some(vidcascade_media::encode_png(
+                std::path::Path::new("init_image_png"),
+                image.width,
+                image.height,
+                &image.frames[0],
+            )?);
             let video = final_video(cascade, &request)?;
             let a = analyse(&video.frames, video.height, video.width);
             let result = ImageResult {
