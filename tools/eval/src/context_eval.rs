@@ -79,6 +79,14 @@ pub fn start_image(scene: &Scene, seed: u64, side: usize, fps: f32) -> Video {
     }
 }
 
+/// The shape of one clip's final video.
+fn clip_shape(cascade: &EmbeddedCascade) -> anyhow::Result<vidcascade_spec::VideoShape> {
+    cascade
+        .manifest()
+        .final_output()
+        .ok_or_else(|| anyhow::anyhow!("the cascade has no diffusion stage"))
+}
+
 /// Generates `request` to its final video.
 fn final_video(cascade: &EmbeddedCascade, request: &GenerateRequest) -> anyhow::Result<Video> {
     Ok(cascade
@@ -93,10 +101,7 @@ pub fn evaluate_image_to_video(
     seeds: &[u64],
     mut on_result: impl FnMut(&ImageResult, &Video),
 ) -> anyhow::Result<Vec<ImageResult>> {
-    let last = cascade
-        .manifest()
-        .final_output()
-        .ok_or_else(|| anyhow::anyhow!("the cascade has no diffusion stage"))?;
+    let last = clip_shape(cascade)?;
     let mut results = Vec::new();
     for scene in scenes {
         for &seed in seeds {
@@ -146,10 +151,7 @@ pub fn evaluate_continuation(
     seeds: &[u64],
     mut on_result: impl FnMut(&ContinuationResult, &Video),
 ) -> anyhow::Result<Vec<ContinuationResult>> {
-    let clip = cascade
-        .manifest()
-        .final_output()
-        .ok_or_else(|| anyhow::anyhow!("the cascade has no diffusion stage"))?;
+    let clip = clip_shape(cascade)?;
     let clip_seconds = clip.frames as f32 / clip.fps;
     let mut results = Vec::new();
     for scene in scenes {
