@@ -26,6 +26,7 @@ fn with_format(
         include_stage_videos: true,
         max_chunk_bytes: chunk,
         format: format as i32,
+        ..Default::default()
     });
     request
 }
@@ -161,6 +162,7 @@ fn grpc_name(event: &Event) -> &'static str {
         Event::Preview(_) => "preview",
         Event::StageCompleted(_) => "stage_completed",
         Event::Completed(_) => "completed",
+        Event::ClipCompleted(_) => "clip_completed",
     }
 }
 

@@ -96,6 +96,7 @@ async fn a_generation_streams_every_stage_in_order_and_matches_the_in_process_ca
                 );
                 completed_seen = true;
             }
+            Event::ClipCompleted(_) => bail!("a one-clip video sent a clip event"),
         }
     }
     ensure!(completed_seen);

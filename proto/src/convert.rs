@@ -121,6 +121,14 @@ pub fn video_from_wire(video: v1::Video) -> Result<Video, WireError> {
     })
 }
 
+/// A segment of a prompt sequence on the wire.
+pub fn segment_to_wire(segment: &Segment) -> v1::Segment {
+    v1::Segment {
+        prompt: segment.prompt.clone(),
+        seconds: segment.seconds,
+    }
+}
+
 /// A `Gateway.Generate` request as the pipeline reads it (limits are checked by its plan);
 /// undefined enum values are errors naming the field (`stage_overrides[base].sampler`).
 pub fn request_from_wire(request: &v1::GenerateRequest) -> Result<GenerateRequest, WireError> {

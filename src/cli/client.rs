@@ -11,9 +11,11 @@ use vidcascade_proto::convert::{overrides_to_wire, video_from_wire};
 use vidcascade_proto::v1::gateway_client::GatewayClient;
 use vidcascade_proto::v1::{self, generate_event::Event};
 use vidcascade_proto::wire::VideoAssembler;
+use vidcascade_spec::Video;
 
-use super::files::{filmstrip, preview_path, stage_path, wrote_line};
+use super::files::{filmstrip, preview_path, stage_file_name, stage_path, wrote_line};
 use super::progress::Progress;
+use super::story::{NewFrames, StorySoFar};
 use super::{ClientArgs, GatewayAccess};
 
 /// Largest message the client accepts (stage videos and final chunks stay far below it).
@@ -124,8 +126,7 @@ fn build_request(
     stages: &[String],
 ) -> anyhow::Result<Request<v1::GenerateRequest>> {
     let overrides = args.sampling.overrides(stages)?;
-    let request = v1::GenerateRequest {
-        prompt: args.prompt.clone(),
+    let mut request = v1::GenerateRequest {
         seed: Some(args.seed),
         stage_overrides: overrides
             .iter()
@@ -134,11 +135,15 @@ fn build_request(
         preview_every: args.output.preview_every.unwrap_or(0) as u32,
         output: Some(v1::OutputOptions {
             include_stage_videos: args.output.save_stages.is_some(),
+            // A story's clips bring every final frame as they complete.
+            omit_final_video: true,
             // Raw frames: the client scales and encodes them itself, exactly as `generate`.
             ..Default::default()
         }),
         ..Default::default()
     };
+    args.story
+        .apply_wire(args.prompt.as_deref(), &mut request)?;
     let mut request = authorized(request, args.access.api_key.as_deref())?;
     request.set_timeout(Duration::from_secs_f64(args.timeout));
     Ok(request)
@@ -156,9 +161,11 @@ struct EventWriter<'a> {
     showing: bool,
     stage_index: usize,
     stage_video: VideoAssembler,
+    clip_video: VideoAssembler,
+    story: StorySoFar,
     final_video: VideoAssembler,
     /// The final video and the stages' timings, once all of it has arrived.
-    result: Option<(v1::Video, Vec<v1::StageTiming>)>,
+    result: Option<(Video, Vec<v1::StageTiming>)>,
 }
 
 impl<'a> EventWriter<'a> {
@@ -174,6 +181,8 @@ impl<'a> EventWriter<'a> {
             showing: false,
             stage_index: 0,
             stage_video: VideoAssembler::new(),
+            clip_video: VideoAssembler::new(),
+            story: StorySoFar::default(),
             final_video: VideoAssembler::new(),
             result: None,
         }
@@ -207,15 +216,45 @@ impl<'a> EventWriter<'a> {
                 }
             }
             Some(Event::StageCompleted(done)) => self.stage_completed(done)?,
-            Some(Event::Completed(completed)) => {
-                let chunk = completed
-                    .video
-                    .context("a final video event without a video")?;
-                if let Some(video) = self.final_video.push(chunk)? {
-                    self.result = Some((video, completed.timings));
-                }
-            }
+            Some(Event::ClipCompleted(done)) => self.clip_completed(done)?,
+            Some(Event::Completed(completed)) => self.completed(completed)?,
             None => {}
+        }
+        Ok(())
+    }
+
+    /// One chunk of the final video; a story's `Completed` has none (its clips sent every frame).
+    fn completed(&mut self, completed: v1::Completed) -> anyhow::Result<()> {
+        let video = match completed.video {
+            Some(chunk) => match self.final_video.push(chunk)? {
+                Some(video) => {
+                    video_from_wire(video).context("the final video from the gateway")?
+                }
+                None => return Ok(()),
+            },
+            None => self
+                .story
+                .take()
+                .context("a final video event without a video, and no clips before it")?,
+        };
+        self.result = Some((video, completed.timings));
+        Ok(())
+    }
+
+    /// One chunk of a clip's new frames (stories): once the clip is whole, adds it to the
+    /// story so far.
+    fn clip_completed(&mut self, done: v1::ClipCompleted) -> anyhow::Result<()> {
+        let chunk = done.video.context("a clip event without a video")?;
+        if let Some(video) = self.clip_video.push(chunk)? {
+            let new = NewFrames {
+                clip: done.clip as usize,
+                segment: done.segment as usize,
+                ends_segment: done.segment_completed,
+                first_frame: done.first_frame as usize,
+                video: video_from_wire(video).context("a clip's frames from the gateway")?,
+            };
+            self.story
+                .add(new, &self.args.output.output, &self.options)?;
         }
         Ok(())
     }
@@ -230,11 +269,7 @@ impl<'a> EventWriter<'a> {
                 Some(video) => {
                     self.stage_index += 1;
                     if let Some(dir) = &self.args.output.save_stages {
-                        let name = if done.clip > 0 {
-                            format!("{}-clip{}", done.stage, done.clip)
-                        } else {
-                            done.stage.clone()
-                        };
+                        let name = stage_file_name(&done.stage, done.clip as usize);
                         let path =
                             stage_path(dir, self.stage_index, &name, &self.args.output.output);
                         write_video(&video_from_wire(video)?, &path, &self.options)?;
@@ -255,11 +290,10 @@ impl<'a> EventWriter<'a> {
 fn write_result(
     args: &ClientArgs,
     options: &WriteOptions,
-    video: v1::Video,
+    video: Video,
     timings: &[v1::StageTiming],
     started: Instant,
 ) -> anyhow::Result<()> {
-    let video = video_from_wire(video)?;
     write_video(&video, &args.output.output, options)?;
     let summary: Vec<String> = timings
         .iter()

@@ -13,6 +13,15 @@ pub fn stage_path(dir: &Path, index: usize, stage: &str, output: &Path) -> PathB
     }
 }
 
+/// The name a stage's video is saved under: the stage, with `-clip<n>` after clip 0.
+pub fn stage_file_name(stage: &str, clip: usize) -> String {
+    if clip > 0 {
+        format!("{stage}-clip{clip}")
+    } else {
+        stage.to_string()
+    }
+}
+
 /// `<output stem>.preview.png` beside the output.
 pub fn preview_path(output: &Path) -> PathBuf {
     let mut name = output

@@ -8,8 +8,9 @@ use vidcascade_media::{WriteOptions, write_png, write_video};
 use vidcascade_pipeline::{Event, plan};
 use vidcascade_spec::{GenerateRequest, Video};
 
-use super::files::{filmstrip, preview_path, stage_path, wrote_line};
+use super::files::{filmstrip, preview_path, stage_file_name, stage_path, wrote_line};
 use super::progress::Progress;
+use super::story::{NewFrames, StorySoFar};
 use super::{GenerateArgs, open_repository};
 
 /// Runs `generate`.
@@ -23,22 +24,18 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         .map(|s| s.name.clone())
         .collect();
     let mut request = GenerateRequest {
-        prompt: args.prompt.clone().unwrap_or_default(),
         seed: Some(args.seed),
         overrides: args.sampling.overrides(&stages)?,
         preview_every: args.output.preview_every.unwrap_or(0) as u32,
         ..GenerateRequest::default()
     };
-    if args.story.is_story() && args.prompt.is_some() {
-        anyhow::bail!("give either PROMPT or --story / --story-file, not both");
-    }
-    args.story.apply(&mut request)?;
+    args.story.apply(args.prompt.as_deref(), &mut request)?;
     plan(&request, repo.manifest(), args.seed)
         .map_err(|err| anyhow::anyhow!(super::in_flag_terms(&err.to_string())))?;
 
     let compute = Compute::open(args.compute.device, args.compute.dtype)?;
     let cascade = EmbeddedCascade::alone_on(repo, &compute)?;
-    let mut writer = EventWriter::new(&args);
+    let mut writer = EventWriter::new(&args, !request.segments.is_empty());
     let output = cascade.generate(&request, None, |event| writer.see(event));
     if let Some(e) = writer.error {
         return Err(e);
@@ -66,11 +63,13 @@ struct EventWriter<'a> {
     options: WriteOptions,
     progress: Progress,
     stage_index: usize,
+    /// A story's frames so far (`None` for a single prompt).
+    story: Option<StorySoFar>,
     error: Option<anyhow::Error>,
 }
 
 impl<'a> EventWriter<'a> {
-    fn new(args: &'a GenerateArgs) -> Self {
+    fn new(args: &'a GenerateArgs, is_story: bool) -> Self {
         Self {
             args,
             options: WriteOptions {
@@ -78,6 +77,7 @@ impl<'a> EventWriter<'a> {
             },
             progress: Progress::new(),
             stage_index: 0,
+            story: is_story.then(StorySoFar::default),
             error: None,
         }
     }
@@ -115,13 +115,31 @@ impl<'a> EventWriter<'a> {
             }
             Event::StageCompleted {
                 stage,
+                clip,
                 video: Some(video),
                 elapsed,
-                ..
             } => {
                 self.progress.stage_completed(stage, *elapsed);
                 self.stage_index += 1;
-                self.save_stage(stage, video)?;
+                self.save_stage(&stage_file_name(stage, *clip), video)?;
+            }
+            Event::ClipCompleted {
+                clip,
+                segment,
+                ends_segment,
+                first_frame,
+                video,
+            } => {
+                if let Some(story) = &mut self.story {
+                    let new = NewFrames {
+                        clip: *clip,
+                        segment: *segment,
+                        ends_segment: *ends_segment,
+                        first_frame: *first_frame,
+                        video: video.clone(),
+                    };
+                    story.add(new, &output.output, &self.options)?;
+                }
             }
             _ => {}
         }

@@ -103,7 +103,10 @@ pub struct GenerateArgs {
 #[derive(Debug, Args)]
 pub struct ClientArgs {
     /// What the video should show, e.g. "a red circle moving left on a black background".
-    prompt: String,
+    #[arg(required_unless_present_any = ["story", "story_file"])]
+    prompt: Option<String>,
+    #[command(flatten)]
+    story: story::StoryArgs,
     /// The gateway (`vidcascade serve` prints it).
     #[arg(
         long,

@@ -1,11 +1,14 @@
 //! `--story`, `--story-file` and `--init-image`: a prompt sequence told as one continuous video,
 //! or a video that starts from a given image.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::Args;
-use vidcascade_spec::{GenerateRequest, Segment};
+use vidcascade_media::{WriteOptions, write_video};
+use vidcascade_proto::convert::segment_to_wire;
+use vidcascade_proto::v1;
+use vidcascade_spec::{GenerateRequest, Segment, Video};
 
 /// The story and init-image flags.
 #[derive(Debug, Args)]
@@ -27,25 +30,44 @@ pub struct StoryArgs {
 const ONE_CLIP: f32 = f32::MIN_POSITIVE;
 
 impl StoryArgs {
-    /// Puts the story's segments (when there is one, replacing `prompt`) and the init image
-    /// into `request`.
-    pub fn apply(&self, request: &mut GenerateRequest) -> anyhow::Result<()> {
-        let segments = self.segments()?;
-        if !segments.is_empty() {
-            request.prompt.clear();
-            request.segments = segments;
-        }
-        if let Some(path) = &self.init_image {
-            let bytes = std::fs::read(path)
-                .with_context(|| format!("--init-image: cannot read {}", path.display()))?;
-            request.init_image_png = Some(bytes);
-        }
+    /// Puts `prompt`, or the story's segments, and the init image into `request`.
+    pub fn apply(&self, prompt: Option<&str>, request: &mut GenerateRequest) -> anyhow::Result<()> {
+        let (segments, init_image) = self.read(prompt)?;
+        request.prompt = prompt.unwrap_or_default().to_string();
+        request.segments = segments;
+        request.init_image_png = init_image;
         Ok(())
     }
 
-    /// Whether a story replaces the prompt.
-    pub fn is_story(&self) -> bool {
-        !self.story.is_empty() || self.story_file.is_some()
+    /// The same for a request on the wire (`client`).
+    pub fn apply_wire(
+        &self,
+        prompt: Option<&str>,
+        request: &mut v1::GenerateRequest,
+    ) -> anyhow::Result<()> {
+        let (segments, init_image) = self.read(prompt)?;
+        request.prompt = prompt.unwrap_or_default().to_string();
+        request.segments = segments.iter().map(segment_to_wire).collect();
+        request.init_image_png = init_image;
+        Ok(())
+    }
+
+    /// The story's segments (none without one) and the init image's bytes, checking that a
+    /// story and a prompt are not both given.
+    fn read(&self, prompt: Option<&str>) -> anyhow::Result<(Vec<Segment>, Option<Vec<u8>>)> {
+        let is_story = !self.story.is_empty() || self.story_file.is_some();
+        if is_story && prompt.is_some() {
+            anyhow::bail!("give either PROMPT or --story / --story-file, not both");
+        }
+        let segments = self.segments()?;
+        let init_image = match &self.init_image {
+            None => None,
+            Some(path) => Some(
+                std::fs::read(path)
+                    .with_context(|| format!("--init-image: cannot read {}", path.display()))?,
+            ),
+        };
+        Ok((segments, init_image))
     }
 
     fn segments(&self) -> anyhow::Result<Vec<Segment>> {
@@ -64,6 +86,71 @@ impl StoryArgs {
             anyhow::bail!("--story-file {}: no prompts in it", path.display());
         }
         Ok(segments)
+    }
+}
+
+/// A story's final frames as its clips complete: after each segment the output file is
+/// rewritten with every frame so far, so the start of a long story can be watched while the
+/// rest is still being made.
+#[derive(Debug, Default)]
+pub struct StorySoFar {
+    video: Option<Video>,
+}
+
+/// A clip's new final frames and where they go (`ClipCompleted`, in-process or from the wire).
+#[derive(Debug)]
+pub struct NewFrames {
+    /// Which clip.
+    pub clip: usize,
+    /// The segment it belongs to.
+    pub segment: usize,
+    /// Whether it completes its segment.
+    pub ends_segment: bool,
+    /// Index of the first frame in the final video.
+    pub first_frame: usize,
+    /// The frames.
+    pub video: Video,
+}
+
+impl StorySoFar {
+    /// Adds a clip's frames (clips come in order); at the end of a segment, rewrites `output`.
+    pub fn add(
+        &mut self,
+        new: NewFrames,
+        output: &Path,
+        options: &WriteOptions,
+    ) -> anyhow::Result<()> {
+        let have = self.video.as_ref().map_or(0, |v| v.frames.len());
+        if new.first_frame != have {
+            anyhow::bail!(
+                "clip {} starts at frame {}, but {have} frames came before it",
+                new.clip,
+                new.first_frame
+            );
+        }
+        let video = match self.video.take() {
+            None => new.video,
+            Some(mut video) => {
+                video.frames.extend(new.video.frames);
+                video
+            }
+        };
+        if new.ends_segment {
+            write_video(&video, output, options)?;
+            eprintln!(
+                "segments[{}] done: {} frames so far in {}",
+                new.segment,
+                video.frames.len(),
+                output.display()
+            );
+        }
+        self.video = Some(video);
+        Ok(())
+    }
+
+    /// Every frame so far, leaving the story empty.
+    pub fn take(&mut self) -> Option<Video> {
+        self.video.take()
     }
 }
 

@@ -10,7 +10,10 @@ import os
 import numpy as np
 from PIL import Image
 
-from vidcascade import Client, Completed, GatewayError, Preview, Progress, StageCompleted, save
+import io
+
+from vidcascade import (Client, ClipCompleted, Completed, GatewayError, Preview, Progress,
+                        StageCompleted, save)
 
 
 def main():
@@ -42,6 +45,21 @@ def main():
             assert image.n_frames == shape.frames and image.size == (shape.width, shape.height)
         save(final.frames, os.path.join(args.out, "frames"))
         assert len(os.listdir(os.path.join(args.out, "frames"))) == shape.frames
+
+        # A two-prompt story: each clip streams its new frames, which add up to the video.
+        events = list(client.generate(["a red circle moving left", ("a blue square", 0.5)],
+                                      seed=4, steps=2))
+        clips = [e for e in events if isinstance(e, ClipCompleted)]
+        assert [(c.clip, c.segment, c.segment_completed) for c in clips] == [(0, 0, True), (1, 1, True)]
+        assert clips[1].first_frame == len(clips[0].frames)
+        story = np.concatenate([c.frames for c in clips])
+        assert np.array_equal(story, events[-1].frames), "the clips are not the final video"
+
+        # An init image becomes frame 0.
+        png = io.BytesIO()
+        Image.new("RGB", (20, 12), (200, 30, 60)).save(png, format="PNG")
+        final = list(client.generate("a red circle", seed=5, steps=2, init_image=png.getvalue()))[-1]
+        assert np.abs(final.frames[0].astype(int) - [200, 30, 60]).max() <= 2, final.frames[0]
 
         try:
             list(client.generate("", seed=1))

@@ -496,6 +496,17 @@ impl UNetVelocity<'_> {
     }
 }
 
+impl Conditioning {
+    /// A finished sample's video with the known frames put back exactly: the sampler's dynamic
+    /// thresholding scales a whole sample, pinned frames included, when other frames overshoot.
+    pub fn final_video(&self, latent: &Tensor) -> Result<Tensor, candle_core::Error> {
+        match &self.known {
+            None => Ok(latent.clone()),
+            Some(known) => pin_known(&latent.unsqueeze(0)?, &known.unsqueeze(0)?)?.squeeze(0),
+        }
+    }
+}
+
 /// `x0` with the known frames of `known` (`[B, CONTEXT_CHANNELS, F, H, W]`) put in.
 fn pin_known(x0: &Tensor, known: &Tensor) -> Result<Tensor, candle_core::Error> {
     let rgb = known.narrow(1, 0, 3)?;

@@ -559,9 +559,16 @@ impl Worker {
         if !a.state.is_done() {
             return Some(a);
         }
+        let video = match a.conditioning.final_video(a.state.latent()) {
+            Ok(video) => video,
+            Err(source) => {
+                self.fail(&a, DiffusionError::from(source));
+                return None;
+            }
+        };
         EngineStats::count(&self.stats.completed);
         a.send(JobEvent::Done {
-            video: a.state.latent().clone(),
+            video,
             run: a.admitted.elapsed(),
             steps: total - a.resumed_at,
         });

@@ -146,6 +146,7 @@ fn describe(event: &Event) -> String {
             clip,
             first_frame,
             video,
+            ..
         } => format!("clip {clip} frames {first_frame}+{}", video.frames.len()),
         Event::Completed { video, timings } => {
             format!(

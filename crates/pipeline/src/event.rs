@@ -63,6 +63,10 @@ pub enum Event {
     ClipCompleted {
         /// Which clip.
         clip: usize,
+        /// The segment it belongs to (0 for a single prompt).
+        segment: usize,
+        /// Whether it is the segment's last clip (the segment is then complete).
+        ends_segment: bool,
         /// Index of `video`'s first frame in the final video.
         first_frame: usize,
         /// The new final frames.

@@ -23,5 +23,5 @@ pub use backend::{
 };
 pub use error::PipelineError;
 pub use event::{Event, StageTiming};
-pub use plan::{Plan, StagePlan, plan};
+pub use plan::{ClipPlan, Plan, StagePlan, plan};
 pub use run::{RunLimits, run};

@@ -37,13 +37,22 @@ pub struct StagePlan {
     pub settings: ResolvedSettings,
 }
 
+/// One clip of a plan: the prompt it follows and the segment it belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClipPlan {
+    /// The prompt (the request's, or its segment's).
+    pub prompt: String,
+    /// The segment (0-based; 0 for a single prompt).
+    pub segment: usize,
+}
+
 /// What a run will do.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
     /// The text encoder's stage name.
     pub encoder: String,
-    /// One prompt per clip.
-    pub clips: Vec<String>,
+    /// The clips, in the order they run.
+    pub clips: Vec<ClipPlan>,
     /// Diffusion stages in order.
     pub stages: Vec<StagePlan>,
     /// Seed in use.
@@ -73,6 +82,12 @@ impl Plan {
         } else {
             new_frames_from(self.clip_shape.frames, self.base_frames, self.overlap)
         }
+    }
+
+    /// Whether clip `clip` is the last of its segment.
+    pub fn ends_segment(&self, clip: usize) -> bool {
+        let segment = |c: usize| self.clips.get(c).map(|c| c.segment);
+        segment(clip + 1) != segment(clip)
     }
 
     /// The shape of the whole final video (every clip's new frames, one after another).
@@ -200,13 +215,13 @@ pub fn plan(
     })
 }
 
-/// One prompt per clip: the prompt, or each segment repeated for its length in clips.
+/// The clips: one for the prompt, or each segment repeated for its length in clips.
 fn plan_clips(
     request: &GenerateRequest,
     clip_shape: &VideoShape,
     base_frames: usize,
     overlap: usize,
-) -> Result<Vec<String>, PipelineError> {
+) -> Result<Vec<ClipPlan>, PipelineError> {
     match (request.prompt.is_empty(), request.segments.is_empty()) {
         (false, false) => Err(PipelineError::invalid(
             "segments",
@@ -216,7 +231,10 @@ fn plan_clips(
             "prompt",
             "required (or give segments for a prompt sequence)",
         )),
-        (false, true) => Ok(vec![checked_prompt("prompt", &request.prompt)?]),
+        (false, true) => Ok(vec![ClipPlan {
+            prompt: checked_prompt("prompt", &request.prompt)?,
+            segment: 0,
+        }]),
         (true, false) => plan_segments(request, clip_shape, base_frames, overlap),
     }
 }
@@ -226,7 +244,7 @@ fn plan_segments(
     clip_shape: &VideoShape,
     base_frames: usize,
     overlap: usize,
-) -> Result<Vec<String>, PipelineError> {
+) -> Result<Vec<ClipPlan>, PipelineError> {
     if request.segments.len() > MAX_SEGMENTS {
         return Err(PipelineError::invalid(
             "segments",
@@ -258,7 +276,10 @@ fn plan_segments(
             } else {
                 later_len
             };
-            clips.push(prompt.clone());
+            clips.push(ClipPlan {
+                prompt: prompt.clone(),
+                segment: i,
+            });
             covered += len;
             total += len;
             if covered >= seconds - 1e-6 || clips.len() > MAX_CLIPS {
@@ -355,7 +376,13 @@ pub(crate) mod tests {
     fn a_plain_prompt_plans_every_stage_with_defaults() -> Result<(), PipelineError> {
         let manifest = manifest();
         let plan = plan(&GenerateRequest::new("a red circle"), &manifest, 42)?;
-        assert_eq!(plan.clips, vec!["a red circle".to_string()]);
+        assert_eq!(
+            plan.clips,
+            vec![ClipPlan {
+                prompt: "a red circle".into(),
+                segment: 0
+            }]
+        );
         assert_eq!(plan.seed, 42);
         assert_eq!(plan.encoder, "text-encoder");
         assert_eq!(plan.stages.len(), 3);
@@ -444,7 +471,16 @@ pub(crate) mod tests {
             ..GenerateRequest::default()
         };
         let planned = plan(&request, &manifest, 0)?;
-        assert_eq!(planned.clips, vec!["red", "blue", "blue"]);
+        let clips: Vec<(&str, usize)> = planned
+            .clips
+            .iter()
+            .map(|c| (c.prompt.as_str(), c.segment))
+            .collect();
+        assert_eq!(clips, vec![("red", 0), ("blue", 1), ("blue", 1)]);
+        assert_eq!(
+            (0..3).map(|c| planned.ends_segment(c)).collect::<Vec<_>>(),
+            vec![true, false, true]
+        );
         assert_eq!(planned.final_shape().frames, 12);
         assert_ne!(planned.stage_seed(1, 0), planned.stage_seed(0, 0));
         request.segments = vec![Segment {

@@ -155,6 +155,8 @@ impl Run<'_> {
                 };
                 self.send(Event::ClipCompleted {
                     clip,
+                    segment: self.plan.clips[clip].segment,
+                    ends_segment: self.plan.ends_segment(clip),
                     first_frame: finals.iter().map(|v| v.frames.len()).sum(),
                     video: new.clone(),
                 })
@@ -188,7 +190,7 @@ impl Run<'_> {
         let deadline = self.start_call(&name, 0)?;
         let started = Instant::now();
         let text = encoder
-            .encode(&self.plan.clips[clip], deadline)
+            .encode(&self.plan.clips[clip].prompt, deadline)
             .await
             .map_err(|source| self.call_failed(&name, source))?;
         let elapsed = started.elapsed();
@@ -418,6 +420,7 @@ mod tests {
                 clip,
                 first_frame,
                 video,
+                ..
             } => format!("clip {clip} {first_frame}+{}", video.frames.len()),
             Event::Completed { video, timings } => {
                 format!("completed {} {}", video.frames.len(), timings.len())

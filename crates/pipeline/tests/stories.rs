@@ -146,15 +146,20 @@ async fn each_clip_continues_every_stage_from_its_own_output_of_the_clip_before(
         .collect();
     assert_eq!(seen, expected);
     // Each clip streams its new final frames: all 8 of the first, then 8 - 4 per continuation.
-    let clips: Vec<(usize, usize, Vec<u8>)> = events
+    // One clip per segment here, so each clip completes its segment.
+    let clips: Vec<(usize, usize, bool, usize, Vec<u8>)> = events
         .iter()
         .filter_map(|e| match e {
             Event::ClipCompleted {
                 clip,
+                segment,
+                ends_segment,
                 first_frame,
                 video,
             } => Some((
                 *clip,
+                *segment,
+                *ends_segment,
                 *first_frame,
                 video.frames.iter().map(|f| f[0]).collect(),
             )),
@@ -164,9 +169,9 @@ async fn each_clip_continues_every_stage_from_its_own_output_of_the_clip_before(
     assert_eq!(
         clips,
         vec![
-            (0, 0, (20..28).collect()),
-            (1, 8, (124..128).collect()),
-            (2, 12, (224..228).collect()),
+            (0, 0, true, 0, (20..28).collect()),
+            (1, 1, true, 8, (124..128).collect()),
+            (2, 2, true, 12, (224..228).collect()),
         ]
     );
     // ClipCompleted comes right after the clip's last stage, before the next clip starts.

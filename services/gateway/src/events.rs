@@ -1,6 +1,7 @@
 //! The pipeline's events as `vidcascade.v1.GenerateEvent`s: videos chunked below the message
 //! limit (raw frames) or encoded and cut into byte ranges (`OutputOptions.format`), stage
-//! videos only when the client asked for them, timings on the last final chunk.
+//! videos only when the client asked for them, each clip's new frames as soon as the clip is done
+//! (videos of more than one clip), timings on the last final chunk.
 
 use vidcascade_media::OutputFormat;
 use vidcascade_pipeline::{Event, PipelineError, Plan, StageTiming};
@@ -29,6 +30,8 @@ impl From<ClientGone> for GatewayError {
 #[derive(Debug, Clone)]
 pub struct WireEvents {
     include_stage_videos: bool,
+    /// Leave the final frames out of `Completed` (a multi-clip video's clips carry them).
+    omit_final_video: bool,
     chunk_bytes: usize,
     /// The encoded format asked for; `None` sends raw frames.
     format: Option<OutputFormat>,
@@ -42,6 +45,7 @@ impl WireEvents {
     pub fn new(plan: &Plan, output: &v1::OutputOptions, format: Option<OutputFormat>) -> Self {
         Self {
             include_stage_videos: output.include_stage_videos,
+            omit_final_video: output.omit_final_video && plan.clips.len() > 1,
             format,
             chunk_bytes: match output.max_chunk_bytes as usize {
                 0 => DEFAULT_CHUNK_BYTES,
@@ -120,10 +124,32 @@ impl WireEvents {
                 self.stage_completed(stage, clip, video).await?
             }
             Event::Completed { video, timings } => self.completed(video, timings).await?,
-            // The contract has no per-clip event yet: a client sees each clip's frames in its
-            // last stage's `StageCompleted` (with `include_stage_videos`) and all of them in
-            // `Completed`.
-            Event::ClipCompleted { .. } => Vec::new(),
+            // A one-clip video's frames come once, in `Completed`.
+            Event::ClipCompleted { .. } if self.clips == 1 => Vec::new(),
+            Event::ClipCompleted {
+                clip,
+                segment,
+                ends_segment,
+                first_frame,
+                video,
+            } => {
+                let what = format!("the frames of clip {clip}");
+                let pieces = self.pieces(video, &what).await?;
+                pieces
+                    .into_iter()
+                    .map(|piece| {
+                        let (video, encoded) = Piece::split(Some(piece));
+                        Wire::ClipCompleted(v1::ClipCompleted {
+                            clip: clip as u32,
+                            segment: segment as u32,
+                            segment_completed: ends_segment,
+                            first_frame: first_frame as u32,
+                            video,
+                            encoded,
+                        })
+                    })
+                    .collect()
+            }
         })
     }
 
@@ -187,15 +213,23 @@ impl WireEvents {
             .collect())
     }
 
-    /// The final video in pieces, the timings on the last one.
+    /// The final video in pieces, the timings on the last one (only the timings when the
+    /// clips have sent the frames and the client asked not to get them again).
     async fn completed(
         &self,
         video: Video,
         timings: Vec<StageTiming>,
     ) -> Result<Vec<generate_event::Event>, GatewayError> {
+        let timings: Vec<v1::StageTiming> = timings.into_iter().map(timing_to_wire).collect();
+        if self.omit_final_video {
+            return Ok(vec![generate_event::Event::Completed(v1::Completed {
+                timings,
+                ..Default::default()
+            })]);
+        }
         let pieces = self.pieces(video, "the final video").await?;
         let last = pieces.len().saturating_sub(1);
-        let mut timings = Some(timings.into_iter().map(timing_to_wire).collect());
+        let mut timings = Some(timings);
         Ok(pieces
             .into_iter()
             .enumerate()

@@ -218,6 +218,7 @@ fn event_name(event: &generate_event::Event) -> &'static str {
         Event::Preview(_) => "preview",
         Event::StageCompleted(_) => "stage_completed",
         Event::Completed(_) => "completed",
+        Event::ClipCompleted(_) => "clip_completed",
     }
 }
 

@@ -133,11 +133,13 @@ pub fn evaluate_image_to_video(
     Ok(results)
 }
 
-fn distance(a: (f64, f64), b: (f64, f64)) -> f64 {
+/// The distance between two points.
+pub(crate) fn distance(a: (f64, f64), b: (f64, f64)) -> f64 {
     ((a.0 - b.0).powi(2) + (a.1 - b.1).powi(2)).sqrt()
 }
 
-fn median(mut values: Vec<f64>) -> Option<f64> {
+/// The median (the upper one of an even count), `None` when there are no values.
+pub(crate) fn median(mut values: Vec<f64>) -> Option<f64> {
     values.sort_by(f64::total_cmp);
     values.get(values.len() / 2).copied()
 }

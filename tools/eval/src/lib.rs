@@ -8,6 +8,7 @@
 
 pub mod colour_check;
 pub mod context_eval;
+pub mod story_eval;
 
 use std::ops::ControlFlow;
 

@@ -7,7 +7,8 @@
 //! `contact-sheet.png` (one row per prompt, final frames across). For a cascade whose stages
 //! take context frames it also runs image-to-video and continuation on the same prompts
 //! (`context.json`, appended to `report.md`, `context-sheet.png`: image-to-video rows, then
-//! the joined continuations).
+//! the joined continuations). Then it tells `--stories` stories of `--story-segments` turning
+//! segments each (`story.json`, appended to `report.md`, the first story as `story.gif`).
 
 use std::path::PathBuf;
 
@@ -17,6 +18,9 @@ use clap::Parser;
 use vidcascade_engine::EmbeddedCascade;
 use vidcascade_eval::context_eval::{
     context_markdown, evaluate_continuation, evaluate_image_to_video, summarise_context,
+};
+use vidcascade_eval::story_eval::{
+    evaluate_story, story_markdown, summarise_stories, turning_story,
 };
 use vidcascade_eval::{contact_sheet, evaluate, markdown, summarise};
 use vidcascade_shapes::world::{Scene, held_out_scenes};
@@ -42,6 +46,12 @@ struct Args {
     /// Seeds per prompt for image-to-video and continuation (0 skips them).
     #[arg(long, default_value_t = 1)]
     context_seeds: u64,
+    /// Stories to tell (0 skips them): the first held-out prompts, turning every segment.
+    #[arg(long, default_value_t = 1)]
+    stories: usize,
+    /// Segments per story.
+    #[arg(long, default_value_t = 10)]
+    story_segments: usize,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -74,6 +84,10 @@ fn main() -> anyhow::Result<()> {
     if args.context_seeds > 0 && takes_context(&cascade)? {
         table.push('\n');
         table.push_str(&evaluate_context(&cascade, &scenes, &args)?);
+    }
+    if args.stories > 0 {
+        table.push('\n');
+        table.push_str(&evaluate_stories(&cascade, &scenes, &args)?);
     }
     std::fs::write(args.out.join("report.md"), &table)?;
     let refs: Vec<&vidcascade_spec::Video> = finals.iter().collect();
@@ -128,4 +142,40 @@ fn evaluate_context(
     let (w, h, rgb) = contact_sheet(&refs, 2, 2);
     vidcascade_media::write_png(&args.out.join("context-sheet.png"), w, h, &rgb)?;
     Ok(context_markdown(&summary))
+}
+
+/// `--stories` turning stories of the first `scenes`: writes `story.json` and the first story
+/// as `story.gif`, and returns the markdown summary.
+fn evaluate_stories(
+    cascade: &EmbeddedCascade,
+    scenes: &[Scene],
+    args: &Args,
+) -> anyhow::Result<String> {
+    let mut stories = Vec::new();
+    for (i, subject) in scenes.iter().cycle().take(args.stories).enumerate() {
+        let story = turning_story(subject, args.story_segments);
+        let (result, video) = evaluate_story(cascade, &story, 200 + i as u64)?;
+        let followed = result.segments.iter().filter(|s| s.motion_ok).count();
+        println!(
+            "story {i}: {} segments ({followed} moving their way), {} frames ({:.1} s), seams {:?}, first segment after {:.1} s of {:.1} s",
+            result.segments.len(),
+            result.frames,
+            result.seconds,
+            result.seam_ratios,
+            result.first_segment_ready_s,
+            result.total_s
+        );
+        if i == 0 {
+            let options = vidcascade_media::WriteOptions { scale: 2 };
+            vidcascade_media::write_video(&video, &args.out.join("story.gif"), &options)?;
+        }
+        stories.push(result);
+    }
+    let summary = summarise_stories(&stories);
+    let json = serde_json::json!({"summary": summary, "stories": stories});
+    std::fs::write(
+        args.out.join("story.json"),
+        serde_json::to_string_pretty(&json)?,
+    )?;
+    Ok(story_markdown(&summary))
 }

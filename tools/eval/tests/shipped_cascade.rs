@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use candle_core::Device;
 use vidcascade_engine::EmbeddedCascade;
+use vidcascade_eval::story_eval::{evaluate_story, turning_story};
 use vidcascade_eval::{evaluate, summarise};
 use vidcascade_shapes::world::held_out_scenes;
 
@@ -33,6 +34,31 @@ fn held_out_prompts_get_their_colours_and_motion() -> anyhow::Result<()> {
     // Allow one miss in seven (the full evaluation's bar is 90 % colour and 80 % motion).
     assert!(failures.len() <= 1, "{summary:?}\n{}", failures.join("\n"));
     assert!(summary.motion_accuracy >= 0.8, "{summary:?}");
+    Ok(())
+}
+
+#[test]
+fn a_story_whose_segments_turn_follows_each_of_them() -> anyhow::Result<()> {
+    let cascade = EmbeddedCascade::load(shipped_model(), &Device::Cpu)?;
+    let subject = held_out_scenes()[0];
+    let story = turning_story(&subject, 4);
+    let (result, video) = evaluate_story(&cascade, &story, 3)?;
+    let clip = cascade.manifest().final_output().expect("a final stage");
+    // One clip per segment, the later ones without the frames they continue from.
+    let overlap = clip.frames - (result.segments[1].frames.1 - result.segments[1].frames.0);
+    assert_eq!(
+        video.frames.len(),
+        clip.frames + 3 * (clip.frames - overlap)
+    );
+    let wrong: Vec<String> = result
+        .segments
+        .iter()
+        .filter(|s| !(s.colour_ok && s.background_ok && s.motion_ok))
+        .map(|s| format!("{} (frames {:?})", s.prompt, s.frames))
+        .collect();
+    // At most one of the four turns missed (the shipped model follows motion on ~95 % of
+    // held-out prompts).
+    assert!(wrong.len() <= 1, "segments off their prompt: {wrong:?}");
     Ok(())
 }
 

@@ -9,6 +9,9 @@
         elif isinstance(event, Completed):
             save(event.frames, "out.gif", fps=event.fps)
 
+A story is a list of prompts (or of (prompt, seconds) pairs) instead of one prompt: its clips
+arrive as `ClipCompleted` events as they finish, and `Completed` brings the whole video.
+
 Events are the gateway's stream, typed, with chunked videos put back together: frames are numpy
 arrays of shape [frames, height, width, 3], dtype uint8 (RGB).
 """
@@ -16,6 +19,7 @@ arrays of shape [frames, height, width, 3], dtype uint8 (RGB).
 from .client import (
     Accepted,
     Client,
+    ClipCompleted,
     Completed,
     GatewayError,
     Preview,
@@ -28,6 +32,7 @@ from .media import save
 __all__ = [
     "Accepted",
     "Client",
+    "ClipCompleted",
     "Completed",
     "GatewayError",
     "Preview",

@@ -1,7 +1,7 @@
 """The gateway client: typed events, chunked videos reassembled into numpy frames."""
 
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, List, Optional, Union
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import grpc
 import numpy as np
@@ -65,6 +65,19 @@ class StageCompleted:
 
 
 @dataclass
+class ClipCompleted:
+    """A clip of a video of more than one clip (a story) is done: the frames it adds to the final
+    video, which start at `first_frame`."""
+    clip: int
+    segment: int
+    #: Whether this clip completes its segment.
+    segment_completed: bool
+    first_frame: int
+    frames: np.ndarray
+    fps: float
+
+
+@dataclass
 class Completed:
     frames: np.ndarray
     fps: float
@@ -72,7 +85,22 @@ class Completed:
     timings: List[dict] = field(default_factory=list)
 
 
-Event = Union[Accepted, StageStarted, Progress, Preview, StageCompleted, Completed]
+Event = Union[Accepted, StageStarted, Progress, Preview, StageCompleted, ClipCompleted, Completed]
+
+#: A story: prompts (one clip each) or (prompt, seconds) pairs.
+Story = Sequence[Union[str, Tuple[str, float]]]
+
+#: The shortest segment a request can ask for (the smallest positive float32): one clip.
+ONE_CLIP = 1.1754944e-38
+
+
+def _segments(story: Story):
+    """The wire segments of a story."""
+    segments = []
+    for item in story:
+        prompt, seconds = (item, ONE_CLIP) if isinstance(item, str) else item
+        segments.append(gateway_pb2.Segment(prompt=prompt, seconds=seconds))
+    return segments
 
 
 def _frames(video) -> np.ndarray:
@@ -145,22 +173,28 @@ class Client:
         except grpc.RpcError as err:
             raise GatewayError(err.code(), err.details()) from None
 
-    def generate(self, prompt: str, *, seed: Optional[int] = None,
+    def generate(self, prompt: Union[str, Story], *, seed: Optional[int] = None,
                  steps: Union[int, Dict[str, int], None] = None,
                  guidance: Union[float, Dict[str, float], None] = None,
                  preview_every: int = 0, include_stage_videos: bool = False,
+                 init_image: Optional[bytes] = None,
                  timeout: float = 600.0) -> Iterator[Event]:
         """Generates a video for `prompt`, yielding the typed events as they arrive; the last is
-        `Completed`. `steps` / `guidance`: one value for every diffusion stage or {stage: value}.
-        Raises GatewayError with the gateway's status when the call fails."""
+        `Completed`. `prompt` may be a story: a list of prompts (one clip each) or of
+        (prompt, seconds) pairs, told as one video whose clips stream as `ClipCompleted`.
+        `init_image`: PNG bytes the video starts from. `steps` / `guidance`: one value for every
+        diffusion stage or {stage: value}. Raises GatewayError with the gateway's status when the
+        call fails."""
         stages = [s.name for s in self.info().stages if s.kind != common_pb2.STAGE_KIND_TEXT_ENCODER]
         overrides: Dict[str, common_pb2.SamplerSettings] = {}
         for stage, value in _per_stage(steps, stages).items():
             overrides.setdefault(stage, common_pb2.SamplerSettings()).steps = value
         for stage, value in _per_stage(guidance, stages).items():
             overrides.setdefault(stage, common_pb2.SamplerSettings()).guidance = value
+        story = not isinstance(prompt, str)
         request = gateway_pb2.GenerateRequest(
-            prompt=prompt, seed=seed, preview_every=preview_every,
+            prompt="" if story else prompt, segments=_segments(prompt) if story else [],
+            init_image_png=init_image, seed=seed, preview_every=preview_every,
             stage_overrides=overrides,
             output=gateway_pb2.OutputOptions(include_stage_videos=include_stage_videos),
         )
@@ -171,7 +205,7 @@ class Client:
             raise GatewayError(err.code(), err.details()) from None
 
     def _events(self, stream) -> Iterator[Event]:
-        stage_video, final_video = _Assembler(), _Assembler()
+        stage_video, clip_video, final_video = _Assembler(), _Assembler(), _Assembler()
         for message in stream:
             kind = message.WhichOneof("event")
             event = getattr(message, kind) if kind else None
@@ -189,6 +223,10 @@ class Client:
                     yield StageCompleted(event.stage, event.clip, None, 0.0)
                 elif (whole := stage_video.push(event.video)) is not None:
                     yield StageCompleted(event.stage, event.clip, _frames(whole), whole.fps)
+            elif kind == "clip_completed":
+                if (whole := clip_video.push(event.video)) is not None:
+                    yield ClipCompleted(event.clip, event.segment, event.segment_completed,
+                                        event.first_frame, _frames(whole), whole.fps)
             elif kind == "completed":
                 if (whole := final_video.push(event.video)) is not None:
                     timings = [dict(stage=t.stage, clip=t.clip, queue_ms=t.queue_ms,
