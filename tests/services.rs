@@ -13,13 +13,12 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail, ensure};
 use candle_core::Device;
 use support::cluster::{Cluster, GATEWAY_BIN, STAGE_BIN, Service, tiny_model};
-use support::gateway::{final_video, generate, request};
+use support::gateway::{final_video, generate, in_process, request};
 use tonic::Code;
 use vidcascade_engine::EmbeddedCascade;
 use vidcascade_proto::v1::gateway_client::GatewayClient;
 use vidcascade_proto::v1::video_stage_client::VideoStageClient;
 use vidcascade_proto::v1::{self, generate_event::Event, stage_event};
-use vidcascade_spec::GenerateRequest;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_generation_streams_every_stage_in_order_and_matches_the_in_process_cascade()
@@ -129,21 +128,8 @@ async fn a_generation_streams_every_stage_in_order_and_matches_the_in_process_ca
 
     // Same seed, same steps: the services produce the in-process cascade's video exactly.
     let video = final_video(&events)?;
-    let (events_tx, mut events_rx) = tokio::sync::mpsc::channel(64);
-    let request = GenerateRequest::new("a red circle moving left").with_seed(7);
-    let local = cascade.run(&request, None, events_tx);
-    let last = async {
-        let mut last = None;
-        while let Some(event) = events_rx.recv().await {
-            if let vidcascade_pipeline::Event::Completed { video, .. } = event {
-                last = Some(video);
-            }
-        }
-        last
-    };
-    let (result, last) = tokio::join!(local, last);
-    result?;
-    let expected = &last.context("the in-process run made no video")?;
+    let same = support::gateway::request("a red circle moving left", 7);
+    let expected = &in_process(&model, &same).await?;
     assert_eq!(
         (video.width as usize, video.height as usize),
         (expected.width, expected.height)

@@ -9,15 +9,12 @@ mod support;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
-use candle_core::Device;
 use support::cluster::{Cluster, tiny_model};
-use support::gateway::{final_video, generate, request};
+use support::gateway::{final_video, generate, in_process, request};
 use tonic::Code;
-use vidcascade_engine::EmbeddedCascade;
-use vidcascade_proto::convert::{request_from_wire, video_from_wire};
+use vidcascade_proto::convert::video_from_wire;
 use vidcascade_proto::v1::gateway_client::GatewayClient;
 use vidcascade_proto::v1::{self, generate_event::Event};
-use vidcascade_spec::Video;
 
 /// One clip per prompt (the shortest length a segment can ask for).
 fn story(prompts: &[&str], seed: u64) -> v1::GenerateRequest {
@@ -32,29 +29,6 @@ fn story(prompts: &[&str], seed: u64) -> v1::GenerateRequest {
         seed: Some(seed),
         ..Default::default()
     }
-}
-
-/// The in-process cascade's final video for `request`.
-async fn in_process(
-    model: &std::path::Path,
-    request: &v1::GenerateRequest,
-) -> anyhow::Result<Video> {
-    let cascade = EmbeddedCascade::load(model, &Device::Cpu)?;
-    let request = request_from_wire(request)?;
-    let (events_tx, mut events_rx) = tokio::sync::mpsc::channel(64);
-    let local = cascade.run(&request, None, events_tx);
-    let last = async {
-        let mut last = None;
-        while let Some(event) = events_rx.recv().await {
-            if let vidcascade_pipeline::Event::Completed { video, .. } = event {
-                last = Some(video);
-            }
-        }
-        last
-    };
-    let (result, last) = tokio::join!(local, last);
-    result?;
-    last.context("the in-process run made no video")
 }
 
 /// The order of the events that mark stages and clips (progress left out).

@@ -8,6 +8,10 @@ use vidcascade_proto::v1::gateway_client::GatewayClient;
 use vidcascade_proto::v1::{self, generate_event::Event};
 
 use super::cluster::{Cluster, Service};
+use candle_core::Device;
+use vidcascade_engine::EmbeddedCascade;
+use vidcascade_proto::convert::request_from_wire;
+use vidcascade_spec::Video;
 
 /// A request for `prompt` with a fixed seed.
 pub fn request(prompt: &str, seed: u64) -> v1::GenerateRequest {
@@ -63,4 +67,28 @@ pub fn final_video(events: &[Event]) -> anyhow::Result<v1::Video> {
         }
     }
     whole.context("no complete final video")
+}
+
+/// The final video of `request` run by the cascade in `model` in this process, without any
+/// service: what a gateway must reproduce exactly at the same seed.
+pub async fn in_process(
+    model: &std::path::Path,
+    request: &v1::GenerateRequest,
+) -> anyhow::Result<Video> {
+    let cascade = EmbeddedCascade::load(model, &Device::Cpu)?;
+    let request = request_from_wire(request)?;
+    let (events_tx, mut events_rx) = tokio::sync::mpsc::channel(64);
+    let local = cascade.run(&request, None, events_tx);
+    let last = async {
+        let mut last = None;
+        while let Some(event) = events_rx.recv().await {
+            if let vidcascade_pipeline::Event::Completed { video, .. } = event {
+                last = Some(video);
+            }
+        }
+        last
+    };
+    let (result, last) = tokio::join!(local, last);
+    result?;
+    last.context("the in-process run made no video")
 }

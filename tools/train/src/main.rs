@@ -8,6 +8,7 @@
 //! Training resumes from `--run-dir` (raw weights, EMA, step count) when it holds a checkpoint of
 //! the stage, and otherwise from the weights in the model repository.
 
+mod blur;
 mod data;
 mod distill;
 mod ema;
@@ -103,6 +104,13 @@ struct TrainArgs {
     /// Upper bound of SR noise augmentation times.
     #[arg(long, default_value_t = 0.5)]
     max_augmentation: f64,
+    /// SR stages: share of examples whose low-resolution input is Gaussian-blurred first, so
+    /// the stage learns to take shape detail from the caption (blurring augmentation).
+    #[arg(long, default_value_t = 0.0)]
+    blur_rate: f64,
+    /// SR stages: largest blur sigma, in low-resolution pixels.
+    #[arg(long, default_value_t = 1.5)]
+    max_blur: f64,
     /// Shift of the training times towards high noise (1 = uniform; 3 puts 43 % of steps at
     /// t > 0.8 instead of 20 %), where a base stage learns layout and motion.
     #[arg(long, default_value_t = 1.0)]
@@ -224,6 +232,8 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
         context_rate: args.context_rate,
         context_lr_scale: args.context_lr_scale,
         teacher: args.teacher,
+        blur_rate: args.blur_rate,
+        max_blur: args.max_blur,
     };
     let state = trainer::train(&args.model, &args.run_dir, config)?;
     println!(

@@ -26,6 +26,7 @@ use vidcascade_models::repository::{ModelRepository, StageManifest, VideoShape, 
 use vidcascade_models::unet::{Prediction, VideoUNetConfig, known_frames};
 use vidcascade_models::{TextEncoder, UNetInputs, VideoUNet};
 
+use crate::blur::gaussian_blur;
 use crate::data::{Batch, BatchSampler, Crop};
 use crate::distill::{Teacher, student_x0};
 use crate::ema::Ema;
@@ -87,6 +88,19 @@ pub struct TrainConfig {
     /// Progressive distillation: the teacher's model repository (absent: ordinary training).
     #[serde(default)]
     pub teacher: Option<PathBuf>,
+    /// SR stages: the share of examples whose low-resolution input is blurred before it is
+    /// resampled ([`crate::blur`]; absent in older run states: 0).
+    #[serde(default)]
+    pub blur_rate: f64,
+    /// SR stages: blurred examples draw the blur's sigma from U(0.3, max_blur) low-resolution
+    /// pixels (absent in older run states: 1.5).
+    #[serde(default = "default_max_blur")]
+    pub max_blur: f64,
+}
+
+/// The serde default of `max_blur`.
+fn default_max_blur() -> f64 {
+    1.5
 }
 
 /// The serde default of the settings older run states lack: 1, which leaves training as it was.
@@ -258,10 +272,18 @@ fn check_settings(config: &TrainConfig) -> anyhow::Result<()> {
     ] {
         require_positive(flag, value, "1 = the network's rate")?;
     }
-    if !(0.0..=1.0).contains(&config.context_rate) {
+    for (flag, value) in [
+        ("--context-rate", config.context_rate),
+        ("--blur-rate", config.blur_rate),
+    ] {
+        if !(0.0..=1.0).contains(&value) {
+            bail!("{flag} must be in [0, 1], got {value}");
+        }
+    }
+    if !(config.max_blur.is_finite() && config.max_blur > 0.3) {
         bail!(
-            "--context-rate must be in [0, 1], got {}",
-            config.context_rate
+            "--max-blur must be above 0.3 (sigmas are drawn from U(0.3, max)), got {}",
+            config.max_blur
         );
     }
     Ok(())
@@ -604,8 +626,8 @@ impl Trainer {
         Ok(weighted_mse(&x0, &target, &noised.x0_weights)?)
     }
 
-    /// SR stages: each example's low-resolution video resampled to the output as at inference,
-    /// then that noised to a random augmentation level; returns the conditioning videos, the
+    /// SR stages: each example's low-resolution video (blurred for `blur_rate` of them)
+    /// resampled to the output as at inference, then that noised to a random augmentation level; returns the conditioning videos, the
     /// resampled ones and the levels.
     fn sr_conditioning(
         &self,
@@ -619,7 +641,12 @@ impl Trainer {
         let mut levels = Vec::with_capacity(config.batch);
         for i in 0..config.batch {
             let level = rng.random_range(0.0..config.max_augmentation);
-            let up = resample(&low.get(i)?, example.frames, example.height, example.width)?;
+            let mut source = low.get(i)?;
+            if config.blur_rate > 0.0 && rng.random_bool(config.blur_rate.min(1.0)) {
+                let sigma = rng.random_range(0.3..config.max_blur.max(0.31));
+                source = gaussian_blur(&source, sigma)?;
+            }
+            let up = resample(&source, example.frames, example.height, example.width)?;
             conds.push(augment(
                 &up,
                 level,
@@ -734,6 +761,8 @@ mod tests {
             context_rate: 0.0,
             context_lr_scale: 1.0,
             teacher: None,
+            blur_rate: 0.0,
+            max_blur: 1.5,
         }
     }
 
