@@ -3,15 +3,15 @@
 #![allow(dead_code)]
 
 use anyhow::Context;
-use tonic::transport::Channel;
-use vidcascade_proto::v1::gateway_client::GatewayClient;
-use vidcascade_proto::v1::{self, generate_event::Event};
-
-use super::cluster::{Cluster, Service};
 use candle_core::Device;
+use tonic::transport::Channel;
 use vidcascade_engine::EmbeddedCascade;
 use vidcascade_proto::convert::request_from_wire;
+use vidcascade_proto::v1::gateway_client::GatewayClient;
+use vidcascade_proto::v1::{self, generate_event::Event};
 use vidcascade_spec::Video;
+
+use super::cluster::{Cluster, Service};
 
 /// A request for `prompt` with a fixed seed.
 pub fn request(prompt: &str, seed: u64) -> v1::GenerateRequest {

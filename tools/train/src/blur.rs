@@ -20,8 +20,8 @@ fn kernel(sigma: f64) -> Vec<f32> {
     weights.iter().map(|w| (w / total) as f32).collect()
 }
 
-/// Convolves every row (`step` 1) or column (`step` = width) of the `height x width` planes in
-/// `data` with `kernel`, clamping indices at the border.
+/// Convolves every row (`along_rows`) or every column of the `height x width` planes in `data`
+/// with `kernel`, clamping indices at the border.
 fn convolve_planes(
     data: &[f32],
     height: usize,
@@ -32,8 +32,7 @@ fn convolve_planes(
     let radius = (kernel.len() / 2) as i64;
     let plane = height * width;
     let mut out = vec![0f32; data.len()];
-    for (p, (src, dst)) in data.chunks(plane).zip(out.chunks_mut(plane)).enumerate() {
-        debug_assert!(src.len() == plane, "plane {p} is short");
+    for (src, dst) in data.chunks(plane).zip(out.chunks_mut(plane)) {
         for i in 0..height {
             for j in 0..width {
                 let mut acc = 0f32;

@@ -627,8 +627,8 @@ impl Trainer {
     }
 
     /// SR stages: each example's low-resolution video (blurred for `blur_rate` of them)
-    /// resampled to the output as at inference, then that noised to a random augmentation level; returns the conditioning videos, the
-    /// resampled ones and the levels.
+    /// resampled to the output as at inference, then that noised to a random augmentation
+    /// level; returns the conditioning videos, the resampled ones and the levels.
     fn sr_conditioning(
         &self,
         low: &Tensor,
@@ -642,8 +642,10 @@ impl Trainer {
         for i in 0..config.batch {
             let level = rng.random_range(0.0..config.max_augmentation);
             let mut source = low.get(i)?;
-            if config.blur_rate > 0.0 && rng.random_bool(config.blur_rate.min(1.0)) {
-                let sigma = rng.random_range(0.3..config.max_blur.max(0.31));
+            // check_settings keeps blur_rate in [0, 1] and max_blur above 0.3; a zero rate
+            // draws nothing, so runs without blur keep their random stream.
+            if config.blur_rate > 0.0 && rng.random_bool(config.blur_rate) {
+                let sigma = rng.random_range(0.3..config.max_blur);
                 source = gaussian_blur(&source, sigma)?;
             }
             let up = resample(&source, example.frames, example.height, example.width)?;
