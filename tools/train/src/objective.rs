@@ -64,9 +64,20 @@ pub fn shift_time(u: f64, shift: f64) -> f64 {
     shift * u / (1.0 + (shift - 1.0) * u)
 }
 
-/// Weighted MSE: mean over each sample's elements, times its weight, mean over the batch.
-pub fn weighted_mse(prediction: &Tensor, target: &Tensor, weights: &Tensor) -> Result<Tensor> {
-    let per_sample = (prediction - target)?.sqr()?.flatten_from(1)?.mean(1)?;
+/// Weighted MSE: each squared error times its pixel weight (`pixels`, broadcast against the
+/// prediction, e.g. [`crate::outline::outline_weights`]; `None`: 1), mean over each sample's
+/// elements, times the sample's weight, mean over the batch.
+pub fn weighted_mse(
+    prediction: &Tensor,
+    target: &Tensor,
+    pixels: Option<&Tensor>,
+    weights: &Tensor,
+) -> Result<Tensor> {
+    let mut squared = (prediction - target)?.sqr()?;
+    if let Some(pixels) = pixels {
+        squared = squared.broadcast_mul(pixels)?;
+    }
+    let per_sample = squared.flatten_from(1)?.mean(1)?;
     (per_sample * weights)?.mean_all()
 }
 
@@ -124,10 +135,14 @@ mod tests {
         let dev = Device::Cpu;
         let v = Tensor::new(&[[1.0f32, 2.0], [3.0, 4.0]], &dev)?;
         let w = Tensor::new(&[1.0f32, 0.5], &dev)?;
-        assert_eq!(weighted_mse(&v, &v, &w)?.to_scalar::<f32>()?, 0.0);
+        assert_eq!(weighted_mse(&v, &v, None, &w)?.to_scalar::<f32>()?, 0.0);
         let off = (v.clone() + 1.0)?;
         // Each sample's MSE is 1: loss = (1 * 1 + 1 * 0.5) / 2.
-        assert!((weighted_mse(&off, &v, &w)?.to_scalar::<f32>()? - 0.75).abs() < 1e-6);
+        assert!((weighted_mse(&off, &v, None, &w)?.to_scalar::<f32>()? - 0.75).abs() < 1e-6);
+        // Pixel weights [3, 1] on both samples: each sample's MSE is (3 + 1) / 2 = 2.
+        let pixels = Tensor::new(&[[3.0f32, 1.0]], &dev)?;
+        let loss = weighted_mse(&off, &v, Some(&pixels), &w)?.to_scalar::<f32>()?;
+        assert!((loss - 1.5).abs() < 1e-6, "{loss}");
         Ok(())
     }
 }

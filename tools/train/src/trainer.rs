@@ -32,6 +32,7 @@ use crate::distill::{Teacher, student_x0};
 use crate::ema::Ema;
 use crate::objective::{noise_batch, shift_time, weighted_mse};
 use crate::optim::Optimizers;
+use crate::outline::outline_weights;
 
 /// Hyper-parameters of a run.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -96,6 +97,10 @@ pub struct TrainConfig {
     /// pixels (absent in older run states: 1.5).
     #[serde(default = "default_max_blur")]
     pub max_blur: f64,
+    /// Strength of the outline-weighted loss ([`crate::outline`]): 0 weighs every pixel alike
+    /// (absent in older run states: 0).
+    #[serde(default)]
+    pub outline_weight: f64,
 }
 
 /// The serde default of `max_blur`.
@@ -279,6 +284,12 @@ fn check_settings(config: &TrainConfig) -> anyhow::Result<()> {
         if !(0.0..=1.0).contains(&value) {
             bail!("{flag} must be in [0, 1], got {value}");
         }
+    }
+    if !(config.outline_weight.is_finite() && config.outline_weight >= 0.0) {
+        bail!(
+            "--outline-weight must be a number >= 0 (0 = every pixel alike), got {}",
+            config.outline_weight
+        );
     }
     if !(config.max_blur.is_finite() && config.max_blur > 0.3) {
         bail!(
@@ -587,11 +598,18 @@ impl Trainer {
             known_frames: prepared.known.as_ref(),
         };
         let prediction = self.unet.forward(&inputs)?;
+        let pixels = (config.outline_weight > 0.0)
+            .then(|| outline_weights(&batch.videos, config.outline_weight))
+            .transpose()?;
+        let pixels = pixels.as_ref();
         Ok(match (self.prediction, sr) {
-            (Prediction::V, _) => weighted_mse(&prediction, &noised.v, &noised.weights)?,
-            (Prediction::X0Residual, Some((_, up, _))) => {
-                weighted_mse(&(up + prediction)?, &batch.videos, &noised.x0_weights)?
-            }
+            (Prediction::V, _) => weighted_mse(&prediction, &noised.v, pixels, &noised.weights)?,
+            (Prediction::X0Residual, Some((_, up, _))) => weighted_mse(
+                &(up + prediction)?,
+                &batch.videos,
+                pixels,
+                &noised.x0_weights,
+            )?,
             (Prediction::X0Residual, None) => {
                 bail!(
                     "stage {} predicts an x0 residual but has no conditioning video",
@@ -623,7 +641,7 @@ impl Trainer {
             .targets(&noised.z, &indices, &conditionings)?
             .detach();
         let x0 = student_x0(&self.unet, &noised.z, &times, &conditionings)?;
-        Ok(weighted_mse(&x0, &target, &noised.x0_weights)?)
+        Ok(weighted_mse(&x0, &target, None, &noised.x0_weights)?)
     }
 
     /// SR stages: each example's low-resolution video (blurred for `blur_rate` of them)
@@ -765,7 +783,18 @@ mod tests {
             teacher: None,
             blur_rate: 0.0,
             max_blur: 1.5,
+            outline_weight: 0.0,
         }
+    }
+
+    /// Whether any tensor of the weights file at `path` differs from `before`.
+    fn weights_moved(before: &HashMap<String, Tensor>, path: &Path) -> anyhow::Result<bool> {
+        let after = candle_core::safetensors::load(path, &Device::Cpu)?;
+        Ok(before.iter().any(|(name, old)| {
+            (&after[name] - old)
+                .and_then(|d| d.abs()?.max_all()?.to_scalar::<f32>())
+                .is_ok_and(|m| m > 0.0)
+        }))
     }
 
     #[test]
@@ -778,6 +807,73 @@ mod tests {
         // A valid shift gets as far as the (missing) model repository.
         let err = train(missing, missing, config(3.0)).expect_err("missing model");
         assert!(!err.to_string().contains("--time-shift"), "{err}");
+    }
+
+    #[test]
+    fn augmentation_and_loss_settings_out_of_range_are_rejected_naming_their_flag() {
+        let missing = Path::new("/nonexistent/vidcascade-model");
+        let bad = [
+            (
+                "--blur-rate",
+                TrainConfig {
+                    blur_rate: 1.5,
+                    ..config(1.0)
+                },
+            ),
+            (
+                "--max-blur",
+                TrainConfig {
+                    max_blur: 0.2,
+                    ..config(1.0)
+                },
+            ),
+            (
+                "--outline-weight",
+                TrainConfig {
+                    outline_weight: -1.0,
+                    ..config(1.0)
+                },
+            ),
+            (
+                "--outline-weight",
+                TrainConfig {
+                    outline_weight: f64::NAN,
+                    ..config(1.0)
+                },
+            ),
+        ];
+        for (flag, cfg) in bad {
+            let err = train(missing, missing, cfg).expect_err(flag);
+            assert!(err.to_string().contains(flag), "{flag}: {err}");
+        }
+    }
+
+    #[test]
+    fn an_sr_stage_trains_with_blurred_inputs_and_the_outline_weighted_loss() -> anyhow::Result<()>
+    {
+        use vidcascade_models::repository::scaffold::WeightInit;
+        let dir = tempfile::tempdir()?;
+        let model = dir.path().join("model");
+        vidcascade_test_support::tiny_scaffold().write(&model, WeightInit::Random { seed: 5 })?;
+        let weights = model.join("ssr").join(files::WEIGHTS);
+        let before = candle_core::safetensors::load(&weights, &Device::Cpu)?;
+        let cfg = TrainConfig {
+            stage: "ssr".into(),
+            steps: 2,
+            batch: 2,
+            blur_rate: 1.0,
+            outline_weight: 8.0,
+            ..config(1.0)
+        };
+        let state = train(&model, &dir.path().join("runs"), cfg)?;
+        assert!(state.recent_loss.is_finite() && state.recent_loss > 0.0);
+        assert!(
+            weights_moved(&before, &weights)?,
+            "the SR stage's weights did not move"
+        );
+        let saved = state.config.context("the run's settings")?;
+        assert_eq!((saved.blur_rate, saved.outline_weight), (1.0, 8.0));
+        Ok(())
     }
 
     #[test]
@@ -851,13 +947,10 @@ mod tests {
                 state.recent_loss.is_finite() && state.recent_loss > 0.0,
                 "{stage}"
             );
-            let after = candle_core::safetensors::load(&weights, &Device::Cpu)?;
-            let moved = before.iter().any(|(name, old)| {
-                (&after[name] - old)
-                    .and_then(|d| d.abs()?.max_all()?.to_scalar::<f32>())
-                    .is_ok_and(|m| m > 0.0)
-            });
-            assert!(moved, "{stage}: the student's weights did not move");
+            assert!(
+                weights_moved(&before, &weights)?,
+                "{stage}: the student's weights did not move"
+            );
         }
         let repo = ModelRepository::open(&student)?;
         let teacher_repo = ModelRepository::open(&teacher)?;
