@@ -4,11 +4,11 @@
 //! Every pixel is assigned to the nearest palette colour. The background is the most common
 //! colour on the frame borders; the shape colour is the most common other colour; the shape's mask
 //! in each frame gives its centroid (the track, whose overall displacement is the direction) and
-//! its fill ratio inside its bounding box (about 1 for a square, pi/4 for a circle, 1/2 for a
-//! triangle).
+//! the measurements of [`crate::geometry`] that say which shape it is.
 
 use serde::Serialize;
 
+use crate::geometry::ShapeMeasure;
 use crate::world::{Colour, Motion, ShapeKind};
 
 /// What was read from a video.
@@ -18,12 +18,15 @@ pub struct Analysis {
     pub background: Option<Colour>,
     /// Most common non-background colour.
     pub colour: Option<Colour>,
-    /// Shape class from the median fill ratio, if the shape is seen whole in some frame.
+    /// Shape class from the median measurements, if the shape is seen whole in some frame.
     pub shape: Option<ShapeKind>,
     /// Direction of the centroid's overall displacement, if it moved at least 1/8 of the frame.
     pub motion: Option<Motion>,
-    /// Median fill ratio of the shape in its bounding box.
+    /// Median fill ratio of the shape in its bounding box (also in `measure`; kept for readers
+    /// of older reports).
     pub fill_ratio: Option<f64>,
+    /// Median measurements of the shape over the frames where it is seen whole.
+    pub measure: Option<ShapeMeasure>,
     /// Centroid per frame in pixels `(x, y)`; `None` where the shape is not visible.
     pub track: Vec<Option<(f64, f64)>>,
 }
@@ -55,19 +58,20 @@ pub fn analyse(frames: &[Vec<u8>], height: usize, width: usize) -> Analysis {
         .collect();
     let background = background_colour(&classes, height, width);
     let colour = shape_colour(&classes, background, height, width);
-    let (track, mut fills) = match colour {
+    let (track, measures) = match colour {
         Some(colour) => track_shape(&classes, colour, height, width),
         None => (vec![None; classes.len()], Vec::new()),
     };
-    let fill_ratio = median(&mut fills);
-    let shape = fill_ratio.map(shape_from_fill);
+    let measure = ShapeMeasure::median(&measures);
+    let shape = measure.map(|m| m.shape());
     let motion = direction(&track, height.min(width) as f64 / 8.0);
     Analysis {
         background,
         colour,
         shape,
         motion,
-        fill_ratio,
+        fill_ratio: measure.map(|m| m.fill_ratio),
+        measure,
         track,
     }
 }
@@ -109,56 +113,32 @@ fn shape_colour(
         .map(|i| Colour::ALL[i])
 }
 
-/// The centroid of `colour` in each frame (`None` under 2 pixels), and its fill ratio in its
-/// bounding box in each frame where it does not touch the border.
+/// The centroid of `colour` in each frame (`None` under 2 pixels), and the shape's measurements
+/// in each frame where it is seen whole.
 fn track_shape(
     classes: &[Vec<Colour>],
     colour: Colour,
     height: usize,
     width: usize,
-) -> (Vec<Option<(f64, f64)>>, Vec<f64>) {
+) -> (Vec<Option<(f64, f64)>>, Vec<ShapeMeasure>) {
     let mut track = Vec::with_capacity(classes.len());
-    let mut fills = Vec::new();
+    let mut measures = Vec::new();
     for frame in classes {
+        let mask: Vec<bool> = frame.iter().map(|&c| c == colour).collect();
         let (mut n, mut sx, mut sy) = (0usize, 0f64, 0f64);
-        let (mut x0, mut x1, mut y0, mut y1) = (usize::MAX, 0, usize::MAX, 0);
-        for i in 0..height {
-            for j in 0..width {
-                if frame[i * width + j] == colour {
-                    n += 1;
-                    sx += j as f64 + 0.5;
-                    sy += i as f64 + 0.5;
-                    x0 = x0.min(j);
-                    x1 = x1.max(j);
-                    y0 = y0.min(i);
-                    y1 = y1.max(i);
-                }
-            }
+        for (k, _) in mask.iter().enumerate().filter(|(_, set)| **set) {
+            n += 1;
+            sx += (k % width) as f64 + 0.5;
+            sy += (k / width) as f64 + 0.5;
         }
         if n < 2 {
             track.push(None);
             continue;
         }
         track.push(Some((sx / n as f64, sy / n as f64)));
-        let whole = x0 > 0 && y0 > 0 && x1 + 1 < width && y1 + 1 < height;
-        if whole {
-            let bbox = ((x1 - x0 + 1) * (y1 - y0 + 1)) as f64;
-            fills.push(n as f64 / bbox);
-        }
+        measures.extend(ShapeMeasure::of_mask(&mask, height, width));
     }
-    (track, fills)
-}
-
-/// The shape class of a fill ratio in the bounding box: about 1/2 for a triangle, pi/4 for a
-/// circle, 1 for a square.
-fn shape_from_fill(ratio: f64) -> ShapeKind {
-    if ratio < 0.64 {
-        ShapeKind::Triangle
-    } else if ratio < 0.89 {
-        ShapeKind::Circle
-    } else {
-        ShapeKind::Square
-    }
+    (track, measures)
 }
 
 fn argmax(counts: &[usize]) -> Option<usize> {
@@ -168,14 +148,6 @@ fn argmax(counts: &[usize]) -> Option<usize> {
         .filter(|&(_, &n)| n > 0)
         .max_by_key(|&(_, &n)| n)
         .map(|(i, _)| i)
-}
-
-fn median(values: &mut [f64]) -> Option<f64> {
-    if values.is_empty() {
-        return None;
-    }
-    values.sort_by(f64::total_cmp);
-    Some(values[values.len() / 2])
 }
 
 /// Direction of the displacement between the mean centroid of the first and last quarter of the
@@ -248,14 +220,7 @@ mod tests {
                 || a.motion != Some(scene.motion)
                 || a.shape != Some(scene.shape)
             {
-                wrong.push((
-                    scene,
-                    a.colour,
-                    a.background,
-                    a.motion,
-                    a.shape,
-                    a.fill_ratio,
-                ));
+                wrong.push((scene, a.colour, a.background, a.motion, a.shape, a.measure));
             }
         }
         assert!(wrong.is_empty(), "{wrong:?}");

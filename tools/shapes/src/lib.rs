@@ -8,9 +8,11 @@
 //! - [`world`]: the vocabulary, every valid scene, captions, and the held-out split;
 //! - [`render`]: seeded, anti-aliased rendering of a scene at any frames x size x fps, so the same
 //!   scene renders consistently for every stage of the cascade;
-//! - [`analysis`]: reading a video back — colours, shape class, motion direction.
+//! - [`analysis`]: reading a video back — colours, shape class, motion direction;
+//! - [`geometry`]: which shape a mask is, from measurements that survive blur.
 
 pub mod analysis;
+pub mod geometry;
 pub mod render;
 pub mod world;
 
