@@ -200,8 +200,8 @@ impl fmt::Display for OutputFormat {
 /// How [`write_video`] writes a video.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WriteOptions {
-    /// Integer nearest-neighbour upscale for display (1 = as is): the shipped model makes 32x32
-    /// videos, which are stamps on a screen; `scale: 8` writes 256x256 with crisp pixels.
+    /// Integer nearest-neighbour upscale for display (1 = as is): the shipped model makes 64x64
+    /// videos, which are stamps on a screen; `scale: 4` writes 256x256 with crisp pixels.
     pub scale: usize,
 }
 

@@ -88,6 +88,20 @@ impl Continuation {
         }
     }
 
+    /// The clip after a world clip placed at `placed` (a story's next segment with the same
+    /// prompt): its frames up to `last_known` of `frames` repeat the previous clip's last ones,
+    /// and the shape goes on the same way at the same speed until its edge meets the frame's.
+    pub fn following(placed: &Placement, scene: &Scene, last_known: usize, frames: usize) -> Self {
+        let end = (frames as f64 - 1.0) / frames as f64;
+        Self {
+            size: placed.size,
+            anchor: placed.centre(scene, end),
+            anchor_progress: last_known as f64 / frames as f64,
+            previous: scene.motion,
+            travel: placed.travel,
+        }
+    }
+
     /// The shape's centre at progress `p`, kept whole inside the frame.
     pub fn centre(&self, scene: &Scene, p: f64) -> (f64, f64) {
         let (motion, distance) = if p < self.anchor_progress {
@@ -266,6 +280,29 @@ mod tests {
             assert!((b.0 - a.0) * dx >= 0.0 && (b.1 - a.1) * dy >= 0.0);
             assert!(((b.0 - a.0).abs() + (b.1 - a.1).abs()) > 0.4);
         }
+    }
+
+    #[test]
+    fn a_following_clip_repeats_the_previous_clips_last_frames_and_goes_on_at_its_speed() {
+        let frames = 8;
+        let (known, placed) = (2, Placement::CENTRED);
+        for motion in Motion::ALL {
+            let s = scene(motion);
+            let next = Continuation::following(&placed, &s, known - 1, frames);
+            for f in 0..known {
+                let before = placed.centre(&s, (frames - known + f) as f64 / frames as f64);
+                let now = next.centre(&s, f as f64 / frames as f64);
+                assert!(distance(before, now) < 1e-9, "{motion:?} frame {f}: {before:?} {now:?}");
+            }
+            let step = |p: f64, q: f64| distance(next.centre(&s, p), next.centre(&s, q));
+            let speed = placed.travel / frames as f64;
+            assert!((step(1.0 / 8.0, 2.0 / 8.0) - speed).abs() < 1e-9, "{motion:?}");
+            assert!(step(5.0 / 8.0, 7.0 / 8.0) < 1e-9, "{motion:?} stops at the edge");
+        }
+    }
+
+    fn distance(a: (f64, f64), b: (f64, f64)) -> f64 {
+        ((a.0 - b.0).powi(2) + (a.1 - b.1).powi(2)).sqrt()
     }
 
     #[test]

@@ -49,6 +49,7 @@ pub struct BatchSampler {
     short_caption_rate: f64,
     crop: Option<Crop>,
     context_rate: f64,
+    story_rate: f64,
 }
 
 impl BatchSampler {
@@ -62,6 +63,7 @@ impl BatchSampler {
             short_caption_rate: 0.25,
             crop: None,
             context_rate: 0.0,
+            story_rate: 0.0,
         }
     }
 
@@ -71,6 +73,14 @@ impl BatchSampler {
     /// there (see [`Continuation`]), the rest are the world's own clips.
     pub fn with_context(mut self, rate: f64) -> Self {
         self.context_rate = rate;
+        self
+    }
+
+    /// Makes a share `rate` of the continuations (two or more frames given) a story's next
+    /// clip: the given frames end a world clip and the shape goes on the same way
+    /// ([`Continuation::following`]), the case a same-prompt story meets at every seam.
+    pub fn with_story_continuations(mut self, rate: f64) -> Self {
+        self.story_rate = rate;
         self
     }
 
@@ -104,6 +114,27 @@ impl BatchSampler {
         }
     }
 
+    /// The shape's path in an example whose frames before `known_end` (`known` of them in the
+    /// window) are given.
+    fn trajectory(
+        &self,
+        rng: &mut ChaCha8Rng,
+        scene: &Scene,
+        known_end: usize,
+        known: usize,
+    ) -> Trajectory {
+        let frames = self.output.frames;
+        // Drawn only when asked for, so recipes without story continuations keep their batches.
+        if known >= 2 && self.story_rate > 0.0 && rng.random_bool(self.story_rate) {
+            let placed = Placement::sample(rng);
+            Trajectory::Continued(Continuation::following(&placed, scene, known_end - 1, frames))
+        } else if known > 0 && rng.random_bool(0.5) {
+            Trajectory::Continued(Continuation::sample(rng, known_end - 1, frames))
+        } else {
+            Trajectory::Placed(Placement::sample(rng))
+        }
+    }
+
     /// A batch of `size` examples.
     pub fn sample(
         &self,
@@ -130,11 +161,7 @@ impl BatchSampler {
             let y0 = sf * rng.random_range(0..=(o.height - e.height) / sf);
             let x0 = sf * rng.random_range(0..=(o.width - e.width) / sf);
             let known = self.draw_given(rng, e.frames);
-            let trajectory = if known > 0 && rng.random_bool(0.5) {
-                Trajectory::Continued(Continuation::sample(rng, f0 + known - 1, o.frames))
-            } else {
-                Trajectory::Placed(Placement::sample(rng))
-            };
+            let trajectory = self.trajectory(rng, &scene, f0 + known, known);
             given.extend((0..e.frames).map(|f| f32::from(u8::from(f < known))));
             let data = render_trajectory_chw(&scene, &trajectory, o.frames, o.height, o.width);
             let video = Tensor::from_vec(data, (3, o.frames, o.height, o.width), device)?;
@@ -173,5 +200,46 @@ impl BatchSampler {
             captions,
             given: Tensor::from_vec(given, (size, self.example_shape().frames), device)?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    const SHAPE: VideoShape = VideoShape {
+        frames: 8,
+        height: 8,
+        width: 8,
+        fps: 4.0,
+    };
+
+    #[test]
+    fn story_continuations_follow_a_world_clip_the_scenes_way() {
+        let sampler = BatchSampler::new(SHAPE, None, 0.0)
+            .with_context(1.0)
+            .with_story_continuations(1.0);
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        for scene in training_scenes().iter().take(8) {
+            match sampler.trajectory(&mut rng, scene, 3, 3) {
+                Trajectory::Continued(c) => assert_eq!(c.previous, scene.motion),
+                other => panic!("a story continuation was {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn without_story_continuations_the_batches_are_unchanged() -> candle_core::Result<()> {
+        let plain = BatchSampler::new(SHAPE, None, 0.1).with_context(1.0);
+        let zero = BatchSampler::new(SHAPE, None, 0.1)
+            .with_context(1.0)
+            .with_story_continuations(0.0);
+        let draw = |s: &BatchSampler| -> candle_core::Result<Vec<f32>> {
+            let batch = s.sample(&mut ChaCha8Rng::seed_from_u64(3), 16, &Device::Cpu)?;
+            batch.videos.flatten_all()?.to_vec1()
+        };
+        assert_eq!(draw(&plain)?, draw(&zero)?);
+        Ok(())
     }
 }

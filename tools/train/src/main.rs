@@ -152,6 +152,10 @@ struct TrainArgs {
     /// given frames (docs/training.md).
     #[arg(long, default_value_t = 10.0)]
     context_lr_scale: f64,
+    /// Share of the continuation examples that are a story's next clip: the given frames end a
+    /// world clip and the shape goes on the same way (docs/training.md).
+    #[arg(long, default_value_t = 0.0)]
+    story_rate: f64,
     /// Progressive distillation: the teacher's model repository. The stage of `--model` (a copy
     /// of the teacher to start with) becomes a student sampling half the teacher's steps at
     /// guidance 1, and `--model`'s manifest says so (docs/training.md).
@@ -236,6 +240,7 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
         crop,
         context_rate: args.context_rate,
         context_lr_scale: args.context_lr_scale,
+        story_rate: args.story_rate,
         teacher: args.teacher,
         blur_rate: args.blur_rate,
         max_blur: args.max_blur,

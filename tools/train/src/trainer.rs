@@ -86,6 +86,10 @@ pub struct TrainConfig {
     /// states: 1).
     #[serde(default = "unscaled")]
     pub context_lr_scale: f64,
+    /// Stages with context frames: the share of continuations that are a story's next clip
+    /// ([`BatchSampler::with_story_continuations`]; absent in older run states: 0).
+    #[serde(default)]
+    pub story_rate: f64,
     /// Progressive distillation: the teacher's model repository (absent: ordinary training).
     #[serde(default)]
     pub teacher: Option<PathBuf>,
@@ -279,6 +283,7 @@ fn check_settings(config: &TrainConfig) -> anyhow::Result<()> {
     }
     for (flag, value) in [
         ("--context-rate", config.context_rate),
+        ("--story-rate", config.story_rate),
         ("--blur-rate", config.blur_rate),
     ] {
         if !(0.0..=1.0).contains(&value) {
@@ -315,7 +320,9 @@ fn batch_sampler(
         0.0
     };
     let text_dropout = if distilling { 0.0 } else { config.text_dropout };
-    let sampler = BatchSampler::new(output, stage.input, text_dropout).with_context(context_rate);
+    let sampler = BatchSampler::new(output, stage.input, text_dropout)
+        .with_context(context_rate)
+        .with_story_continuations(config.story_rate);
     match config.crop {
         Some(crop) => sampler.with_crop(crop),
         None => sampler,
@@ -780,6 +787,7 @@ mod tests {
             crop: None,
             context_rate: 0.0,
             context_lr_scale: 1.0,
+            story_rate: 0.0,
             teacher: None,
             blur_rate: 0.0,
             max_blur: 1.5,
