@@ -28,9 +28,7 @@ fn every_other_held_out_scene() -> Vec<vidcascade_shapes::world::Scene> {
 fn misses(results: &[vidcascade_eval::PromptResult], with_shape: bool) -> Vec<String> {
     results
         .iter()
-        .filter(|r| {
-            !(r.colour_ok && r.background_ok && r.motion_ok && (r.shape_ok || !with_shape))
-        })
+        .filter(|r| !(r.colour_ok && r.background_ok && r.motion_ok && (r.shape_ok || !with_shape)))
         .map(|r| {
             let v = &r.final_video;
             format!(
@@ -61,7 +59,12 @@ fn image_to_video_keeps_the_given_image_and_follows_the_prompt() -> anyhow::Resu
     let scenes: Vec<_> = held_out_scenes().into_iter().take(3).collect();
     let results = evaluate_image_to_video(&cascade, &scenes, &[0], |_, _| {})?;
     for r in &results {
-        assert!(r.frame0_psnr >= 30.0, "{}: frame 0 at {:.1} dB", r.prompt, r.frame0_psnr);
+        assert!(
+            r.frame0_psnr >= 30.0,
+            "{}: frame 0 at {:.1} dB",
+            r.prompt,
+            r.frame0_psnr
+        );
     }
     let followed = results
         .iter()

@@ -292,12 +292,21 @@ mod tests {
             for f in 0..known {
                 let before = placed.centre(&s, (frames - known + f) as f64 / frames as f64);
                 let now = next.centre(&s, f as f64 / frames as f64);
-                assert!(distance(before, now) < 1e-9, "{motion:?} frame {f}: {before:?} {now:?}");
+                assert!(
+                    distance(before, now) < 1e-9,
+                    "{motion:?} frame {f}: {before:?} {now:?}"
+                );
             }
             let step = |p: f64, q: f64| distance(next.centre(&s, p), next.centre(&s, q));
             let speed = placed.travel / frames as f64;
-            assert!((step(1.0 / 8.0, 2.0 / 8.0) - speed).abs() < 1e-9, "{motion:?}");
-            assert!(step(5.0 / 8.0, 7.0 / 8.0) < 1e-9, "{motion:?} stops at the edge");
+            assert!(
+                (step(1.0 / 8.0, 2.0 / 8.0) - speed).abs() < 1e-9,
+                "{motion:?}"
+            );
+            assert!(
+                step(5.0 / 8.0, 7.0 / 8.0) < 1e-9,
+                "{motion:?} stops at the edge"
+            );
         }
     }
 

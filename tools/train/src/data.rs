@@ -127,7 +127,12 @@ impl BatchSampler {
         // Drawn only when asked for, so recipes without story continuations keep their batches.
         if known >= 2 && self.story_rate > 0.0 && rng.random_bool(self.story_rate) {
             let placed = Placement::sample(rng);
-            Trajectory::Continued(Continuation::following(&placed, scene, known_end - 1, frames))
+            Trajectory::Continued(Continuation::following(
+                &placed,
+                scene,
+                known_end - 1,
+                frames,
+            ))
         } else if known > 0 && rng.random_bool(0.5) {
             Trajectory::Continued(Continuation::sample(rng, known_end - 1, frames))
         } else {
